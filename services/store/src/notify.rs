@@ -1,0 +1,59 @@
+//! Change notifications from the control plane to every broker and rules process, over
+//! PostgreSQL LISTEN/NOTIFY. A notification is sent inside the transaction that makes the
+//! change, so it is delivered exactly when the change becomes visible.
+
+use crate::{Result, TenantId};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgListener;
+use sqlx::PgExecutor;
+
+/// The channel every change is published on.
+pub const CHANNEL: &str = "iotcore_changes";
+
+/// What changed. Small on purpose: receivers reload what they cache from the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// A rule of the tenant was created, changed or deleted.
+    Rules { tenant_id: TenantId },
+    /// A credential, device, registry or the tenant itself changed in a way that can
+    /// invalidate cached authentication results or live sessions.
+    Principals { tenant_id: TenantId },
+}
+
+/// Sends `change` on [`CHANNEL`]; call it with the transaction that makes the change.
+pub async fn publish<'e>(executor: impl PgExecutor<'e>, change: &Change) -> Result<()> {
+    let payload = serde_json::to_string(change).unwrap_or_default();
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(payload)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// Listens on [`CHANNEL`].
+pub struct ChangeListener {
+    listener: PgListener,
+}
+
+impl ChangeListener {
+    pub async fn connect(store: &crate::Store) -> Result<ChangeListener> {
+        let mut listener = PgListener::connect_with(store.pool()).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(ChangeListener { listener })
+    }
+
+    /// The next change. `None` means the connection was lost and re-established, so
+    /// notifications may have been missed: receivers should reload everything.
+    pub async fn recv(&mut self) -> Result<Option<Change>> {
+        match self.listener.try_recv().await? {
+            Some(notification) => {
+                // A payload that does not parse is a sign of a newer writer; treat it like
+                // a lost connection and reload everything.
+                Ok(serde_json::from_str(notification.payload()).ok())
+            }
+            None => Ok(None),
+        }
+    }
+}
