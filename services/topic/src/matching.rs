@@ -53,6 +53,10 @@ pub fn contains(outer: &str, inner: &str) -> bool {
     let mut o = outer.split('/');
     let mut i = inner.split('/');
     let mut first = true;
+    // Whether the levels of inner seen so far form a topic name on their own. They do not
+    // before the first level, nor after a single empty one (that would be the empty string,
+    // MQTT-4.7.3-1), and then an inner `#` cannot match its parent level.
+    let mut prefix_is_topic = false;
     loop {
         match (o.next(), i.next()) {
             // Outer accepts any remainder; at the first level it excludes `$`-topics, which
@@ -66,9 +70,9 @@ pub fn contains(outer: &str, inner: &str) -> bool {
             (None, Some(_)) | (Some(_), None) => return false,
             (Some(ol), Some("#")) => {
                 // Inner matches its parent topic (the levels so far), which `ol` (not `#`)
-                // rejects because it needs one more level. At the first level there is no
-                // parent: a topic has at least one level, so `#` means the same as `+/#`.
-                return first && ol == "+" && o.next() == Some("#");
+                // rejects because it needs one more level. Without a parent topic, inner's
+                // `#` needs at least one level, like `+/#`.
+                return !prefix_is_topic && ol == "+" && o.next() == Some("#");
             }
             (Some("+"), Some(il)) => {
                 if first && is_dollar(il) {
@@ -83,6 +87,7 @@ pub fn contains(outer: &str, inner: &str) -> bool {
                 }
             }
         }
+        prefix_is_topic = !first || !inner.starts_with('/');
         first = false;
     }
 }
@@ -98,13 +103,16 @@ pub fn overlaps(a: &str, b: &str) -> bool {
     let mut x = a.split('/');
     let mut y = b.split('/');
     let mut first = true;
+    // Whether the common topic can stop after the levels seen so far; see `contains`. Only
+    // a single level that one filter fixes to be empty (`/...`) prevents it.
+    let mut prefix_is_topic = false;
     loop {
         match (x.next(), y.next()) {
             // Every valid filter suffix matches some continuation, and `#` accepts it; at the
             // first level `#` rejects what only a `$` literal on the other side matches.
             (Some("#"), Some(l)) | (Some(l), Some("#")) => return !(first && is_dollar(l)),
-            // The other topic stops here, and `#` matches the parent level.
-            (Some("#"), None) | (None, Some("#")) => return true,
+            // The other filter's topics stop here, and `#` matches the parent level.
+            (Some("#"), None) | (None, Some("#")) => return prefix_is_topic,
             (None, None) => return true,
             (None, Some(_)) | (Some(_), None) => return false,
             (Some("+"), Some(l)) | (Some(l), Some("+")) => {
@@ -118,6 +126,7 @@ pub fn overlaps(a: &str, b: &str) -> bool {
                 }
             }
         }
+        prefix_is_topic = !first || !(a.starts_with('/') || b.starts_with('/'));
         first = false;
     }
 }
@@ -234,6 +243,23 @@ mod tests {
         assert!(contains("$devices/+/events/#", "$devices/+/events"));
         assert!(!contains("$devices/+/events/#", "$devices/#"));
         assert!(!contains("$devices/+/events/#", "#"));
+    }
+
+    #[test]
+    fn hash_after_a_lone_empty_level_has_no_parent_mqtt_4_7_3_1() {
+        // `/#` would match its parent "" (one empty level), but that is the empty string,
+        // which is not a topic name; so `/#` only matches topics of two or more levels.
+        assert!(matches("/#", "/"));
+        assert!(!matches("/#", ""));
+        assert!(contains("/+/#", "/#"));
+        assert!(contains("+/+/#", "/#"));
+        assert!(!contains("/", "/#"));
+        assert!(!overlaps("+", "/#"));
+        assert!(!overlaps("/#", "+"));
+        assert!(overlaps("/#", "/"));
+        assert!(overlaps("+/#", "a"));
+        // A non-empty first level is a topic by itself.
+        assert!(!contains("a/+/#", "a/#"));
     }
 
     #[test]

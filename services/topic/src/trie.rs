@@ -390,6 +390,37 @@ mod tests {
         assert_eq!(matched(&trie, "a/b"), [(2, "a/b")]);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn unsubscribing_everything_leaves_only_the_root(
+            subs in proptest::collection::vec(
+                (proptest::sample::select(vec![
+                    "a", "a/b", "a/+", "a/#", "+/b/#", "#", "$x/+", "/", "a//b", "+/+/+",
+                ]), 0..3u8),
+                0..40,
+            ),
+            order in proptest::collection::vec(proptest::num::usize::ANY, 40),
+        ) {
+            let mut trie = TopicTrie::new();
+            for (f, key) in &subs {
+                trie.insert(&filter(f), *key, ());
+            }
+            let mut live: Vec<(&str, u8)> = subs.clone();
+            live.sort_unstable();
+            live.dedup();
+            // Remove in a random order.
+            for (i, n) in order.iter().enumerate().take(live.len()) {
+                let j = i + n % (live.len() - i);
+                live.swap(i, j);
+            }
+            for (f, key) in &live {
+                proptest::prop_assert_eq!(trie.remove(f, key), Some(()));
+            }
+            proptest::prop_assert!(trie.is_empty());
+            proptest::prop_assert_eq!(trie.root.node_count(), 1);
+        }
+    }
+
     #[cfg(target_pointer_width = "64")]
     #[test]
     fn nodes_stay_small() {
