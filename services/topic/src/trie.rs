@@ -38,10 +38,25 @@ struct Node<K, V> {
     children: SmallMap<Box<str>, Node<K, V>>,
     /// Child for a `+` level.
     plus: Option<Box<Node<K, V>>>,
-    /// Subscribers whose filter ends at this node.
+    /// Boxed because most nodes are interior ones without subscribers, and a million-device
+    /// trie has millions of nodes: this keeps a node at five words.
+    subscribers: Option<Box<Subscribers<K, V>>>,
+}
+
+/// The subscriptions whose filter ends at a node.
+#[derive(Debug, Clone)]
+struct Subscribers<K, V> {
+    /// Filters ending with this node's level.
     exact: SmallMap<K, V>,
-    /// Subscribers whose filter continues with `/#` after this node.
+    /// Filters continuing with `/#` after this node's level.
     multi: SmallMap<K, V>,
+}
+
+/// Where a filter ends relative to its last non-`#` node.
+#[derive(Clone, Copy)]
+enum End {
+    Exact,
+    Multi,
 }
 
 impl<K, V> Node<K, V> {
@@ -49,34 +64,69 @@ impl<K, V> Node<K, V> {
         Self {
             children: SmallMap::new(),
             plus: None,
-            exact: SmallMap::new(),
-            multi: SmallMap::new(),
+            subscribers: None,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.children.is_empty()
-            && self.plus.is_none()
-            && self.exact.is_empty()
-            && self.multi.is_empty()
+        self.children.is_empty() && self.plus.is_none() && self.subscribers.is_none()
+    }
+
+    fn visit_subscribers<F: FnMut(&K, &V)>(&self, end: End, f: &mut F) {
+        if let Some(subscribers) = &self.subscribers {
+            let map = match end {
+                End::Exact => &subscribers.exact,
+                End::Multi => &subscribers.multi,
+            };
+            for (k, v) in map.iter() {
+                f(k, v);
+            }
+        }
     }
 }
 
 impl<K: Eq + Hash, V> Node<K, V> {
+    fn insert_subscriber(&mut self, end: End, key: K, value: V) -> Option<V> {
+        let subscribers = self.subscribers.get_or_insert_with(|| {
+            Box::new(Subscribers {
+                exact: SmallMap::new(),
+                multi: SmallMap::new(),
+            })
+        });
+        match end {
+            End::Exact => subscribers.exact.insert(key, value),
+            End::Multi => subscribers.multi.insert(key, value),
+        }
+    }
+
+    fn remove_subscriber(&mut self, end: End, key: &K) -> Option<V> {
+        let subscribers = self.subscribers.as_deref_mut()?;
+        let removed = match end {
+            End::Exact => subscribers.exact.remove(key),
+            End::Multi => subscribers.multi.remove(key),
+        }?;
+        if subscribers.exact.is_empty() && subscribers.multi.is_empty() {
+            self.subscribers = None;
+        }
+        Some(removed)
+    }
+
+    fn get_subscriber(&self, end: End, key: &K) -> Option<&V> {
+        let subscribers = self.subscribers.as_deref()?;
+        match end {
+            End::Exact => subscribers.exact.get(key),
+            End::Multi => subscribers.multi.get(key),
+        }
+    }
+
     /// Visits the subscribers under this node that match the remaining topic levels `rest`.
     /// Never called for the root, so the `$` rule does not apply here.
     fn visit<F: FnMut(&K, &V)>(&self, mut rest: Split<'_, char>, f: &mut F) {
         // `#` matches whatever remains, including nothing: `a/#` matches `a`
         // (MQTT-4.7.1-1).
-        for (k, v) in self.multi.iter() {
-            f(k, v);
-        }
+        self.visit_subscribers(End::Multi, f);
         match rest.next() {
-            None => {
-                for (k, v) in self.exact.iter() {
-                    f(k, v);
-                }
-            }
+            None => self.visit_subscribers(End::Exact, f),
             Some(level) => {
                 if let Some(plus) = &self.plus {
                     plus.visit(rest.clone(), f);
@@ -90,12 +140,12 @@ impl<K: Eq + Hash, V> Node<K, V> {
 
     fn remove(&mut self, mut levels: Split<'_, char>, key: &K) -> Option<V> {
         match levels.next() {
-            None => self.exact.remove(key),
+            None => self.remove_subscriber(End::Exact, key),
             Some("#") => {
                 if levels.next().is_some() {
                     return None; // not a valid filter, so never inserted
                 }
-                self.multi.remove(key)
+                self.remove_subscriber(End::Multi, key)
             }
             Some("+") => {
                 let child = self.plus.as_deref_mut()?;
@@ -155,9 +205,9 @@ impl<K: Eq + Hash, V> TopicTrie<K, V> {
         let mut levels = filter.levels();
         let replaced = loop {
             match levels.next() {
-                None => break node.exact.insert(key, value),
+                None => break node.insert_subscriber(End::Exact, key, value),
                 // A parsed filter has `#` only as its last level.
-                Some("#") => break node.multi.insert(key, value),
+                Some("#") => break node.insert_subscriber(End::Multi, key, value),
                 Some("+") => node = node.plus.get_or_insert_with(|| Box::new(Node::new())),
                 Some(level) => {
                     node = node
@@ -186,12 +236,12 @@ impl<K: Eq + Hash, V> TopicTrie<K, V> {
         let mut levels = filter.split('/').peekable();
         while let Some(level) = levels.next() {
             match level {
-                "#" if levels.peek().is_none() => return node.multi.get(key),
+                "#" if levels.peek().is_none() => return node.get_subscriber(End::Multi, key),
                 "+" => node = node.plus.as_deref()?,
                 _ => node = node.children.get(level)?,
             }
         }
-        node.exact.get(key)
+        node.get_subscriber(End::Exact, key)
     }
 
     /// Calls `f` with every subscription whose filter matches the topic name `topic`.
@@ -212,9 +262,7 @@ impl<K: Eq + Hash, V> TopicTrie<K, V> {
         let root = &self.root;
         // MQTT-4.7.2-1: the wildcard branches of the first level are skipped for `$`-topics.
         if !is_dollar(first) {
-            for (k, v) in root.multi.iter() {
-                f(k, v);
-            }
+            root.visit_subscribers(End::Multi, &mut f);
             if let Some(plus) = &root.plus {
                 plus.visit(levels.clone(), &mut f);
             }
@@ -426,6 +474,6 @@ mod tests {
     fn nodes_stay_small() {
         // A trie of a million subscriptions holds over a million nodes; keep each one to a
         // few words.
-        assert!(std::mem::size_of::<Node<u64, u64>>() <= 80);
+        assert!(std::mem::size_of::<Node<u64, u64>>() <= 40);
     }
 }
