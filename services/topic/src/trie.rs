@@ -31,7 +31,7 @@ pub struct TopicTrie<K, V> {
 }
 
 /// One level of the filters. The `#` level is always last, so it needs no node of its own:
-/// its subscribers sit in `multi` of the level before it.
+/// its subscribers sit in the `multi` map of the node before it.
 #[derive(Debug, Clone)]
 struct Node<K, V> {
     /// Children for literal levels.
