@@ -1,0 +1,135 @@
+//! What a connection may publish and subscribe to (SPEC §4.2).
+//!
+//! This covers the built-in rights of devices, registry clients and virtual broker clients;
+//! policies attached through the API extend it in a later version. Filters are expanded
+//! once at CONNECT, so checking a PUBLISH is a few topic matches with no allocation.
+
+use crate::auth::Principal;
+use iotcore_store::auth::PrincipalKind;
+use iotcore_store::{DeviceId, RegistryId};
+use iotcore_topic::{contains, matches};
+
+#[derive(Clone, Debug, Default)]
+pub struct Acl {
+    publish: Vec<String>,
+    subscribe: Vec<String>,
+    /// A registry client's registry: its `$devices/{id}/…` topics are limited to devices of
+    /// this registry (SPEC §3.4).
+    pub registry_scope: Option<RegistryId>,
+}
+
+impl Acl {
+    pub fn for_principal(principal: &Principal) -> Acl {
+        let mut acl = Acl::default();
+        match &principal.kind {
+            PrincipalKind::Device { device_id, registry_id, .. } => {
+                if principal.default_policy {
+                    acl.publish = vec![
+                        format!("$devices/{device_id}/events/#"),
+                        format!("$devices/{device_id}/state/#"),
+                        format!("$registries/{registry_id}/events/#"),
+                    ];
+                    acl.subscribe = vec![
+                        format!("$devices/{device_id}/commands/#"),
+                        format!("$registries/{registry_id}/commands/#"),
+                    ];
+                }
+            }
+            PrincipalKind::Registry { registry_id } => {
+                if principal.default_policy {
+                    acl.publish =
+                        vec!["$devices/+/commands/#".into(), format!("$registries/{registry_id}/commands/#")];
+                    acl.subscribe = vec![
+                        "$devices/+/events/#".into(),
+                        "$devices/+/state/#".into(),
+                        format!("$registries/{registry_id}/#"),
+                    ];
+                }
+                acl.registry_scope = Some(registry_id.clone());
+            }
+            // A virtual broker is a free-form namespace of its own: everything inside it.
+            PrincipalKind::Broker { .. } => {
+                acl.publish = vec!["#".into()];
+                acl.subscribe = vec!["#".into()];
+            }
+        }
+        acl
+    }
+
+    /// Whether a PUBLISH to `topic` is allowed by the topic rights alone. For registry
+    /// clients, [`Acl::scoped_device`] names a device whose registry must be checked too.
+    pub fn allows_publish(&self, topic: &str) -> bool {
+        self.publish.iter().any(|allowed| matches(allowed, topic))
+    }
+
+    /// Whether a subscription to `filter` is allowed: every topic it can match must be
+    /// matched by an allowed filter (containment, not overlap).
+    pub fn allows_subscribe(&self, filter: &str) -> bool {
+        self.subscribe.iter().any(|allowed| contains(allowed, filter))
+    }
+
+    /// For a registry client publishing to `$devices/{id}/…`: the device whose registry
+    /// must be the client's own.
+    pub fn scoped_device(&self, topic: &str) -> Option<Result<DeviceId, ()>> {
+        self.registry_scope.as_ref()?;
+        let rest = topic.strip_prefix("$devices/")?;
+        let id = rest.split('/').next().unwrap_or_default();
+        Some(DeviceId::parse(id).ok_or(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::Namespace;
+    use iotcore_store::TenantId;
+    use std::collections::BTreeMap;
+
+    fn device(default_policy: bool) -> (Principal, DeviceId, RegistryId) {
+        let tenant = TenantId::generate();
+        let device_id = DeviceId::generate();
+        let registry_id = RegistryId::generate();
+        let principal = Principal {
+            namespace: Namespace::Tenant(tenant.clone()),
+            tenant_id: tenant,
+            kind: PrincipalKind::Device {
+                device_id: device_id.clone(),
+                registry_id: registry_id.clone(),
+                name: "d".into(),
+                labels: BTreeMap::new(),
+                enabled: true,
+            },
+            default_policy,
+            rules_version: 0,
+        };
+        (principal, device_id, registry_id)
+    }
+
+    #[test]
+    fn device_defaults_allow_its_own_topics_only() {
+        let (principal, d, r) = device(true);
+        let acl = Acl::for_principal(&principal);
+        assert!(acl.allows_publish(&format!("$devices/{d}/events")));
+        assert!(acl.allows_publish(&format!("$devices/{d}/events/temperature")));
+        assert!(acl.allows_publish(&format!("$devices/{d}/state")));
+        assert!(acl.allows_publish(&format!("$registries/{r}/events/x")));
+        let other = DeviceId::generate();
+        assert!(!acl.allows_publish(&format!("$devices/{other}/events")));
+        assert!(!acl.allows_publish(&format!("$devices/{d}/commands")));
+        assert!(!acl.allows_publish("free/form"));
+        assert!(acl.allows_subscribe(&format!("$devices/{d}/commands/#")));
+        assert!(acl.allows_subscribe(&format!("$devices/{d}/commands/+/x")));
+        assert!(acl.allows_subscribe(&format!("$registries/{r}/commands")));
+        assert!(!acl.allows_subscribe("#"));
+        assert!(!acl.allows_subscribe("$devices/+/commands/#"));
+        assert!(!acl.allows_subscribe(&format!("$devices/{d}/events")));
+    }
+
+    #[test]
+    fn registry_turning_defaults_off_leaves_nothing_allowed() {
+        let (principal, d, _) = device(false);
+        let acl = Acl::for_principal(&principal);
+        assert!(!acl.allows_publish(&format!("$devices/{d}/events")));
+        assert!(!acl.allows_subscribe(&format!("$devices/{d}/commands")));
+    }
+}

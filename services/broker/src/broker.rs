@@ -1,0 +1,171 @@
+//! The broker's shared state, its listeners and the task that keeps rule indexes current.
+
+use crate::auth::{Authenticator, Principal};
+use crate::connection;
+use crate::router::{Namespace, NamespaceRoutes, Router};
+use crate::rules::{RuleIndex, RuleSink};
+use crate::sessions::Sessions;
+use crate::{BrokerConfig, BrokerError};
+use iotcore_store::notify::{Change, ChangeListener};
+use iotcore_store::{Store, TenantId};
+use iotcore_topic::TopicLimits;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Everything connection tasks share.
+pub struct Shared {
+    pub config: BrokerConfig,
+    pub limits: TopicLimits,
+    pub router: Router,
+    pub sessions: Sessions,
+    pub auth: Authenticator,
+    pub rules: RuleSink,
+    pub store: Store,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// The namespace's routes, with its rule index brought up to the generation the
+    /// principal saw when it authenticated (so a rule created before a device connects
+    /// applies to that device's first message).
+    pub async fn routes_for(&self, principal: &Principal) -> Arc<NamespaceRoutes> {
+        let routes = self.router.namespace(&principal.namespace);
+        if let Namespace::Tenant(tenant) = &principal.namespace {
+            let current = routes.rule_index().map(|index| index.version);
+            if current.is_none_or(|version| version < principal.rules_version) {
+                self.reload_rules(tenant, &routes).await;
+            }
+        }
+        routes
+    }
+
+    async fn reload_rules(&self, tenant: &TenantId, routes: &NamespaceRoutes) {
+        match self.store.enabled_rule_routes(tenant).await {
+            Ok((version, rules)) => {
+                let index = Arc::new(RuleIndex::build(version, rules));
+                let mut slot = routes.rules.write().unwrap_or_else(|e| e.into_inner());
+                if slot.as_ref().is_none_or(|old| old.version <= version) {
+                    *slot = Some(index);
+                }
+            }
+            Err(e) => tracing::error!(tenant_id = %tenant, error = %e, "loading rules failed"),
+        }
+    }
+}
+
+/// Runs the broker until `shutdown` is cancelled, then closes every connection.
+pub async fn run(config: BrokerConfig, store: Store, shutdown: CancellationToken) -> Result<(), BrokerError> {
+    let limits = TopicLimits { max_length: config.max_topic_length, max_levels: config.max_topic_levels };
+    let rules = RuleSink::start(
+        store.clone(),
+        config.rule_commit_max_batch,
+        Duration::from_millis(config.rule_commit_max_wait_ms),
+        shutdown.clone(),
+    );
+    let shared = Arc::new(Shared {
+        limits,
+        router: Router::default(),
+        sessions: Sessions::default(),
+        auth: Authenticator::new(store.clone()),
+        rules,
+        store,
+        shutdown: shutdown.clone(),
+        config,
+    });
+    tokio::spawn(follow_rule_changes(shared.clone()));
+
+    let tracker = TaskTracker::new();
+    if let Some(addr) = shared.config.tcp_listen.clone().filter(|a| !a.is_empty()) {
+        let listener = TcpListener::bind(&addr).await.map_err(|source| BrokerError::Listen { addr: addr.clone(), source })?;
+        tracing::info!(%addr, "MQTT over TCP listening");
+        tracker.spawn(accept_tcp(listener, shared.clone(), tracker.clone()));
+    }
+    shutdown.cancelled().await;
+    tracker.close();
+    // Connections send their DISCONNECT and end on the same token; give them a bounded time.
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    Ok(())
+}
+
+/// Accepts TCP connections. Each connection runs in its own task, holding one permit of
+/// the connection limit; the accept loop itself never waits on a client.
+async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
+    let permits = Arc::new(Semaphore::new(shared.config.max_connections));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+            _ = shared.shutdown.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shared.shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(10);
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                tracker.spawn(async move {
+                    connection::serve(stream, peer, shared).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Typically EMFILE: wait instead of spinning, then carry on.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Keeps loaded rule indexes current as the control plane changes rules.
+async fn follow_rule_changes(shared: Arc<Shared>) {
+    loop {
+        let mut listener = loop {
+            match ChangeListener::connect(&shared.store).await {
+                Ok(listener) => break listener,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listening for changes failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shared.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        };
+        loop {
+            let change = tokio::select! {
+                change = listener.recv() => change,
+                _ = shared.shutdown.cancelled() => return,
+            };
+            match change {
+                Ok(Some(Change::Rules { tenant_id })) => {
+                    let namespace = Namespace::Tenant(tenant_id.clone());
+                    if let Some((_, routes)) = shared.router.loaded().into_iter().find(|(n, _)| *n == namespace) {
+                        shared.reload_rules(&tenant_id, &routes).await;
+                    }
+                }
+                Ok(Some(Change::Principals { .. })) => {}
+                // Notifications may have been missed: reload every loaded index.
+                Ok(None) => {
+                    for (namespace, routes) in shared.router.loaded() {
+                        if let Namespace::Tenant(tenant) = namespace {
+                            shared.reload_rules(&tenant, &routes).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "change listener failed; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+use serde::{Deserialize, Serialize};
+
+/// The `[mqtt]` section of the configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Plain MQTT over TCP (dev profile; empty to disable).
+    pub tcp_listen: Option<String>,
+    /// A connection that has not sent a valid CONNECT within this time is closed.
+    pub connect_timeout_secs: u64,
+    /// The largest packet accepted or sent, in bytes (MQTT 5 Maximum Packet Size).
+    pub max_packet_size: u32,
+    pub max_topic_length: usize,
+    pub max_topic_levels: usize,
+    /// Messages queued towards one connection before QoS 0 messages are dropped.
+    pub outbound_queue: usize,
+    /// Unacknowledged QoS 1/2 messages sent to one client at a time.
+    pub inflight_window: u16,
+    /// Connections this process accepts at once; further clients wait in the backlog.
+    pub max_connections: usize,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions: usize,
+    /// Upper bound on the keep alive the broker accepts (MQTT 5 Server Keep Alive), seconds.
+    pub max_keep_alive_secs: u16,
+    /// How long the broker waits to group rule matches into one transaction.
+    pub rule_commit_max_wait_ms: u64,
+    /// Largest number of rule matches written in one transaction.
+    pub rule_commit_max_batch: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            tcp_listen: Some("0.0.0.0:1883".into()),
+            connect_timeout_secs: 10,
+            max_packet_size: 256 * 1024 + 1024,
+            max_topic_length: 1024,
+            max_topic_levels: 16,
+            outbound_queue: 1024,
+            inflight_window: 64,
+            max_connections: 100_000,
+            max_subscriptions: 100,
+            max_keep_alive_secs: 3600,
+            rule_commit_max_wait_ms: 2,
+            rule_commit_max_batch: 512,
+        }
+    }
+}

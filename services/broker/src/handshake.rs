@@ -1,0 +1,141 @@
+//! The first packet of a connection: CONNECT, authentication, the client id rule and the
+//! CONNACK (SPEC §3.3, §4.1).
+
+use crate::auth::{AuthFailure, Principal};
+use crate::broker::Shared;
+use iotcore_codec::{connack_v3, ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
+use iotcore_store::auth::PrincipalKind;
+use iotcore_store::DeviceId;
+use rand::Rng;
+
+/// A CONNECT that was accepted.
+pub struct Accepted {
+    pub principal: Principal,
+    pub client_id: String,
+    /// Set when the broker chose the client id (MQTT 5 Assigned Client Identifier).
+    pub assigned: bool,
+    pub keep_alive: u16,
+    /// Set when the broker lowered the client's keep alive (MQTT 5 Server Keep Alive).
+    pub server_keep_alive: Option<u16>,
+}
+
+/// A refused CONNECT, with the return code (3.x) or reason code (5.0) to answer.
+pub struct Refused {
+    pub code: u8,
+    pub reason: &'static str,
+}
+
+/// Decides on a CONNECT. Never trusts anything in it but the credential for the tenant.
+pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refused> {
+    let v5 = connect.protocol == ProtocolVersion::V5;
+    let refuse = |v3: u8, v5_code: ReasonCode, reason: &'static str| Refused {
+        code: if v5 { v5_code.0 } else { v3 },
+        reason,
+    };
+    if connect.properties.authentication_method.is_some() {
+        // Enhanced authentication (AUTH) is not supported (SPEC §3.1 allows this answer).
+        return Err(refuse(0, ReasonCode::BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported"));
+    }
+    let principal = shared
+        .auth
+        .authenticate(connect.username.as_deref(), connect.password.as_deref())
+        .await
+        .map_err(|failure| match failure {
+            AuthFailure::BadCredentials => refuse(
+                connack_v3::BAD_USER_NAME_OR_PASSWORD,
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                "bad user name or password",
+            ),
+            AuthFailure::NotAuthorized => refuse(connack_v3::NOT_AUTHORIZED, ReasonCode::NOT_AUTHORIZED, "not authorized"),
+            AuthFailure::Unavailable => {
+                refuse(connack_v3::SERVER_UNAVAILABLE, ReasonCode::SERVER_UNAVAILABLE, "server unavailable")
+            }
+        })?;
+    let (client_id, assigned) = client_id_for(&principal, &connect.client_id).ok_or_else(|| {
+        refuse(connack_v3::IDENTIFIER_REJECTED, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "client identifier not valid")
+    })?;
+    // MQTT-3.1.3-8: a 3.1.1 client without a client id must ask for a clean session.
+    if assigned && !v5 && !connect.clean_start {
+        return Err(refuse(connack_v3::IDENTIFIER_REJECTED, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "empty client id"));
+    }
+    let max = shared.config.max_keep_alive_secs;
+    let (keep_alive, server_keep_alive) = if v5 && (connect.keep_alive == 0 || connect.keep_alive > max) {
+        (max, Some(max))
+    } else {
+        (connect.keep_alive, None)
+    };
+    Ok(Accepted { principal, client_id, assigned, keep_alive, server_keep_alive })
+}
+
+/// The client id rule of SPEC §3.3. Returns the id to use and whether it was assigned.
+fn client_id_for(principal: &Principal, requested: &str) -> Option<(String, bool)> {
+    match &principal.kind {
+        // A device's client id is its device id, so one device can never take over
+        // another's session.
+        PrincipalKind::Device { device_id, .. } => match requested {
+            "" => Some((device_id.to_string(), true)),
+            id if id == device_id.as_str() => Some((id.to_owned(), false)),
+            _ => None,
+        },
+        PrincipalKind::Registry { registry_id } => match requested {
+            "" => Some((registry_id.to_string(), true)),
+            id if id == registry_id.as_str() => Some((id.to_owned(), false)),
+            id => {
+                let suffix = id.strip_prefix(registry_id.as_str())?.strip_prefix(':')?;
+                valid_suffix(suffix).then(|| (id.to_owned(), false))
+            }
+        },
+        PrincipalKind::Broker { .. } => match requested {
+            "" => Some((generated_client_id(), true)),
+            id => Some((id.to_owned(), false)),
+        },
+    }
+}
+
+fn valid_suffix(suffix: &str) -> bool {
+    !suffix.is_empty()
+        && suffix.len() <= 64
+        && suffix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn generated_client_id() -> String {
+    let n: u64 = rand::thread_rng().gen();
+    format!("auto-{n:016x}")
+}
+
+/// The CONNACK for an accepted CONNECT, with the MQTT 5 properties that tell the client
+/// what this broker supports.
+pub fn connack(shared: &Shared, version: ProtocolVersion, accepted: &Accepted) -> Packet {
+    let mut properties = Properties::default();
+    if version == ProtocolVersion::V5 {
+        if accepted.assigned {
+            properties.assigned_client_identifier = Some(accepted.client_id.clone());
+        }
+        properties.server_keep_alive = accepted.server_keep_alive;
+        properties.maximum_packet_size = Some(shared.config.max_packet_size);
+        properties.receive_maximum = Some(shared.config.inflight_window);
+        // Outbound delivery is at most QoS 1 in this version; QoS 2 publishes are accepted.
+        properties.topic_alias_maximum = Some(0);
+        properties.retain_available = Some(1);
+        properties.wildcard_subscription_available = Some(1);
+        properties.subscription_identifier_available = Some(0);
+        properties.shared_subscription_available = Some(0);
+    }
+    Packet::ConnAck(ConnAck { session_present: false, code: 0, properties })
+}
+
+pub fn refusal(refused: &Refused, version: ProtocolVersion) -> Packet {
+    let mut properties = Properties::default();
+    if version == ProtocolVersion::V5 {
+        properties.reason_string = Some(refused.reason.to_owned());
+    }
+    Packet::ConnAck(ConnAck { session_present: false, code: refused.code, properties })
+}
+
+/// The device a principal acts as, if it is a device.
+pub fn device_of(principal: &Principal) -> Option<&DeviceId> {
+    match &principal.kind {
+        PrincipalKind::Device { device_id, .. } => Some(device_id),
+        _ => None,
+    }
+}

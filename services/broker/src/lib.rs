@@ -1,0 +1,27 @@
+//! The iotcore MQTT broker: connections, authentication, ACLs, routing, retained messages
+//! and rule matching (SPEC §3, §4, §5).
+//!
+//! A PUBLISH goes one way: socket → codec → session (auth and ACL decided at CONNECT) →
+//! router (the namespace's trie) → subscribers' bounded mailboxes → their sockets; and,
+//! beside the router, rule matches → durable queue (group commit) → rules workers.
+
+mod acl;
+mod auth;
+mod broker;
+pub mod config;
+mod connection;
+mod handshake;
+mod router;
+mod rules;
+mod sessions;
+
+pub use broker::run;
+pub use config::BrokerConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] iotcore_store::StoreError),
+}
