@@ -1,0 +1,303 @@
+//! Devices (SPEC §2): each belongs to one registry of a tenant; its id is also its MQTT
+//! client id and username.
+
+use crate::notify::{self, Change};
+use crate::registries::missing_tenant_is_not_found;
+use crate::tenants::{Page, PageRequest};
+use crate::{DeviceId, RegistryId, Result, Store, StoreError, TenantId};
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use std::collections::BTreeMap;
+
+/// What it takes to create a device; the caller has validated every field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDevice {
+    pub name: String,
+    pub description: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Whether a device may connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceStatus {
+    Enabled,
+    Disabled,
+}
+
+impl DeviceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Enabled => "enabled",
+            DeviceStatus::Disabled => "disabled",
+        }
+    }
+}
+
+/// A device of a tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    pub id: DeviceId,
+    pub tenant_id: TenantId,
+    pub registry_id: RegistryId,
+    pub name: String,
+    pub description: String,
+    pub labels: BTreeMap<String, String>,
+    pub status: DeviceStatus,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DeviceRow {
+    id: DeviceId,
+    tenant_id: TenantId,
+    registry_id: RegistryId,
+    name: String,
+    description: String,
+    labels: Json<BTreeMap<String, String>>,
+    status: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<DeviceRow> for Device {
+    fn from(row: DeviceRow) -> Device {
+        Device {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            registry_id: row.registry_id,
+            name: row.name,
+            description: row.description,
+            labels: row.labels.0,
+            // The column's CHECK constraint admits only the two values.
+            status: if row.status == "disabled" {
+                DeviceStatus::Disabled
+            } else {
+                DeviceStatus::Enabled
+            },
+            created_at: row.created_at,
+        }
+    }
+}
+
+const COLUMNS: &str = "id, tenant_id, registry_id, name, description, labels, status, created_at";
+
+impl Store {
+    /// Creates an enabled device in the registry `registry` of `tenant`. An unknown
+    /// registry (or one of another tenant) is `NotFound`; a name already used in the
+    /// registry is `Conflict { field: "name" }`.
+    pub async fn create_device(
+        &self,
+        tenant: &TenantId,
+        registry: &RegistryId,
+        new: &NewDevice,
+    ) -> Result<Device> {
+        let id = DeviceId::generate();
+        let mut tx = self.pool.begin().await?;
+        let row: DeviceRow = sqlx::query_as(&format!(
+            "INSERT INTO devices (id, tenant_id, registry_id, name, description, labels)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
+        ))
+        .bind(&id)
+        .bind(tenant)
+        .bind(registry)
+        .bind(&new.name)
+        .bind(&new.description)
+        .bind(Json(&new.labels))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| {
+            StoreError::on_constraint(
+                e,
+                &[
+                    ("devices_registry_id_name_key", "name"),
+                    ("devices_tenant_id_registry_id_fkey", "tenant_id"),
+                ],
+            )
+        })
+        .map_err(missing_tenant_is_not_found)?;
+        notify::publish(
+            &mut *tx,
+            &Change::Principals {
+                tenant_id: tenant.clone(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(row.into())
+    }
+
+    /// The device `id` of `tenant`, or `NotFound`.
+    pub async fn get_device(&self, tenant: &TenantId, id: &DeviceId) -> Result<Device> {
+        let row: Option<DeviceRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM devices WHERE tenant_id = $1 AND id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Device::from).ok_or(StoreError::NotFound)
+    }
+
+    /// A page of the devices of the registry `registry` of `tenant`, ordered by id; an
+    /// unknown registry is `NotFound` rather than an empty list.
+    pub async fn list_devices(
+        &self,
+        tenant: &TenantId,
+        registry: &RegistryId,
+        page: &PageRequest,
+    ) -> Result<Page<Device>> {
+        let mut tx = self.pool.begin().await?;
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM registries WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant)
+                .bind(registry)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let rows: Vec<DeviceRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM devices
+              WHERE tenant_id = $1 AND registry_id = $2 AND id > $3 ORDER BY id LIMIT $4"
+        ))
+        .bind(tenant)
+        .bind(registry)
+        .bind(page.after_bound())
+        .bind(page.fetch_limit())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let rows = rows.into_iter().map(Device::from).collect();
+        Ok(page.page(rows, |d: &Device| d.id.as_str()))
+    }
+
+    /// Deletes the device `id` of `tenant` with its credentials.
+    pub async fn delete_device(&self, tenant: &TenantId, id: &DeviceId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM devices WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound);
+        }
+        notify::publish(
+            &mut *tx,
+            &Change::Principals {
+                tenant_id: tenant.clone(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::registries::NewRegistry;
+
+    pub(crate) async fn tenant_with_registry(
+        store: &Store,
+        tenant: &str,
+    ) -> (TenantId, RegistryId) {
+        let tenant = store.create_tenant(tenant).await.unwrap().id;
+        let registry = store
+            .create_registry(
+                &tenant,
+                &NewRegistry {
+                    name: "r".into(),
+                    description: String::new(),
+                    labels: BTreeMap::new(),
+                    default_policy: true,
+                },
+            )
+            .await
+            .unwrap()
+            .id;
+        (tenant, registry)
+    }
+
+    fn device(name: &str) -> NewDevice {
+        NewDevice {
+            name: name.into(),
+            description: "d".into(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn device_of_other_tenant_is_not_found(pool: sqlx::PgPool) {
+        let store = Store::from_pool(pool);
+        let (a, reg_a) = tenant_with_registry(&store, "a").await;
+        let (b, reg_b) = tenant_with_registry(&store, "b").await;
+        let dev = store
+            .create_device(&a, &reg_a, &device("d1"))
+            .await
+            .unwrap();
+        assert_eq!(dev.status, DeviceStatus::Enabled);
+        assert_eq!(store.get_device(&a, &dev.id).await.unwrap(), dev);
+        assert!(matches!(
+            store.get_device(&b, &dev.id).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store.delete_device(&b, &dev.id).await,
+            Err(StoreError::NotFound)
+        ));
+        // Neither listing nor creating reaches into another tenant's registry.
+        assert!(matches!(
+            store
+                .list_devices(&b, &reg_a, &PageRequest::default())
+                .await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store.create_device(&b, &reg_a, &device("x")).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(store
+            .list_devices(&b, &reg_b, &PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty());
+        let listed = store
+            .list_devices(&a, &reg_a, &PageRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(listed.items, vec![dev.clone()]);
+        assert!(matches!(
+            store.create_device(&a, &reg_a, &device("d1")).await,
+            Err(StoreError::Conflict { field: "name" })
+        ));
+        store.delete_device(&a, &dev.id).await.unwrap();
+        assert!(matches!(
+            store.get_device(&a, &dev.id).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn registry_with_devices_is_deleted_only_by_force(pool: sqlx::PgPool) {
+        use crate::registries::RegistryDeletion;
+        let store = Store::from_pool(pool);
+        let (a, reg) = tenant_with_registry(&store, "a").await;
+        let dev = store.create_device(&a, &reg, &device("d1")).await.unwrap();
+        assert_eq!(
+            store.delete_registry(&a, &reg, false).await.unwrap(),
+            RegistryDeletion::HasDevices
+        );
+        assert!(store.get_device(&a, &dev.id).await.is_ok());
+        assert_eq!(
+            store.delete_registry(&a, &reg, true).await.unwrap(),
+            RegistryDeletion::Deleted
+        );
+        assert!(matches!(
+            store.get_device(&a, &dev.id).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+}
