@@ -68,6 +68,8 @@ pub enum DecodeError {
     DuplicateProperty(u8),
     #[error("invalid value for property {0:#04x}")]
     InvalidPropertyValue(u8),
+    #[error("authentication data without an authentication method")]
+    AuthenticationDataWithoutMethod,
     #[error("property length exceeds the packet")]
     PropertyLengthExceedsPacket,
     #[error("properties do not end where their declared length says")]
@@ -101,6 +103,7 @@ impl DecodeError {
             | SessionPresentWithError
             | DuplicateProperty(_)
             | InvalidPropertyValue(_)
+            | AuthenticationDataWithoutMethod
             | InvalidReasonCode { .. } => ReasonCode::PROTOCOL_ERROR,
             VariableByteIntegerTooLong
             | NonMinimalVariableByteInteger

@@ -268,6 +268,10 @@ impl Properties {
         if r.remaining() != end {
             return Err(DecodeError::PropertyLengthMismatch);
         }
+        // MQTT 5.0 §3.1.2.11.10: authentication data means nothing without a method.
+        if p.authentication_data.is_some() && p.authentication_method.is_none() {
+            return Err(DecodeError::AuthenticationDataWithoutMethod);
+        }
         Ok(p)
     }
 

@@ -427,6 +427,14 @@ fn zero_values_where_zero_is_forbidden_are_protocol_errors() {
 }
 
 #[test]
+fn authentication_data_without_a_method_is_a_protocol_error() {
+    let auth = packet(0xf0, b"\x18\x04\x16\x00\x01x");
+    let error = decode_err(&auth, V5);
+    assert_eq!(error, AuthenticationDataWithoutMethod);
+    assert_eq!(error.reason_code(), ReasonCode::PROTOCOL_ERROR);
+}
+
+#[test]
 fn malformed_variable_byte_integers_in_properties_are_refused() {
     // A property length of five bytes.
     let too_long = packet(0x30, b"\x00\x01t\xff\xff\xff\xff\x01");

@@ -124,6 +124,25 @@ proptest! {
     }
 
     #[test]
+    fn a_corrupted_packet_is_refused_or_decodes_to_something_that_round_trips(
+        (version, packet) in any_packet(),
+        index in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let mut wire = encode(&packet, version);
+        let at = index.index(wire.len());
+        wire[at] = byte;
+        if let Ok(Some(decoded)) = decode(&mut wire, version, MAX) {
+            let version = match &decoded {
+                Packet::Connect(connect) => connect.protocol,
+                _ => version,
+            };
+            let mut again = encode(&decoded, version);
+            prop_assert_eq!(decode(&mut again, version, MAX), Ok(Some(decoded)));
+        }
+    }
+
+    #[test]
     fn arbitrary_bodies_behind_valid_headers_never_panic(
         first in any::<u8>(),
         body in proptest::collection::vec(any::<u8>(), 0..120),
@@ -132,7 +151,15 @@ proptest! {
         bytes.extend_from_slice(&body);
         for version in VERSIONS {
             let mut buf = BytesMut::from(&bytes[..]);
-            let _ = decode(&mut buf, version, MAX);
+            if let Ok(Some(packet)) = decode(&mut buf, version, MAX) {
+                // Whatever the decoder accepts, the encoder can send back unchanged.
+                let version = match &packet {
+                    Packet::Connect(connect) => connect.protocol,
+                    _ => version,
+                };
+                let mut again = encode(&packet, version);
+                prop_assert_eq!(decode(&mut again, version, MAX), Ok(Some(packet)));
+            }
         }
     }
 }

@@ -107,7 +107,11 @@ macro_rules! keep {
     };
 }
 
-pub fn restrict(p: Properties, ctx: Ctx) -> Properties {
+pub fn restrict(mut p: Properties, ctx: Ctx) -> Properties {
+    // MQTT 5.0 §3.1.2.11.10: authentication data only comes with a method.
+    if p.authentication_method.is_none() {
+        p.authentication_data = None;
+    }
     match ctx {
         Ctx::Connect => keep!(
             p,
