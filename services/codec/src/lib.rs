@@ -25,6 +25,7 @@ mod fixed_header;
 mod packet;
 mod primitives;
 mod properties;
+mod property_context;
 mod publish;
 mod reason;
 mod subscribe;
