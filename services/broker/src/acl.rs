@@ -22,7 +22,11 @@ impl Acl {
     pub fn for_principal(principal: &Principal) -> Acl {
         let mut acl = Acl::default();
         match &principal.kind {
-            PrincipalKind::Device { device_id, registry_id, .. } => {
+            PrincipalKind::Device {
+                device_id,
+                registry_id,
+                ..
+            } => {
                 if principal.default_policy {
                     acl.publish = vec![
                         format!("$devices/{device_id}/events/#"),
@@ -37,8 +41,10 @@ impl Acl {
             }
             PrincipalKind::Registry { registry_id } => {
                 if principal.default_policy {
-                    acl.publish =
-                        vec!["$devices/+/commands/#".into(), format!("$registries/{registry_id}/commands/#")];
+                    acl.publish = vec![
+                        "$devices/+/commands/#".into(),
+                        format!("$registries/{registry_id}/commands/#"),
+                    ];
                     acl.subscribe = vec![
                         "$devices/+/events/#".into(),
                         "$devices/+/state/#".into(),
@@ -65,7 +71,9 @@ impl Acl {
     /// Whether a subscription to `filter` is allowed: every topic it can match must be
     /// matched by an allowed filter (containment, not overlap).
     pub fn allows_subscribe(&self, filter: &str) -> bool {
-        self.subscribe.iter().any(|allowed| contains(allowed, filter))
+        self.subscribe
+            .iter()
+            .any(|allowed| contains(allowed, filter))
     }
 
     /// For a registry client publishing to `$devices/{id}/…`: the device whose registry

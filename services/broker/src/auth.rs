@@ -39,12 +39,20 @@ impl Authenticator {
         Authenticator { store }
     }
 
-    pub async fn authenticate(&self, username: Option<&str>, password: Option<&[u8]>) -> Result<Principal, AuthFailure> {
+    pub async fn authenticate(
+        &self,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> Result<Principal, AuthFailure> {
         let found = match username {
-            Some(username) => self.store.find_password_principal(username).await.map_err(|e| {
-                tracing::error!(error = %e, "looking up a principal failed");
-                AuthFailure::Unavailable
-            })?,
+            Some(username) => self
+                .store
+                .find_password_principal(username)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "looking up a principal failed");
+                    AuthFailure::Unavailable
+                })?,
             None => None,
         };
         let password = password.unwrap_or_default().to_vec();
@@ -54,9 +62,11 @@ impl Authenticator {
             // verification, so that timing does not tell which usernames exist.
             _ => vec![decoy_hash().to_owned()],
         };
-        let verified = tokio::task::spawn_blocking(move || hashes.iter().any(|hash| verify_password(hash, &password)))
-            .await
-            .unwrap_or(false);
+        let verified = tokio::task::spawn_blocking(move || {
+            hashes.iter().any(|hash| verify_password(hash, &password))
+        })
+        .await
+        .unwrap_or(false);
         let principal = match found {
             Some(principal) if verified => principal,
             _ => return Err(AuthFailure::BadCredentials),
@@ -71,8 +81,12 @@ fn into_principal(found: PasswordPrincipal) -> Result<Principal, AuthFailure> {
     }
     let namespace = match &found.kind {
         PrincipalKind::Device { enabled: false, .. } => return Err(AuthFailure::NotAuthorized),
-        PrincipalKind::Device { .. } | PrincipalKind::Registry { .. } => Namespace::Tenant(found.tenant_id.clone()),
-        PrincipalKind::Broker { broker_id } => Namespace::Broker(found.tenant_id.clone(), broker_id.clone()),
+        PrincipalKind::Device { .. } | PrincipalKind::Registry { .. } => {
+            Namespace::Tenant(found.tenant_id.clone())
+        }
+        PrincipalKind::Broker { broker_id } => {
+            Namespace::Broker(found.tenant_id.clone(), broker_id.clone())
+        }
     };
     Ok(Principal {
         tenant_id: found.tenant_id,

@@ -58,8 +58,15 @@ impl Shared {
 }
 
 /// Runs the broker until `shutdown` is cancelled, then closes every connection.
-pub async fn run(config: BrokerConfig, store: Store, shutdown: CancellationToken) -> Result<(), BrokerError> {
-    let limits = TopicLimits { max_length: config.max_topic_length, max_levels: config.max_topic_levels };
+pub async fn run(
+    config: BrokerConfig,
+    store: Store,
+    shutdown: CancellationToken,
+) -> Result<(), BrokerError> {
+    let limits = TopicLimits {
+        max_length: config.max_topic_length,
+        max_levels: config.max_topic_levels,
+    };
     let rules = RuleSink::start(
         store.clone(),
         config.rule_commit_max_batch,
@@ -80,7 +87,12 @@ pub async fn run(config: BrokerConfig, store: Store, shutdown: CancellationToken
 
     let tracker = TaskTracker::new();
     if let Some(addr) = shared.config.tcp_listen.clone().filter(|a| !a.is_empty()) {
-        let listener = TcpListener::bind(&addr).await.map_err(|source| BrokerError::Listen { addr: addr.clone(), source })?;
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| BrokerError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
         tracing::info!(%addr, "MQTT over TCP listening");
         tracker.spawn(accept_tcp(listener, shared.clone(), tracker.clone()));
     }
@@ -148,7 +160,12 @@ async fn follow_rule_changes(shared: Arc<Shared>) {
             match change {
                 Ok(Some(Change::Rules { tenant_id })) => {
                     let namespace = Namespace::Tenant(tenant_id.clone());
-                    if let Some((_, routes)) = shared.router.loaded().into_iter().find(|(n, _)| *n == namespace) {
+                    if let Some((_, routes)) = shared
+                        .router
+                        .loaded()
+                        .into_iter()
+                        .find(|(n, _)| *n == namespace)
+                    {
                         shared.reload_rules(&tenant_id, &routes).await;
                     }
                 }

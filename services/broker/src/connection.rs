@@ -12,8 +12,8 @@ use crate::router::{ConnectionId, Mailbox, Message, NamespaceRoutes, Outgoing, S
 use crate::rules::deliveries_for;
 use bytes::BytesMut;
 use iotcore_codec::{
-    decode, Disconnect, Packet, Properties, ProtocolVersion, PubAck, PubComp, PubRec, Publish, QoS, ReasonCode, SubAck,
-    Subscribe, UnsubAck, Unsubscribe,
+    decode, Disconnect, Packet, Properties, ProtocolVersion, PubAck, PubComp, PubRec, Publish, QoS,
+    ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use iotcore_topic::{Subscription, TopicFilter, TopicName};
 use std::collections::{HashMap, HashSet};
@@ -34,7 +34,10 @@ struct Close {
 
 impl Close {
     fn with(reason: ReasonCode, why: &'static str) -> Close {
-        Close { reason: Some(reason), why }
+        Close {
+            reason: Some(reason),
+            why,
+        }
     }
     fn silently(why: &'static str) -> Close {
         Close { reason: None, why }
@@ -56,7 +59,12 @@ where
     );
     async move {
         let (reader, writer) = tokio::io::split(stream);
-        let mut io = Io { reader, writer, rbuf: BytesMut::new(), wbuf: BytesMut::new() };
+        let mut io = Io {
+            reader,
+            writer,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+        };
         let connect_timeout = Duration::from_secs(shared.config.connect_timeout_secs);
         let connect = match tokio::time::timeout(connect_timeout, io.read_connect(&shared)).await {
             Ok(Ok(connect)) => connect,
@@ -80,16 +88,35 @@ where
             }
         };
         let span = tracing::Span::current();
-        span.record("tenant_id", tracing::field::display(&accepted.principal.tenant_id));
+        span.record(
+            "tenant_id",
+            tracing::field::display(&accepted.principal.tenant_id),
+        );
         span.record("client_id", accepted.client_id.as_str());
         if connect.will.is_some() {
             tracing::debug!("will message accepted but not published in this version");
         }
         let routes = shared.routes_for(&accepted.principal).await;
         let (mailbox, outbound) = mpsc::channel(shared.config.outbound_queue.max(1));
-        let takeover = shared.sessions.claim(&accepted.principal.namespace, &accepted.client_id, connection_id);
-        if io.send(&handshake::connack(&shared, version, &accepted), version, None).is_err() || io.flush().await.is_err() {
-            shared.sessions.release(&accepted.principal.namespace, &accepted.client_id, connection_id);
+        let takeover = shared.sessions.claim(
+            &accepted.principal.namespace,
+            &accepted.client_id,
+            connection_id,
+        );
+        if io
+            .send(
+                &handshake::connack(&shared, version, &accepted),
+                version,
+                None,
+            )
+            .is_err()
+            || io.flush().await.is_err()
+        {
+            shared.sessions.release(
+                &accepted.principal.namespace,
+                &accepted.client_id,
+                connection_id,
+            );
             return;
         }
         tracing::info!(protocol = ?version, "connected");
@@ -112,7 +139,10 @@ where
         tracing::info!(why = close.why, "disconnected");
         if version == ProtocolVersion::V5 {
             if let Some(reason) = close.reason {
-                let packet = Packet::Disconnect(Disconnect { reason, properties: Properties::default() });
+                let packet = Packet::Disconnect(Disconnect {
+                    reason,
+                    properties: Properties::default(),
+                });
                 if io.send(&packet, version, client_max_packet).is_ok() {
                     let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
                 }
@@ -134,9 +164,16 @@ struct Io<R, W> {
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
     /// Reads until the first packet, which must be a CONNECT (MQTT-3.1.0-1).
-    async fn read_connect(&mut self, shared: &Shared) -> Result<iotcore_codec::Connect, &'static str> {
+    async fn read_connect(
+        &mut self,
+        shared: &Shared,
+    ) -> Result<iotcore_codec::Connect, &'static str> {
         loop {
-            match decode(&mut self.rbuf, ProtocolVersion::V3_1_1, shared.config.max_packet_size as usize) {
+            match decode(
+                &mut self.rbuf,
+                ProtocolVersion::V3_1_1,
+                shared.config.max_packet_size as usize,
+            ) {
                 Ok(Some(Packet::Connect(connect))) => return Ok(connect),
                 Ok(Some(_)) => return Err("first packet was not CONNECT"),
                 Ok(None) => {}
@@ -166,12 +203,20 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
             self.rbuf.reserve(4096);
         }
-        self.reader.read_buf(&mut self.rbuf).await.map_err(|_| "read error")
+        self.reader
+            .read_buf(&mut self.rbuf)
+            .await
+            .map_err(|_| "read error")
     }
 
     /// Encodes `packet` into the write buffer. A packet larger than the client's Maximum
     /// Packet Size is not sent (MQTT-3.1.2-25) and `Err` is returned.
-    fn send(&mut self, packet: &Packet, version: ProtocolVersion, client_max: Option<u32>) -> Result<(), ()> {
+    fn send(
+        &mut self,
+        packet: &Packet,
+        version: ProtocolVersion,
+        client_max: Option<u32>,
+    ) -> Result<(), ()> {
         let start = self.wbuf.len();
         if packet.encode(version, &mut self.wbuf).is_err() {
             self.wbuf.truncate(start);
@@ -309,7 +354,11 @@ impl Session {
                 } else {
                     ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                let comp = Packet::PubComp(PubComp { packet_id: rel.packet_id, reason, properties: Properties::default() });
+                let comp = Packet::PubComp(PubComp {
+                    packet_id: rel.packet_id,
+                    reason,
+                    properties: Properties::default(),
+                });
                 self.reply(&comp, io);
                 Ok(())
             }
@@ -328,14 +377,21 @@ impl Session {
             Packet::Disconnect(_) => Err(Close::silently("DISCONNECT from client")),
             // The broker never sends QoS 2 in this version, so PUBREC/PUBCOMP from a client
             // answer nothing of ours: a protocol error.
-            Packet::PubRec(_) | Packet::PubComp(_) => {
-                Err(Close::with(ReasonCode::PROTOCOL_ERROR, "unexpected PUBREC or PUBCOMP"))
-            }
-            Packet::Auth(_) => Err(Close::with(ReasonCode::PROTOCOL_ERROR, "AUTH without authentication method")),
+            Packet::PubRec(_) | Packet::PubComp(_) => Err(Close::with(
+                ReasonCode::PROTOCOL_ERROR,
+                "unexpected PUBREC or PUBCOMP",
+            )),
+            Packet::Auth(_) => Err(Close::with(
+                ReasonCode::PROTOCOL_ERROR,
+                "AUTH without authentication method",
+            )),
             // MQTT-3.1.0-2: a second CONNECT is a protocol violation.
             Packet::Connect(_) => Err(Close::with(ReasonCode::PROTOCOL_ERROR, "second CONNECT")),
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                Err(Close::with(ReasonCode::PROTOCOL_ERROR, "server-to-client packet from client"))
+                Err(Close::with(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "server-to-client packet from client",
+                ))
             }
         }
     }
@@ -355,7 +411,10 @@ impl Session {
     {
         if publish.properties.topic_alias.is_some() {
             // CONNACK announced Topic Alias Maximum 0 (MQTT-3.3.2-9).
-            return Err(Close::with(ReasonCode::TOPIC_ALIAS_INVALID, "topic alias not allowed"));
+            return Err(Close::with(
+                ReasonCode::TOPIC_ALIAS_INVALID,
+                "topic alias not allowed",
+            ));
         }
         let topic = TopicName::parse(&publish.topic, self.shared.limits)
             .map_err(|_| Close::with(ReasonCode::TOPIC_NAME_INVALID, "invalid topic name"))?;
@@ -386,7 +445,12 @@ impl Session {
             // Not acknowledged as a success: the client must send it again.
             return match self.version {
                 ProtocolVersion::V5 => {
-                    self.ack(message.qos, packet_id, ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR, io);
+                    self.ack(
+                        message.qos,
+                        packet_id,
+                        ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+                        io,
+                    );
                     Ok(())
                 }
                 _ => Err(Close::silently("rule matches could not be stored")),
@@ -398,7 +462,10 @@ impl Session {
         self.routes.route(&message);
         if message.qos == QoS::ExactlyOnce {
             if self.incoming_qos2.len() >= usize::from(self.shared.config.inflight_window.max(1)) {
-                return Err(Close::with(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "too many QoS 2 messages in flight"));
+                return Err(Close::with(
+                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                    "too many QoS 2 messages in flight",
+                ));
             }
             self.incoming_qos2.insert(packet_id);
         }
@@ -415,7 +482,11 @@ impl Session {
             None => true,
             Some(Err(())) => false,
             Some(Ok(device)) => {
-                let registry = self.shared.store.device_registry(&self.accepted.principal.tenant_id, &device).await;
+                let registry = self
+                    .shared
+                    .store
+                    .device_registry(&self.accepted.principal.tenant_id, &device)
+                    .await;
                 matches!(registry, Ok(Some(r)) if Some(&r) == self.acl.registry_scope.as_ref())
             }
         }
@@ -424,7 +495,9 @@ impl Session {
     /// Makes the rule matches of `message` durable before the publish is acknowledged
     /// (QoS 1/2), or hands them to the writer without waiting (QoS 0).
     async fn enqueue_rule_matches(&self, message: &Message) -> Result<(), ()> {
-        let Some(index) = self.routes.rule_index() else { return Ok(()) };
+        let Some(index) = self.routes.rule_index() else {
+            return Ok(());
+        };
         let rules = index.matching(message);
         if rules.is_empty() {
             return Ok(());
@@ -438,9 +511,13 @@ impl Session {
             }
             return Ok(());
         }
-        self.shared.rules.enqueue_durable(deliveries).await.map_err(|e| {
-            tracing::warn!(error = %e, "publish not acknowledged");
-        })
+        self.shared
+            .rules
+            .enqueue_durable(deliveries)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "publish not acknowledged");
+            })
     }
 
     fn origin_registry(&self) -> Option<iotcore_store::RegistryId> {
@@ -463,8 +540,16 @@ impl Session {
         let properties = Properties::default();
         let packet = match qos {
             QoS::AtMostOnce => return,
-            QoS::AtLeastOnce => Packet::PubAck(PubAck { packet_id, reason, properties }),
-            QoS::ExactlyOnce => Packet::PubRec(PubRec { packet_id, reason, properties }),
+            QoS::AtLeastOnce => Packet::PubAck(PubAck {
+                packet_id,
+                reason,
+                properties,
+            }),
+            QoS::ExactlyOnce => Packet::PubRec(PubRec {
+                packet_id,
+                reason,
+                properties,
+            }),
         };
         self.reply(&packet, io);
     }
@@ -481,7 +566,10 @@ impl Session {
         for (raw, options) in &subscribe.filters {
             let reason = match TopicFilter::parse_subscription(raw, self.shared.limits) {
                 Err(_) => failure(ReasonCode::TOPIC_FILTER_INVALID),
-                Ok(Subscription { share_group: Some(_), .. }) => failure(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED),
+                Ok(Subscription {
+                    share_group: Some(_),
+                    ..
+                }) => failure(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED),
                 Ok(Subscription { filter, .. }) if !self.acl.allows_subscribe(filter.as_str()) => {
                     failure(ReasonCode::NOT_AUTHORIZED)
                 }
@@ -500,7 +588,10 @@ impl Session {
                         no_local: options.no_local,
                         registry_scope: self.acl.registry_scope.clone(),
                     };
-                    let existed = self.subscriptions.insert(raw.clone(), filter.clone()).is_some();
+                    let existed = self
+                        .subscriptions
+                        .insert(raw.clone(), filter.clone())
+                        .is_some();
                     self.routes.subscribe(&filter, self.id, subscriber);
                     // Retain Handling: 0 always, 1 only for a new subscription, 2 never.
                     if options.retain_handling == 0 || (options.retain_handling == 1 && !existed) {
@@ -511,18 +602,28 @@ impl Session {
             };
             reasons.push(reason);
         }
-        let suback = Packet::SubAck(SubAck { packet_id: subscribe.packet_id, reasons, properties: Properties::default() });
+        let suback = Packet::SubAck(SubAck {
+            packet_id: subscribe.packet_id,
+            reasons,
+            properties: Properties::default(),
+        });
         self.reply(&suback, io);
         // MQTT-3.3.1-6: retained messages follow the SUBACK, with RETAIN set.
         for (filter, qos) in retained {
             for message in self.routes.retained_matching(filter.as_str()) {
                 if let Some(scope) = &self.acl.registry_scope {
-                    if message.topic.starts_with("$devices/") && message.origin_registry.as_ref() != Some(scope) {
+                    if message.topic.starts_with("$devices/")
+                        && message.origin_registry.as_ref() != Some(scope)
+                    {
                         continue;
                     }
                 }
                 let qos = message.qos.min(qos);
-                let _ = self.mailbox.try_send(Outgoing { message, qos, retain: true });
+                let _ = self.mailbox.try_send(Outgoing {
+                    message,
+                    qos,
+                    retain: true,
+                });
             }
         }
     }
@@ -538,13 +639,20 @@ impl Session {
                 Some(filter) => self.routes.unsubscribe(filter.as_str(), self.id),
                 None => false,
             };
-            reasons.push(if existed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
+            reasons.push(if existed {
+                ReasonCode::SUCCESS
+            } else {
+                ReasonCode::NO_SUBSCRIPTION_EXISTED
+            });
         }
         if self.version != ProtocolVersion::V5 {
             reasons.clear();
         }
-        let unsuback =
-            Packet::UnsubAck(UnsubAck { packet_id: unsubscribe.packet_id, reasons, properties: Properties::default() });
+        let unsuback = Packet::UnsubAck(UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            reasons,
+            properties: Properties::default(),
+        });
         self.reply(&unsuback, io);
     }
 
@@ -573,8 +681,14 @@ impl Session {
             payload: message.payload.clone(),
             properties,
         });
-        if io.send(&publish, self.version, self.client_max_packet).is_err() {
-            tracing::debug!(topic = message.topic, "message larger than the client accepts; dropped");
+        if io
+            .send(&publish, self.version, self.client_max_packet)
+            .is_err()
+        {
+            tracing::debug!(
+                topic = message.topic,
+                "message larger than the client accepts; dropped"
+            );
             return;
         }
         if let Some(packet_id) = packet_id {
@@ -597,6 +711,8 @@ impl Session {
             self.routes.unsubscribe(filter.as_str(), self.id);
         }
         let principal = &self.accepted.principal;
-        self.shared.sessions.release(&principal.namespace, &self.accepted.client_id, self.id);
+        self.shared
+            .sessions
+            .release(&principal.namespace, &self.accepted.client_id, self.id);
     }
 }

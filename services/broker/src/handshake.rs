@@ -3,7 +3,9 @@
 
 use crate::auth::{AuthFailure, Principal};
 use crate::broker::Shared;
-use iotcore_codec::{connack_v3, ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
+use iotcore_codec::{
+    connack_v3, ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode,
+};
 use iotcore_store::auth::PrincipalKind;
 use iotcore_store::DeviceId;
 use rand::Rng;
@@ -34,7 +36,11 @@ pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refu
     };
     if connect.properties.authentication_method.is_some() {
         // Enhanced authentication (AUTH) is not supported (SPEC §3.1 allows this answer).
-        return Err(refuse(0, ReasonCode::BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported"));
+        return Err(refuse(
+            0,
+            ReasonCode::BAD_AUTHENTICATION_METHOD,
+            "enhanced authentication is not supported",
+        ));
     }
     let principal = shared
         .auth
@@ -46,25 +52,46 @@ pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refu
                 ReasonCode::BAD_USER_NAME_OR_PASSWORD,
                 "bad user name or password",
             ),
-            AuthFailure::NotAuthorized => refuse(connack_v3::NOT_AUTHORIZED, ReasonCode::NOT_AUTHORIZED, "not authorized"),
-            AuthFailure::Unavailable => {
-                refuse(connack_v3::SERVER_UNAVAILABLE, ReasonCode::SERVER_UNAVAILABLE, "server unavailable")
-            }
+            AuthFailure::NotAuthorized => refuse(
+                connack_v3::NOT_AUTHORIZED,
+                ReasonCode::NOT_AUTHORIZED,
+                "not authorized",
+            ),
+            AuthFailure::Unavailable => refuse(
+                connack_v3::SERVER_UNAVAILABLE,
+                ReasonCode::SERVER_UNAVAILABLE,
+                "server unavailable",
+            ),
         })?;
     let (client_id, assigned) = client_id_for(&principal, &connect.client_id).ok_or_else(|| {
-        refuse(connack_v3::IDENTIFIER_REJECTED, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "client identifier not valid")
+        refuse(
+            connack_v3::IDENTIFIER_REJECTED,
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "client identifier not valid",
+        )
     })?;
     // MQTT-3.1.3-8: a 3.1.1 client without a client id must ask for a clean session.
     if assigned && !v5 && !connect.clean_start {
-        return Err(refuse(connack_v3::IDENTIFIER_REJECTED, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "empty client id"));
+        return Err(refuse(
+            connack_v3::IDENTIFIER_REJECTED,
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "empty client id",
+        ));
     }
     let max = shared.config.max_keep_alive_secs;
-    let (keep_alive, server_keep_alive) = if v5 && (connect.keep_alive == 0 || connect.keep_alive > max) {
-        (max, Some(max))
-    } else {
-        (connect.keep_alive, None)
-    };
-    Ok(Accepted { principal, client_id, assigned, keep_alive, server_keep_alive })
+    let (keep_alive, server_keep_alive) =
+        if v5 && (connect.keep_alive == 0 || connect.keep_alive > max) {
+            (max, Some(max))
+        } else {
+            (connect.keep_alive, None)
+        };
+    Ok(Accepted {
+        principal,
+        client_id,
+        assigned,
+        keep_alive,
+        server_keep_alive,
+    })
 }
 
 /// The client id rule of SPEC §3.3. Returns the id to use and whether it was assigned.
@@ -95,7 +122,9 @@ fn client_id_for(principal: &Principal, requested: &str) -> Option<(String, bool
 fn valid_suffix(suffix: &str) -> bool {
     !suffix.is_empty()
         && suffix.len() <= 64
-        && suffix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 fn generated_client_id() -> String {
@@ -121,7 +150,11 @@ pub fn connack(shared: &Shared, version: ProtocolVersion, accepted: &Accepted) -
         properties.subscription_identifier_available = Some(0);
         properties.shared_subscription_available = Some(0);
     }
-    Packet::ConnAck(ConnAck { session_present: false, code: 0, properties })
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        code: 0,
+        properties,
+    })
 }
 
 pub fn refusal(refused: &Refused, version: ProtocolVersion) -> Packet {
@@ -129,7 +162,11 @@ pub fn refusal(refused: &Refused, version: ProtocolVersion) -> Packet {
     if version == ProtocolVersion::V5 {
         properties.reason_string = Some(refused.reason.to_owned());
     }
-    Packet::ConnAck(ConnAck { session_present: false, code: refused.code, properties })
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        code: refused.code,
+        properties,
+    })
 }
 
 /// The device a principal acts as, if it is a device.

@@ -21,7 +21,10 @@ pub use config::BrokerConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] iotcore_store::StoreError),
 }

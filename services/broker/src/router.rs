@@ -24,20 +24,12 @@ pub enum Namespace {
     Broker(TenantId, BrokerId),
 }
 
-impl Namespace {
-    pub fn tenant_id(&self) -> &TenantId {
-        match self {
-            Namespace::Tenant(t) | Namespace::Broker(t, _) => t,
-        }
-    }
-}
-
 /// Identifies one live connection within the process.
 pub type ConnectionId = u64;
 
 /// An application message as accepted from a publisher. Shared (behind an `Arc`) by every
 /// subscriber it is delivered to: the payload is never copied per subscriber.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Message {
     pub topic: String,
     pub payload: Bytes,
@@ -82,7 +74,9 @@ impl Subscriber {
             return false;
         }
         match &self.registry_scope {
-            Some(scope) if message.topic.starts_with("$devices/") => message.origin_registry.as_ref() == Some(scope),
+            Some(scope) if message.topic.starts_with("$devices/") => {
+                message.origin_registry.as_ref() == Some(scope)
+            }
             _ => true,
         }
     }
@@ -106,12 +100,19 @@ pub struct RouteOutcome {
 }
 
 impl NamespaceRoutes {
-    pub fn subscribe(&self, filter: &TopicFilter, connection: ConnectionId, subscriber: Subscriber) {
+    pub fn subscribe(
+        &self,
+        filter: &TopicFilter,
+        connection: ConnectionId,
+        subscriber: Subscriber,
+    ) {
         write(&self.subscriptions).insert(filter, connection, subscriber);
     }
 
     pub fn unsubscribe(&self, filter: &str, connection: ConnectionId) -> bool {
-        write(&self.subscriptions).remove(filter, &connection).is_some()
+        write(&self.subscriptions)
+            .remove(filter, &connection)
+            .is_some()
     }
 
     /// Hands `message` to every matching subscriber's queue without waiting: a full queue
@@ -133,7 +134,11 @@ impl NamespaceRoutes {
         targets.dedup_by_key(|t| t.0);
         let mut outcome = RouteOutcome::default();
         for (_, subscriber) in targets {
-            let outgoing = Outgoing { message: message.clone(), qos: message.qos.min(subscriber.qos), retain: false };
+            let outgoing = Outgoing {
+                message: message.clone(),
+                qos: message.qos.min(subscriber.qos),
+                retain: false,
+            };
             match subscriber.mailbox.try_send(outgoing) {
                 Ok(()) => outcome.delivered += 1,
                 // A closed mailbox belongs to a connection that is going away; its
@@ -180,12 +185,18 @@ impl Router {
         if let Some(routes) = read(&self.namespaces).get(namespace) {
             return routes.clone();
         }
-        write(&self.namespaces).entry(namespace.clone()).or_default().clone()
+        write(&self.namespaces)
+            .entry(namespace.clone())
+            .or_default()
+            .clone()
     }
 
     /// The namespaces that exist now, for reloading rule indexes.
     pub fn loaded(&self) -> Vec<(Namespace, Arc<NamespaceRoutes>)> {
-        read(&self.namespaces).iter().map(|(n, r)| (n.clone(), r.clone())).collect()
+        read(&self.namespaces)
+            .iter()
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect()
     }
 
     pub fn next_connection_id(&self) -> ConnectionId {
@@ -205,4 +216,141 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     lock.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iotcore_topic::TopicLimits;
+
+    fn message(topic: &str, qos: QoS, origin_registry: Option<&RegistryId>) -> Arc<Message> {
+        Arc::new(Message {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"p"),
+            qos,
+            retain: false,
+            content_type: None,
+            payload_format_indicator: None,
+            user_properties: Vec::new(),
+            origin: Some(1),
+            origin_registry: origin_registry.cloned(),
+        })
+    }
+
+    fn subscriber(qos: QoS, scope: Option<RegistryId>) -> (Subscriber, mpsc::Receiver<Outgoing>) {
+        let (mailbox, rx) = mpsc::channel(2);
+        (
+            Subscriber {
+                mailbox,
+                qos,
+                no_local: false,
+                registry_scope: scope,
+            },
+            rx,
+        )
+    }
+
+    fn filter(s: &str) -> TopicFilter {
+        TopicFilter::parse(s, TopicLimits::default()).expect("valid filter")
+    }
+
+    #[test]
+    fn overlapping_filters_deliver_once_with_the_highest_qos() {
+        let routes = NamespaceRoutes::default();
+        let (sub0, mut rx) = subscriber(QoS::AtMostOnce, None);
+        let sub1 = Subscriber {
+            qos: QoS::AtLeastOnce,
+            ..sub0.clone()
+        };
+        routes.subscribe(&filter("a/#"), 7, sub0);
+        routes.subscribe(&filter("a/+"), 7, sub1);
+        let outcome = routes.route(&message("a/b", QoS::AtLeastOnce, None));
+        assert_eq!(
+            outcome,
+            RouteOutcome {
+                delivered: 1,
+                dropped: 0
+            }
+        );
+        assert_eq!(rx.try_recv().map(|o| o.qos).ok(), Some(QoS::AtLeastOnce));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_full_mailbox_drops_for_that_subscriber_only() {
+        let routes = NamespaceRoutes::default();
+        let (slow, _slow_rx) = subscriber(QoS::AtMostOnce, None);
+        let (fast, mut fast_rx) = subscriber(QoS::AtMostOnce, None);
+        routes.subscribe(&filter("t"), 1, slow);
+        routes.subscribe(&filter("t"), 2, fast);
+        for _ in 0..2 {
+            routes.route(&message("t", QoS::AtMostOnce, None));
+            assert!(fast_rx.try_recv().is_ok());
+        }
+        let outcome = routes.route(&message("t", QoS::AtMostOnce, None));
+        assert_eq!(
+            outcome,
+            RouteOutcome {
+                delivered: 1,
+                dropped: 1
+            }
+        );
+    }
+
+    #[test]
+    fn registry_scoped_subscribers_get_device_topics_of_their_registry_only() {
+        let mine = RegistryId::generate();
+        let theirs = RegistryId::generate();
+        let routes = NamespaceRoutes::default();
+        let (sub, mut rx) = subscriber(QoS::AtMostOnce, Some(mine.clone()));
+        routes.subscribe(&filter("$devices/+/events/#"), 1, sub);
+        routes.route(&message(
+            "$devices/x/events",
+            QoS::AtMostOnce,
+            Some(&theirs),
+        ));
+        assert!(rx.try_recv().is_err());
+        routes.route(&message("$devices/x/events", QoS::AtMostOnce, Some(&mine)));
+        assert!(rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn retained_messages_are_replaced_and_deleted_by_an_empty_payload() {
+        let routes = NamespaceRoutes::default();
+        routes.retain(&message("s/1", QoS::AtMostOnce, None));
+        routes.retain(&message("s/2", QoS::AtMostOnce, None));
+        assert_eq!(routes.retained_matching("s/#").len(), 2);
+        let empty = Arc::new(Message {
+            payload: Bytes::new(),
+            ..(*message("s/1", QoS::AtMostOnce, None)).clone()
+        });
+        routes.retain(&empty);
+        let left: Vec<_> = routes
+            .retained_matching("#")
+            .iter()
+            .map(|m| m.topic.clone())
+            .collect();
+        assert_eq!(left, vec!["s/2".to_owned()]);
+    }
+
+    #[test]
+    fn namespaces_do_not_share_state() {
+        let router = Router::default();
+        let a = Namespace::Tenant(TenantId::generate());
+        let b = Namespace::Tenant(TenantId::generate());
+        let (sub, mut rx) = subscriber(QoS::AtMostOnce, None);
+        router.namespace(&a).subscribe(&filter("#"), 1, sub);
+        router
+            .namespace(&a)
+            .retain(&message("r", QoS::AtMostOnce, None));
+        assert_eq!(
+            router
+                .namespace(&b)
+                .route(&message("x", QoS::AtMostOnce, None))
+                .delivered,
+            0
+        );
+        assert!(router.namespace(&b).retained_matching("#").is_empty());
+        assert!(rx.try_recv().is_err());
+    }
 }

@@ -24,13 +24,18 @@ impl RuleIndex {
         let mut trie = TopicTrie::default();
         // Filters were validated when the rule was created; one that no longer parses
         // (for example under stricter limits) matches nothing rather than failing the tenant.
-        let limits = TopicLimits { max_length: usize::MAX, max_levels: usize::MAX };
+        let limits = TopicLimits {
+            max_length: usize::MAX,
+            max_levels: usize::MAX,
+        };
         for route in routes {
             match TopicFilter::parse(&route.topic_filter, limits) {
                 Ok(filter) => {
                     trie.insert(&filter, route.id, route.registry_id);
                 }
-                Err(e) => tracing::warn!(rule_id = %route.id, error = %e, "rule filter does not parse; ignored"),
+                Err(e) => {
+                    tracing::warn!(rule_id = %route.id, error = %e, "rule filter does not parse; ignored")
+                }
             }
         }
         RuleIndex { version, trie }
@@ -96,11 +101,22 @@ pub struct RuleSink {
 
 impl RuleSink {
     /// Starts the writer task. `max_wait` bounds how long a match waits for companions.
-    pub fn start(store: Store, max_batch: usize, max_wait: Duration, shutdown: CancellationToken) -> RuleSink {
+    pub fn start(
+        store: Store,
+        max_batch: usize,
+        max_wait: Duration,
+        shutdown: CancellationToken,
+    ) -> RuleSink {
         // Bounded: when PostgreSQL cannot keep up, publishers wait here (QoS 1/2) or their
         // QoS 0 matches are dropped, instead of memory growing.
         let (requests, rx) = mpsc::channel(max_batch.max(1) * 4);
-        tokio::spawn(write_batches(store, rx, max_batch.max(1), max_wait, shutdown));
+        tokio::spawn(write_batches(
+            store,
+            rx,
+            max_batch.max(1),
+            max_wait,
+            shutdown,
+        ));
         RuleSink { requests }
     }
 
@@ -108,16 +124,26 @@ impl RuleSink {
     pub async fn enqueue_durable(&self, deliveries: Vec<NewDelivery>) -> Result<(), EnqueueError> {
         let (done, committed) = oneshot::channel();
         self.requests
-            .send(Request { deliveries, done: Some(done) })
+            .send(Request {
+                deliveries,
+                done: Some(done),
+            })
             .await
             .map_err(|_| EnqueueError("the broker is shutting down".into()))?;
-        committed.await.map_err(|_| EnqueueError("the broker is shutting down".into()))?
+        committed
+            .await
+            .map_err(|_| EnqueueError("the broker is shutting down".into()))?
     }
 
     /// Enqueues without waiting (QoS 0: may be lost on a crash, per SPEC §5). Returns false
     /// when the writer is saturated and the matches were dropped.
     pub fn enqueue_best_effort(&self, deliveries: Vec<NewDelivery>) -> bool {
-        self.requests.try_send(Request { deliveries, done: None }).is_ok()
+        self.requests
+            .try_send(Request {
+                deliveries,
+                done: None,
+            })
+            .is_ok()
     }
 }
 
@@ -157,7 +183,11 @@ async fn write_batches(
     }
 }
 
-fn add(batch: &mut Vec<NewDelivery>, waiters: &mut Vec<oneshot::Sender<Result<(), EnqueueError>>>, request: Request) {
+fn add(
+    batch: &mut Vec<NewDelivery>,
+    waiters: &mut Vec<oneshot::Sender<Result<(), EnqueueError>>>,
+    request: Request,
+) {
     batch.extend(request.deliveries);
     waiters.extend(request.done);
 }

@@ -14,13 +14,17 @@ pub struct Sessions {
 impl Sessions {
     /// Registers `connection` as the holder of `client_id` and returns the token that is
     /// cancelled when a later connection takes the session over.
-    pub fn claim(&self, namespace: &Namespace, client_id: &str, connection: ConnectionId) -> CancellationToken {
+    pub fn claim(
+        &self,
+        namespace: &Namespace,
+        client_id: &str,
+        connection: ConnectionId,
+    ) -> CancellationToken {
         let token = CancellationToken::new();
-        let previous = self
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((namespace.clone(), client_id.to_owned()), (connection, token.clone()));
+        let previous = self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            (namespace.clone(), client_id.to_owned()),
+            (connection, token.clone()),
+        );
         if let Some((_, previous)) = previous {
             previous.cancel();
         }
@@ -31,7 +35,10 @@ impl Sessions {
     pub fn release(&self, namespace: &Namespace, client_id: &str, connection: ConnectionId) {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         let key = (namespace.clone(), client_id.to_owned());
-        if live.get(&key).is_some_and(|(holder, _)| *holder == connection) {
+        if live
+            .get(&key)
+            .is_some_and(|(holder, _)| *holder == connection)
+        {
             live.remove(&key);
         }
     }

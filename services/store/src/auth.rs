@@ -2,7 +2,9 @@
 //! (SPEC §4.1), and the argon2id hashing used for every stored password.
 
 use crate::{BrokerId, DeviceId, RegistryId, Result, Store, StoreError, TenantId};
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use sqlx::types::Json;
 use std::collections::BTreeMap;
@@ -88,7 +90,10 @@ struct OwnerRow {
 impl Store {
     /// The principal named by an MQTT username, or `None` when there is none. The kind
     /// is read from the id's prefix, so a malformed username costs no query.
-    pub async fn find_password_principal(&self, username: &str) -> Result<Option<PasswordPrincipal>> {
+    pub async fn find_password_principal(
+        &self,
+        username: &str,
+    ) -> Result<Option<PasswordPrincipal>> {
         if let Some(device_id) = DeviceId::parse(username) {
             let row: Option<DeviceRow> = sqlx::query_as(
                 "SELECT d.id, d.tenant_id, d.registry_id, d.name, d.labels, d.status,
@@ -158,12 +163,18 @@ impl Store {
 
 impl Store {
     /// The registry of a device of `tenant`, for the registry scope of SPEC §3.4.
-    pub async fn device_registry(&self, tenant: &TenantId, device: &DeviceId) -> Result<Option<RegistryId>> {
-        Ok(sqlx::query_scalar("SELECT registry_id FROM devices WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant)
-            .bind(device)
-            .fetch_optional(&self.pool)
-            .await?)
+    pub async fn device_registry(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+    ) -> Result<Option<RegistryId>> {
+        Ok(
+            sqlx::query_scalar("SELECT registry_id FROM devices WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant)
+                .bind(device)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 }
 

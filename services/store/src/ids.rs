@@ -103,7 +103,13 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_refused() {
-        for bad in ["", "dev_", "dev_ABCDEFGHIJKLMNOPQRST", "dev_0123456789abcdefghi/", "dev-0123456789abcdefghij"] {
+        for bad in [
+            "",
+            "dev_",
+            "dev_ABCDEFGHIJKLMNOPQRST",
+            "dev_0123456789abcdefghi/",
+            "dev-0123456789abcdefghij",
+        ] {
             assert_eq!(DeviceId::parse(bad), None, "{bad:?}");
         }
     }

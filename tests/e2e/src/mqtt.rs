@@ -1,0 +1,197 @@
+//! Real MQTT clients (rumqttc) for 3.1.1 and 5.0, each with its event loop polled in a
+//! task whose events tests read from a channel.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How long tests wait for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// An MQTT 3.1.1 client.
+pub struct V311 {
+    pub client: rumqttc::AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<rumqttc::Packet, String>>,
+}
+
+/// Connects with MQTT 3.1.1; `Err` carries the CONNACK return code of a refusal.
+pub async fn connect_v311(
+    addr: SocketAddr,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> Result<V311, rumqttc::ConnectReturnCode> {
+    let mut options = rumqttc::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    options.set_credentials(username, password);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
+    loop {
+        match tokio::time::timeout(WAIT, eventloop.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => break,
+            Ok(Ok(_)) => continue,
+            Ok(Err(rumqttc::ConnectionError::ConnectionRefused(code))) => return Err(code),
+            Ok(Err(e)) => panic!("MQTT 3.1.1 connect failed: {e}"),
+            Err(_) => panic!("MQTT 3.1.1 connect timed out"),
+        }
+    }
+    let (tx, events) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(packet)) => {
+                    if tx.send(Ok(packet)).is_err() {
+                        return;
+                    }
+                }
+                Ok(rumqttc::Event::Outgoing(_)) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    Ok(V311 { client, events })
+}
+
+impl V311 {
+    /// The next incoming packet, or `None` after `wait`, or `Err` when the connection ended.
+    pub async fn next(&mut self, wait: Duration) -> Option<Result<rumqttc::Packet, String>> {
+        tokio::time::timeout(wait, self.events.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The next PUBLISH within `wait`, skipping other packets.
+    pub async fn next_publish(&mut self, wait: Duration) -> Option<rumqttc::Publish> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await? {
+                Ok(rumqttc::Packet::Publish(publish)) => return Some(publish),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next SUBACK within [`WAIT`].
+    pub async fn suback(&mut self) -> rumqttc::SubAck {
+        loop {
+            match self.next(WAIT).await {
+                Some(Ok(rumqttc::Packet::SubAck(suback))) => return suback,
+                Some(Ok(_)) => continue,
+                other => panic!("no SUBACK: {other:?}"),
+            }
+        }
+    }
+
+    /// The next PUBACK within [`WAIT`].
+    pub async fn puback(&mut self) -> rumqttc::PubAck {
+        loop {
+            match self.next(WAIT).await {
+                Some(Ok(rumqttc::Packet::PubAck(puback))) => return puback,
+                Some(Ok(_)) => continue,
+                other => panic!("no PUBACK: {other:?}"),
+            }
+        }
+    }
+}
+
+pub use rumqttc::v5::mqttbytes::v5 as v5packets;
+
+/// An MQTT 5 client.
+pub struct V5 {
+    pub client: rumqttc::v5::AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<v5packets::Packet, String>>,
+    /// The CONNACK the broker sent.
+    pub connack: v5packets::ConnAck,
+}
+
+/// Connects with MQTT 5; `Err` carries the CONNACK reason code of a refusal.
+pub async fn connect_v5(
+    addr: SocketAddr,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> Result<V5, v5packets::ConnectReturnCode> {
+    let mut options = rumqttc::v5::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    options.set_credentials(username, password);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 64);
+    let connack = loop {
+        match tokio::time::timeout(WAIT, eventloop.poll()).await {
+            Ok(Ok(rumqttc::v5::Event::Incoming(v5packets::Packet::ConnAck(connack)))) => {
+                break connack
+            }
+            Ok(Ok(_)) => continue,
+            Ok(Err(rumqttc::v5::ConnectionError::ConnectionRefused(code))) => return Err(code),
+            Ok(Err(e)) => panic!("MQTT 5 connect failed: {e}"),
+            Err(_) => panic!("MQTT 5 connect timed out"),
+        }
+    };
+    let (tx, events) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(packet)) => {
+                    if tx.send(Ok(packet)).is_err() {
+                        return;
+                    }
+                }
+                Ok(rumqttc::v5::Event::Outgoing(_)) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    Ok(V5 {
+        client,
+        events,
+        connack,
+    })
+}
+
+impl V5 {
+    pub async fn next(&mut self, wait: Duration) -> Option<Result<v5packets::Packet, String>> {
+        tokio::time::timeout(wait, self.events.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    pub async fn next_publish(&mut self, wait: Duration) -> Option<v5packets::Publish> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await? {
+                Ok(v5packets::Packet::Publish(publish)) => return Some(publish),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub async fn suback(&mut self) -> v5packets::SubAck {
+        loop {
+            match self.next(WAIT).await {
+                Some(Ok(v5packets::Packet::SubAck(suback))) => return suback,
+                Some(Ok(_)) => continue,
+                other => panic!("no SUBACK: {other:?}"),
+            }
+        }
+    }
+
+    pub async fn puback(&mut self) -> v5packets::PubAck {
+        loop {
+            match self.next(WAIT).await {
+                Some(Ok(v5packets::Packet::PubAck(puback))) => return puback,
+                Some(Ok(_)) => continue,
+                other => panic!("no PUBACK: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The built-in device and registry-client rights of SPEC §4.2, and the registry scope of
+//! SPEC §3.4.
+
+use iotcore_e2e::mqtt::{connect_v311, connect_v5, WAIT};
+use iotcore_e2e::TestApp;
+use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+use std::time::Duration;
+
+#[tokio::test]
+async fn device_cannot_publish_or_subscribe_outside_its_defaults() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let other = app.create_device(&app.token, &registry, "other").await;
+    let mut mqtt = connect_v5(app.mqtt, &device.id, &device.id, &device.password)
+        .await
+        .expect("connects");
+
+    let allowed = [
+        format!("$devices/{}/events", device.id),
+        format!("$devices/{}/events/a/b", device.id),
+        format!("$devices/{}/state", device.id),
+        format!("$registries/{registry}/events/x"),
+    ];
+    for topic in &allowed {
+        mqtt.client
+            .publish(topic, QoS::AtLeastOnce, false, "x")
+            .await
+            .expect("publish");
+        assert_eq!(mqtt.puback().await.reason, PubAckReason::Success, "{topic}");
+    }
+    let denied = [
+        format!("$devices/{}/events", other.id),
+        format!("$devices/{}/commands", device.id),
+        format!("$registries/{registry}/commands"),
+        "free/form/topic".to_owned(),
+        "$SYS/broker".to_owned(),
+    ];
+    for topic in &denied {
+        mqtt.client
+            .publish(topic, QoS::AtLeastOnce, false, "x")
+            .await
+            .expect("publish");
+        assert_eq!(
+            mqtt.puback().await.reason,
+            PubAckReason::NotAuthorized,
+            "{topic}"
+        );
+    }
+
+    let granted = [
+        format!("$devices/{}/commands/#", device.id),
+        format!("$registries/{registry}/commands/+"),
+    ];
+    for filter in &granted {
+        mqtt.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        assert_eq!(
+            mqtt.suback().await.return_codes,
+            vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+            "{filter}"
+        );
+    }
+    let refused = [
+        format!("$devices/{}/commands/#", other.id),
+        format!("$devices/{}/events", device.id),
+        "$devices/+/commands/#".to_owned(),
+        "#".to_owned(),
+    ];
+    for filter in &refused {
+        mqtt.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        assert_eq!(
+            mqtt.suback().await.return_codes,
+            vec![SubscribeReasonCode::NotAuthorized],
+            "{filter}"
+        );
+    }
+
+    // 3.1.1 has no reason codes: a refused subscription is 0x80.
+    let mut old = connect_v311(app.mqtt, &other.id, &other.id, &other.password)
+        .await
+        .expect("connects");
+    old.client
+        .subscribe("#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    assert_eq!(
+        old.suback().await.return_codes,
+        vec![rumqttc::SubscribeReasonCode::Failure]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn registry_client_commands_reach_devices_of_its_registry_only() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "mine").await;
+    let foreign_registry = app.create_registry(&app.token, "not-mine").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let foreign = app.create_device(&app.token, &foreign_registry, "f").await;
+    let (user, pass) = app.create_registry_password(&app.token, &registry).await;
+
+    let mut target = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
+        .await
+        .expect("device");
+    target
+        .client
+        .subscribe(
+            format!("$devices/{}/commands/#", device.id),
+            rumqttc::QoS::AtLeastOnce,
+        )
+        .await
+        .expect("sub");
+    target.suback().await;
+    let mut backend = connect_v5(app.mqtt, &user, &user, &pass)
+        .await
+        .expect("registry client");
+
+    let command = format!("$devices/{}/commands/reboot", device.id);
+    backend
+        .client
+        .publish(&command, QoS::AtLeastOnce, false, "now")
+        .await
+        .expect("publish");
+    assert_eq!(backend.puback().await.reason, PubAckReason::Success);
+    let received = target
+        .next_publish(WAIT)
+        .await
+        .expect("the device receives its command");
+    assert_eq!(received.topic, command);
+    assert_eq!(received.payload.as_ref(), b"now");
+    assert_eq!(received.qos, rumqttc::QoS::AtLeastOnce);
+
+    // A device of another registry is out of the registry client's scope.
+    let foreign_command = format!("$devices/{}/commands/reboot", foreign.id);
+    backend
+        .client
+        .publish(&foreign_command, QoS::AtLeastOnce, false, "now")
+        .await
+        .expect("publish");
+    assert_eq!(backend.puback().await.reason, PubAckReason::NotAuthorized);
+
+    // And it sees events of its own registry's devices, not of others.
+    backend
+        .client
+        .subscribe("$devices/+/events/#", QoS::AtMostOnce)
+        .await
+        .expect("subscribe");
+    backend.suback().await;
+    let foreign_client = connect_v311(app.mqtt, &foreign.id, &foreign.id, &foreign.password)
+        .await
+        .expect("foreign");
+    let foreign_events = format!("$devices/{}/events", foreign.id);
+    foreign_client
+        .client
+        .publish(&foreign_events, rumqttc::QoS::AtMostOnce, false, "theirs")
+        .await
+        .expect("publish");
+    let own_events = format!("$devices/{}/events", device.id);
+    target
+        .client
+        .publish(&own_events, rumqttc::QoS::AtMostOnce, false, "ours")
+        .await
+        .expect("publish");
+    let got = backend
+        .next_publish(WAIT)
+        .await
+        .expect("own registry's event");
+    assert_eq!(got.payload.as_ref(), b"ours");
+    assert!(backend
+        .next_publish(Duration::from_millis(500))
+        .await
+        .is_none());
+    app.stop().await;
+}

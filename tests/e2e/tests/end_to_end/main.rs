@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `iotcore` binary, real PostgreSQL, real MQTT clients
+//! (rumqttc 3.1.1 and 5, mosquitto_pub) and a real HTTP webhook receiver.
+
+mod acl;
+mod authentication;
+mod isolation;
+mod protocol;
+mod quickstart;
+mod webhook_retry;

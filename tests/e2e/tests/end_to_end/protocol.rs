@@ -1,0 +1,283 @@
+//! MQTT behaviour over real sockets: retained messages, QoS, keep alive, and malformed
+//! input that closes one connection and no other. Raw-socket tests speak bytes encoded by
+//! the codec (or written by hand where the point is that they are malformed).
+
+use bytes::BytesMut;
+use iotcore_codec::{decode, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
+use iotcore_e2e::mqtt::{connect_v311, WAIT};
+use iotcore_e2e::{Device, TestApp};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A client that writes raw bytes and reads packets.
+struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+    version: ProtocolVersion,
+}
+
+impl Raw {
+    async fn open(addr: SocketAddr, version: ProtocolVersion) -> Raw {
+        let stream = TcpStream::connect(addr).await.expect("TCP connect");
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+            version,
+        }
+    }
+
+    async fn connect(
+        addr: SocketAddr,
+        version: ProtocolVersion,
+        device: &Device,
+        keep_alive: u16,
+    ) -> Raw {
+        let mut raw = Raw::open(addr, version).await;
+        let connect = Packet::Connect(Connect {
+            protocol: version,
+            clean_start: true,
+            keep_alive,
+            client_id: device.id.clone(),
+            will: None,
+            username: Some(device.id.clone()),
+            password: Some(device.password.clone().into_bytes().into()),
+            properties: Properties::default(),
+        });
+        raw.send(&connect).await;
+        match raw.packet().await {
+            Some(Packet::ConnAck(connack)) => assert_eq!(connack.code, 0, "CONNACK"),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        raw
+    }
+
+    async fn send(&mut self, packet: &Packet) {
+        let mut out = BytesMut::new();
+        packet.encode(self.version, &mut out).expect("encode");
+        self.write(&out).await;
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// The next packet, or `None` when the broker closed the connection.
+    async fn packet(&mut self) -> Option<Packet> {
+        loop {
+            if let Ok(Some(packet)) = decode(&mut self.buf, self.version, 1 << 20) {
+                return Some(packet);
+            }
+            match tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(_)) => continue,
+                Err(_) => panic!("the broker neither answered nor closed the connection"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn retained_message_is_sent_on_subscribe_and_an_empty_one_deletes_it() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let (user, pass) = app.create_registry_password(&app.token, &registry).await;
+
+    let mut publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
+        .await
+        .expect("device");
+    let state = format!("$devices/{}/state/firmware", device.id);
+    publisher
+        .client
+        .publish(&state, rumqttc::QoS::AtLeastOnce, true, "1.2.3")
+        .await
+        .expect("publish");
+    publisher.puback().await;
+
+    // MQTT-3.3.1-6: a new subscription receives the retained message, RETAIN set.
+    let mut first = connect_v311(app.mqtt, &format!("{user}:first"), &user, &pass)
+        .await
+        .expect("registry client");
+    first
+        .client
+        .subscribe("$devices/+/state/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    first.suback().await;
+    let retained = first
+        .next_publish(WAIT)
+        .await
+        .expect("the retained message");
+    assert!(retained.retain);
+    assert_eq!(retained.topic, state);
+    assert_eq!(retained.payload.as_ref(), b"1.2.3");
+
+    // MQTT-3.3.1-10/11: an empty retained payload deletes it; live subscribers get it
+    // delivered normally (RETAIN clear, MQTT-3.3.1-9).
+    publisher
+        .client
+        .publish(&state, rumqttc::QoS::AtLeastOnce, true, "")
+        .await
+        .expect("publish");
+    let live = first.next_publish(WAIT).await.expect("the empty message");
+    assert!(!live.retain);
+    let mut second = connect_v311(app.mqtt, &format!("{user}:second"), &user, &pass)
+        .await
+        .expect("registry client");
+    second
+        .client
+        .subscribe("$devices/+/state/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    second.suback().await;
+    assert!(
+        second.next_publish(Duration::from_secs(1)).await.is_none(),
+        "the retained message was deleted"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn delivery_qos_is_the_lower_of_publish_and_subscription() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let (user, pass) = app.create_registry_password(&app.token, &registry).await;
+    let mut qos0 = connect_v311(app.mqtt, &format!("{user}:q0"), &user, &pass)
+        .await
+        .expect("q0");
+    let mut qos1 = connect_v311(app.mqtt, &format!("{user}:q1"), &user, &pass)
+        .await
+        .expect("q1");
+    qos0.client
+        .subscribe("$devices/+/events/#", rumqttc::QoS::AtMostOnce)
+        .await
+        .expect("subscribe");
+    qos0.suback().await;
+    qos1.client
+        .subscribe("$devices/+/events/+", rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    qos1.suback().await;
+
+    let publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
+        .await
+        .expect("device");
+    let topic = format!("$devices/{}/events/t", device.id);
+    publisher
+        .client
+        .publish(&topic, rumqttc::QoS::AtLeastOnce, false, "one")
+        .await
+        .expect("publish");
+    publisher
+        .client
+        .publish(&topic, rumqttc::QoS::AtMostOnce, false, "zero")
+        .await
+        .expect("publish");
+
+    let a = qos0.next_publish(WAIT).await.expect("message");
+    let b = qos0.next_publish(WAIT).await.expect("message");
+    assert_eq!(
+        (a.qos, b.qos),
+        (rumqttc::QoS::AtMostOnce, rumqttc::QoS::AtMostOnce)
+    );
+    let c = qos1.next_publish(WAIT).await.expect("message");
+    let d = qos1.next_publish(WAIT).await.expect("message");
+    // Order per topic is kept (MQTT 4.6).
+    assert_eq!(
+        (c.payload.as_ref(), c.qos),
+        (&b"one"[..], rumqttc::QoS::AtLeastOnce)
+    );
+    assert_eq!(
+        (d.payload.as_ref(), d.qos),
+        (&b"zero"[..], rumqttc::QoS::AtMostOnce)
+    );
+    app.stop().await;
+}
+
+/// MQTT-3.1.2-24: no packet within 1.5 × keep alive closes the connection; MQTT 5 clients
+/// are told with DISCONNECT 0x8D.
+#[tokio::test]
+async fn keep_alive_timeout_closes_the_connection() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let mut silent = Raw::connect(app.mqtt, ProtocolVersion::V5, &device, 1).await;
+    match silent.packet().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::KEEP_ALIVE_TIMEOUT),
+        other => panic!("expected DISCONNECT 0x8D, got {other:?}"),
+    }
+    assert!(
+        silent.packet().await.is_none(),
+        "closed after the DISCONNECT"
+    );
+
+    // A client that pings in time stays connected.
+    let mut pinging = Raw::connect(app.mqtt, ProtocolVersion::V3_1_1, &device, 1).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        pinging.send(&Packet::PingReq).await;
+        assert!(matches!(pinging.packet().await, Some(Packet::PingResp)));
+    }
+    app.stop().await;
+}
+
+/// MQTT-3.3.2-2: a topic name with wildcards is malformed. The offending connection is
+/// closed with a reason code; other connections carry on.
+#[tokio::test]
+async fn malformed_packets_close_only_their_own_connection() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let other = app.create_device(&app.token, &registry, "other").await;
+    let mut bystander = Raw::connect(app.mqtt, ProtocolVersion::V3_1_1, &other, 60).await;
+
+    let topic = format!("$devices/{}/events/#", device.id);
+    let mut packet = vec![0x30];
+    let body_len = 2 + topic.len() + 1;
+    packet.push(body_len as u8);
+    packet.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    packet.extend_from_slice(topic.as_bytes());
+    packet.extend_from_slice(&[0x00]); // empty MQTT 5 properties
+    let mut offender = Raw::connect(app.mqtt, ProtocolVersion::V5, &device, 60).await;
+    offender.write(&packet).await;
+    match offender.packet().await {
+        Some(Packet::Disconnect(d)) => {
+            assert!(d.reason.0 >= 0x80, "error reason, got {:?}", d.reason)
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert!(offender.packet().await.is_none());
+
+    // Reserved flag bits of PINGREQ set (MQTT-2.2.2-2), in 3.1.1: closed without a word.
+    let mut offender = Raw::connect(app.mqtt, ProtocolVersion::V3_1_1, &device, 60).await;
+    offender.write(&[0xC1, 0x00]).await;
+    assert!(offender.packet().await.is_none());
+
+    // A remaining length of five bytes (MQTT-2.2.3) before any CONNECT.
+    let mut garbage = Raw::open(app.mqtt, ProtocolVersion::V3_1_1).await;
+    garbage.write(&[0x10, 0xff, 0xff, 0xff, 0xff, 0x01]).await;
+    assert!(garbage.packet().await.is_none());
+
+    bystander.send(&Packet::PingReq).await;
+    assert!(
+        matches!(bystander.packet().await, Some(Packet::PingResp)),
+        "the bystander is unaffected"
+    );
+    app.stop().await;
+}
+
+/// A connection that sends no CONNECT in time is closed (SPEC §3.1).
+#[tokio::test]
+async fn a_connection_without_connect_is_closed() {
+    let app = TestApp::spawn_with(&[("IOTCORE_MQTT_CONNECT_TIMEOUT_SECS", "1")]).await;
+    let mut idle = Raw::open(app.mqtt, ProtocolVersion::V3_1_1).await;
+    assert!(idle.packet().await.is_none());
+    // MQTT-3.1.0-1: the first packet must be CONNECT.
+    let mut early = Raw::open(app.mqtt, ProtocolVersion::V3_1_1).await;
+    early.send(&Packet::PingReq).await;
+    assert!(early.packet().await.is_none());
+    app.stop().await;
+}
