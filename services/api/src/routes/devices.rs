@@ -1,0 +1,225 @@
+//! `/v1/registries/{id}/devices` and `/v1/devices/{id}`: a tenant's devices.
+
+use super::{created, list_type, next_page_token, PageParams};
+use crate::error::{Error, Problem};
+use crate::extract::{ApiJson, ApiQuery, PathId, TenantScope, TenantWriter};
+use crate::input::{self, Fields, ResourceName};
+use crate::ApiState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use iotcore_store::devices::{Device, DeviceStatus, NewDevice};
+use iotcore_store::{DeviceId, RegistryId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route(
+            "/v1/registries/{id}/devices",
+            get(list_devices).post(create_device),
+        )
+        .route("/v1/devices/{id}", get(get_device).delete(delete_device))
+}
+
+/// A new device.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"name": "thermometer-1", "labels": {"floor": "2"}}))]
+pub struct CreateDevice {
+    /// 1 to 128 characters, unique in the registry.
+    pub name: String,
+    /// At most 1024 characters.
+    pub description: Option<String>,
+    /// At most 64; keys of 1 to 63 ASCII letters, digits, `-`, `_` or `.`.
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// Whether a device may connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = DeviceStatus)]
+pub enum DeviceStatusView {
+    Enabled,
+    Disabled,
+}
+
+/// A device. Its id is also its MQTT client id and username.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": "dev_0123456789abcdefghij", "registry_id": "reg_0123456789abcdefghij", "name": "thermometer-1",
+    "description": "", "labels": {"floor": "2"}, "status": "enabled", "created_at": "2026-01-01T12:00:00Z"
+}))]
+pub struct DeviceView {
+    pub id: String,
+    pub registry_id: String,
+    pub name: String,
+    pub description: String,
+    pub labels: BTreeMap<String, String>,
+    pub status: DeviceStatusView,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Device> for DeviceView {
+    fn from(d: Device) -> DeviceView {
+        DeviceView {
+            id: d.id.to_string(),
+            registry_id: d.registry_id.to_string(),
+            name: d.name,
+            description: d.description,
+            labels: d.labels,
+            status: match d.status {
+                DeviceStatus::Enabled => DeviceStatusView::Enabled,
+                DeviceStatus::Disabled => DeviceStatusView::Disabled,
+            },
+            created_at: d.created_at,
+        }
+    }
+}
+
+list_type!(
+    /// A page of devices.
+    DeviceList,
+    DeviceView
+);
+
+/// Create a device in a registry.
+#[utoipa::path(
+    post, path = "/v1/registries/{id}/devices", tag = "devices",
+    params(
+        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    request_body = CreateDevice,
+    responses(
+        (status = 201, description = "The new device", body = DeviceView),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such registry in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A device with this name exists in the registry", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_device(
+    scope: TenantWriter,
+    State(state): State<ApiState>,
+    PathId(registry): PathId<RegistryId>,
+    ApiJson(body): ApiJson<CreateDevice>,
+) -> Result<Response, Error> {
+    let mut fields = Fields::default();
+    let name = fields.take(ResourceName::parse("name", body.name));
+    let description = fields.take(input::description("description", body.description));
+    let labels = fields.take(input::labels("labels", body.labels));
+    let (Some(name), Some(description), Some(labels)) = (name, description, labels) else {
+        return Err(fields.into_error());
+    };
+    let new = NewDevice {
+        name: name.into_inner(),
+        description,
+        labels,
+    };
+    let device = state
+        .store
+        .create_device(scope.tenant_id(), &registry, &new)
+        .await
+        .map_err(|e| match e {
+            // The device does not exist yet, so what is missing is its registry.
+            iotcore_store::StoreError::NotFound => Error::NotFound("registry"),
+            other => Error::store("device")(other),
+        })?;
+    Ok(created(
+        format!("/v1/devices/{}", device.id),
+        DeviceView::from(device),
+    ))
+}
+
+/// List the devices of a registry.
+#[utoipa::path(
+    get, path = "/v1/registries/{id}/devices", tag = "devices",
+    params(
+        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
+        PageParams,
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    responses(
+        (status = 200, description = "A page of devices, ordered by id", body = DeviceList),
+        (status = 400, description = "Malformed id or page parameters", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such registry in this tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_devices(
+    scope: TenantScope,
+    State(state): State<ApiState>,
+    PathId(registry): PathId<RegistryId>,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<DeviceList>, Error> {
+    let page = state
+        .store
+        .list_devices(&scope.tenant_id, &registry, &params.request()?)
+        .await
+        .map_err(Error::store("registry"))?;
+    Ok(Json(DeviceList {
+        items: page.items.into_iter().map(DeviceView::from).collect(),
+        next_page_token: next_page_token(page.next_after),
+    }))
+}
+
+/// Get a device.
+#[utoipa::path(
+    get, path = "/v1/devices/{id}", tag = "devices",
+    params(
+        ("id" = String, Path, description = "Device id", example = "dev_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    responses(
+        (status = 200, description = "The device", body = DeviceView),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device in this tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_device(
+    scope: TenantScope,
+    State(state): State<ApiState>,
+    PathId(id): PathId<DeviceId>,
+) -> Result<Json<DeviceView>, Error> {
+    let device = state
+        .store
+        .get_device(&scope.tenant_id, &id)
+        .await
+        .map_err(Error::store("device"))?;
+    Ok(Json(device.into()))
+}
+
+/// Delete a device with its credentials.
+#[utoipa::path(
+    delete, path = "/v1/devices/{id}", tag = "devices",
+    params(
+        ("id" = String, Path, description = "Device id", example = "dev_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device in this tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_device(
+    scope: TenantWriter,
+    State(state): State<ApiState>,
+    PathId(id): PathId<DeviceId>,
+) -> Result<StatusCode, Error> {
+    state
+        .store
+        .delete_device(scope.tenant_id(), &id)
+        .await
+        .map_err(Error::store("device"))?;
+    Ok(StatusCode::NO_CONTENT)
+}

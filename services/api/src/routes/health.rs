@@ -1,0 +1,72 @@
+//! Liveness, readiness and the OpenAPI document: unauthenticated, for orchestrators and
+//! tooling.
+
+use crate::error::{Error, Problem};
+use crate::ApiState;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use utoipa::ToSchema;
+
+/// How long readiness waits for the database before calling it unavailable.
+const READY_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
+}
+
+/// The body of a healthy answer.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"status": "ok"}))]
+pub struct Health {
+    pub status: String,
+}
+
+/// Liveness: the process serves HTTP.
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "Alive", body = Health))
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: the database answers.
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "The database does not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn readyz(State(state): State<ApiState>) -> Result<Json<Health>, Error> {
+    match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => Ok(Json(Health {
+            status: "ok".into(),
+        })),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "readiness check failed");
+            Err(Error::Unavailable("the database does not answer"))
+        }
+        Err(_) => {
+            tracing::warn!("readiness check timed out");
+            Err(Error::Unavailable("the database does not answer"))
+        }
+    }
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "operations", security(()),
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json"))
+)]
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(crate::openapi::openapi())
+}

@@ -1,0 +1,197 @@
+//! `/v1/devices/{id}/passwords`: the passwords a device authenticates with (SPEC §4.1).
+
+use super::{created, list_type, next_page_token, PageParams};
+use crate::error::{Error, FieldError, Problem};
+use crate::extract::{ApiJson, ApiQuery, PathId, PathIds, TenantScope, TenantWriter};
+use crate::ApiState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use iotcore_store::passwords::PasswordMeta;
+use iotcore_store::{DeviceId, PasswordId};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Shortest password a caller may choose (SPEC §6.2).
+pub const MIN_PASSWORD_CHARS: usize = 14;
+/// Longest password a caller may choose; bounds the cost of hashing it.
+pub const MAX_PASSWORD_CHARS: usize = 256;
+
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route(
+            "/v1/devices/{id}/passwords",
+            get(list_passwords).post(create_password),
+        )
+        .route(
+            "/v1/devices/{id}/passwords/{password_id}",
+            delete(delete_password),
+        )
+}
+
+/// A new password of a device. Without `password`, the service generates one and
+/// returns it once.
+#[derive(Clone, Deserialize, ToSchema)]
+#[schema(example = json!({"expires_at": "2027-01-01T00:00:00Z"}))]
+pub struct CreatePassword {
+    /// At least 14 and at most 256 characters. Stored only as an argon2id hash.
+    #[schema(min_length = 14, max_length = 256)]
+    pub password: Option<String>,
+    /// When the password stops working; must be in the future.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A stored password: its metadata only, except right after the service generated it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": "pwd_0123456789abcdefghij", "created_at": "2026-01-01T12:00:00Z", "expires_at": null,
+    "password": "q3Zr8v-N0aLk2xW7_pYtE5mH1cJ9bUoD"
+}))]
+pub struct PasswordView {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The generated secret: present only in the response that created it, never again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl From<PasswordMeta> for PasswordView {
+    fn from(p: PasswordMeta) -> PasswordView {
+        PasswordView {
+            id: p.id.to_string(),
+            created_at: p.created_at,
+            expires_at: p.expires_at,
+            password: None,
+        }
+    }
+}
+
+list_type!(
+    /// A page of a device's passwords (metadata only).
+    PasswordList,
+    PasswordView
+);
+
+/// Add a password to a device.
+///
+/// Give `password` to choose it, or leave it out to have the service generate a strong
+/// one, returned in this response only. A device holds at most 10 passwords.
+#[utoipa::path(
+    post, path = "/v1/devices/{id}/passwords", tag = "passwords",
+    params(
+        ("id" = String, Path, description = "Device id", example = "dev_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    request_body = CreatePassword,
+    responses(
+        (status = 201, description = "The new password; `password` only when generated", body = PasswordView),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The device holds the maximum number of passwords", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_password(
+    scope: TenantWriter,
+    State(state): State<ApiState>,
+    PathId(device): PathId<DeviceId>,
+    ApiJson(body): ApiJson<CreatePassword>,
+) -> Result<Response, Error> {
+    let mut errors = Vec::new();
+    if let Some(password) = &body.password {
+        let chars = password.chars().count();
+        if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&chars) {
+            errors.push(FieldError::new(
+                "password",
+                "must be between 14 and 256 characters long",
+            ));
+        }
+    }
+    if let Some(expires_at) = body.expires_at {
+        if expires_at <= Utc::now() {
+            errors.push(FieldError::new("expires_at", "must be in the future"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Error::invalid(errors));
+    }
+    let created_password = state
+        .store
+        .create_device_password(scope.tenant_id(), &device, body.password, body.expires_at)
+        .await
+        .map_err(Error::store("device"))?;
+    let location = format!(
+        "/v1/devices/{device}/passwords/{}",
+        created_password.meta.id
+    );
+    let mut view = PasswordView::from(created_password.meta);
+    view.password = created_password.generated;
+    Ok(created(location, view))
+}
+
+/// List a device's passwords (metadata only; secrets are never returned).
+#[utoipa::path(
+    get, path = "/v1/devices/{id}/passwords", tag = "passwords",
+    params(
+        ("id" = String, Path, description = "Device id", example = "dev_0123456789abcdefghij"),
+        PageParams,
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    responses(
+        (status = 200, description = "A page of passwords, ordered by id", body = PasswordList),
+        (status = 400, description = "Malformed id or page parameters", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device in this tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_passwords(
+    scope: TenantScope,
+    State(state): State<ApiState>,
+    PathId(device): PathId<DeviceId>,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<PasswordList>, Error> {
+    let page = state
+        .store
+        .list_device_passwords(&scope.tenant_id, &device, &params.request()?)
+        .await
+        .map_err(Error::store("device"))?;
+    Ok(Json(PasswordList {
+        items: page.items.into_iter().map(PasswordView::from).collect(),
+        next_page_token: next_page_token(page.next_after),
+    }))
+}
+
+/// Delete a password of a device.
+#[utoipa::path(
+    delete, path = "/v1/devices/{id}/passwords/{password_id}", tag = "passwords",
+    params(
+        ("id" = String, Path, description = "Device id", example = "dev_0123456789abcdefghij"),
+        ("password_id" = String, Path, description = "Password id", example = "pwd_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such password of this device", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_password(
+    scope: TenantWriter,
+    State(state): State<ApiState>,
+    PathIds(device, id): PathIds<DeviceId, PasswordId>,
+) -> Result<StatusCode, Error> {
+    state
+        .store
+        .delete_device_password(scope.tenant_id(), &device, &id)
+        .await
+        .map_err(Error::store("password"))?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,218 @@
+//! `/v1/registries`: a tenant's groups of devices.
+
+use super::{created, list_type, next_page_token, PageParams};
+use crate::error::{Error, Problem};
+use crate::extract::{ApiJson, ApiQuery, PathId, TenantScope, TenantWriter};
+use crate::input::{self, Fields, ResourceName};
+use crate::ApiState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use iotcore_store::registries::{NewRegistry, Registry, RegistryDeletion};
+use iotcore_store::RegistryId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::{IntoParams, ToSchema};
+
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/registries", get(list_registries).post(create_registry))
+        .route(
+            "/v1/registries/{id}",
+            get(get_registry).delete(delete_registry),
+        )
+}
+
+/// A new registry.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"name": "greenhouse-sensors", "description": "Sensors of greenhouse 1", "labels": {"site": "north"}}))]
+pub struct CreateRegistry {
+    /// 1 to 128 characters, unique in the tenant.
+    pub name: String,
+    /// At most 1024 characters.
+    pub description: Option<String>,
+    /// At most 64; keys of 1 to 63 ASCII letters, digits, `-`, `_` or `.`.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Whether the built-in device rights apply (SPEC §4.2); true when absent.
+    pub default_policy: Option<bool>,
+}
+
+/// A registry.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": "reg_0123456789abcdefghij", "name": "greenhouse-sensors", "description": "Sensors of greenhouse 1",
+    "labels": {"site": "north"}, "default_policy": true, "created_at": "2026-01-01T12:00:00Z"
+}))]
+pub struct RegistryView {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub labels: BTreeMap<String, String>,
+    pub default_policy: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Registry> for RegistryView {
+    fn from(r: Registry) -> RegistryView {
+        RegistryView {
+            id: r.id.to_string(),
+            name: r.name,
+            description: r.description,
+            labels: r.labels,
+            default_policy: r.default_policy,
+            created_at: r.created_at,
+        }
+    }
+}
+
+list_type!(
+    /// A page of registries.
+    RegistryList,
+    RegistryView
+);
+
+/// Options of a registry deletion.
+#[derive(Clone, Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteRegistryParams {
+    /// Delete the registry even if it still has devices, and them with it.
+    pub force: Option<bool>,
+}
+
+/// Create a registry.
+#[utoipa::path(
+    post, path = "/v1/registries", tag = "registries",
+    params(("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
+    request_body = CreateRegistry,
+    responses(
+        (status = 201, description = "The new registry", body = RegistryView),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A registry with this name exists", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_registry(
+    scope: TenantWriter,
+    State(state): State<ApiState>,
+    ApiJson(body): ApiJson<CreateRegistry>,
+) -> Result<Response, Error> {
+    let mut fields = Fields::default();
+    let name = fields.take(ResourceName::parse("name", body.name));
+    let description = fields.take(input::description("description", body.description));
+    let labels = fields.take(input::labels("labels", body.labels));
+    let (Some(name), Some(description), Some(labels)) = (name, description, labels) else {
+        return Err(fields.into_error());
+    };
+    let new = NewRegistry {
+        name: name.into_inner(),
+        description,
+        labels,
+        default_policy: body.default_policy.unwrap_or(true),
+    };
+    let registry = state
+        .store
+        .create_registry(scope.tenant_id(), &new)
+        .await
+        .map_err(Error::store("registry"))?;
+    Ok(created(
+        format!("/v1/registries/{}", registry.id),
+        RegistryView::from(registry),
+    ))
+}
+
+/// List registries.
+#[utoipa::path(
+    get, path = "/v1/registries", tag = "registries",
+    params(PageParams, ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
+    responses(
+        (status = 200, description = "A page of registries, ordered by id", body = RegistryList),
+        (status = 400, description = "Invalid page parameters", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_registries(
+    scope: TenantScope,
+    State(state): State<ApiState>,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<RegistryList>, Error> {
+    let page = state
+        .store
+        .list_registries(&scope.tenant_id, &params.request()?)
+        .await
+        .map_err(Error::store("registry"))?;
+    Ok(Json(RegistryList {
+        items: page.items.into_iter().map(RegistryView::from).collect(),
+        next_page_token: next_page_token(page.next_after),
+    }))
+}
+
+/// Get a registry.
+#[utoipa::path(
+    get, path = "/v1/registries/{id}", tag = "registries",
+    params(
+        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    responses(
+        (status = 200, description = "The registry", body = RegistryView),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such registry in this tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_registry(
+    scope: TenantScope,
+    State(state): State<ApiState>,
+    PathId(id): PathId<RegistryId>,
+) -> Result<Json<RegistryView>, Error> {
+    let registry = state
+        .store
+        .get_registry(&scope.tenant_id, &id)
+        .await
+        .map_err(Error::store("registry"))?;
+    Ok(Json(registry.into()))
+}
+
+/// Delete a registry.
+///
+/// A registry that still has devices is kept (409) unless `force=true`, which deletes its
+/// devices and their credentials too.
+#[utoipa::path(
+    delete, path = "/v1/registries/{id}", tag = "registries",
+    params(
+        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
+        DeleteRegistryParams,
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such registry in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The registry still has devices", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_registry(
+    scope: TenantWriter,
+    State(state): State<ApiState>,
+    PathId(id): PathId<RegistryId>,
+    ApiQuery(params): ApiQuery<DeleteRegistryParams>,
+) -> Result<StatusCode, Error> {
+    let force = params.force.unwrap_or(false);
+    match state
+        .store
+        .delete_registry(scope.tenant_id(), &id, force)
+        .await
+        .map_err(Error::store("registry"))?
+    {
+        RegistryDeletion::Deleted => Ok(StatusCode::NO_CONTENT),
+        RegistryDeletion::HasDevices => Err(Error::Conflict(
+            "the registry still has devices; delete them first or pass force=true".into(),
+        )),
+    }
+}

@@ -1,0 +1,8 @@
+//! Tests of the control plane through its router, each against a fresh database of its
+//! own (`DATABASE_URL` names the server).
+
+mod access;
+mod errors;
+mod flow;
+mod helpers;
+mod openapi;
