@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::{Id, JoinError, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -80,24 +81,28 @@ impl Worker {
         let mut in_flight: HashMap<RuleId, u32> = HashMap::new();
         let mut claim_failures: u32 = 0;
         let mut claim_now = true;
+        // A deadline rather than a sleep per loop turn, so that a steady stream of
+        // completions cannot keep postponing the poll that finds retries coming due.
+        let mut next_poll = Instant::now();
         tracing::info!(worker = %self.id, "rules worker started");
 
         while !shutdown.is_cancelled() {
             while let Some(done) = tasks.try_join_next_with_id() {
                 claim_now |= finished(done, &mut running, &mut in_flight, self.max_in_flight_total);
             }
-            let mut pause = self.poll_interval;
             let free = self
                 .max_in_flight_total
                 .saturating_sub(len_u32(tasks.len()));
+            // With no free capacity `claim_now` stays set and is served when a task ends;
+            // claiming (or looping) before that would only spin.
             if claim_now && free > 0 {
-                claim_now = false;
                 let limit = free.min(self.claim_batch);
-                match self
+                let claim = self
                     .store
                     .claim_deliveries(&self.id, limit, self.lease, &in_flight)
-                    .await
-                {
+                    .await;
+                let mut pause = self.poll_interval;
+                match claim {
                     Ok(claimed) => {
                         claim_failures = 0;
                         // A full batch suggests more is due right now.
@@ -113,6 +118,7 @@ impl Worker {
                         }
                     }
                     Err(err) => {
+                        claim_now = false;
                         claim_failures = claim_failures.saturating_add(1);
                         pause = self
                             .poll_interval
@@ -121,17 +127,18 @@ impl Worker {
                         tracing::warn!(error = %err, "claiming deliveries failed");
                     }
                 }
-            }
-            if claim_now {
-                continue;
+                next_poll = Instant::now() + pause;
+                if claim_now {
+                    continue;
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                    claim_now = finished(done, &mut running, &mut in_flight, self.max_in_flight_total);
+                    claim_now |= finished(done, &mut running, &mut in_flight, self.max_in_flight_total);
                 }
                 _ = wake.notified() => claim_now = true,
-                _ = tokio::time::sleep(pause) => claim_now = true,
+                _ = tokio::time::sleep_until(next_poll), if free > 0 => claim_now = true,
             }
         }
 

@@ -476,3 +476,44 @@ async fn new_deliveries_wake_an_idle_worker_without_polling() -> Result<()> {
     service.stop().await?;
     db.drop_db().await
 }
+
+#[tokio::test]
+async fn backlogs_beyond_the_rule_and_process_bounds_are_delivered_in_full() -> Result<()> {
+    let db = TestDb::new().await?;
+    let store = &db.store;
+    let mut hook = Webhook::start(|_| Reply::Status(200)).await?;
+    let t = tenant(store).await?;
+    let mut narrow = RuleSpec::to(&hook.url);
+    narrow.max_in_flight = 1;
+    let narrow = rule(store, &t, narrow).await?;
+    let wide = rule(store, &t, RuleSpec::to(&hook.url)).await?;
+    // Polling so rare that only finished deliveries freeing capacity can explain the
+    // rest of each backlog being claimed.
+    let config = RulesConfig {
+        poll_interval_ms: 3_600_000,
+        max_in_flight_total: 2,
+        ..harness::config()
+    };
+    let service = harness::start(store, config);
+    for rule_id in [&narrow, &wide] {
+        let backlog: Vec<_> = (0..8).map(|_| message(&t, rule_id, b"{}")).collect();
+        store.enqueue_deliveries(&backlog).await?;
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < backlog.len() {
+            let received = hook.next().await?;
+            seen.insert(
+                received
+                    .header("x-iotcore-message-id")
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        ensure!(backlog.iter().all(|m| seen.contains(m.id.as_str())));
+        eventually("the backlog to be recorded", || async {
+            Ok(stats(store, rule_id).await?.filter(|s| s.0 == 8))
+        })
+        .await?;
+    }
+    service.stop().await?;
+    db.drop_db().await
+}
