@@ -21,6 +21,8 @@ by naming it in the `X-Iotcore-Tenant` header. Errors are RFC 9457 problem detai
         registries::delete_registry,
         devices::create_device, devices::list_devices, devices::get_device, devices::delete_device,
         passwords::create_password, passwords::list_passwords, passwords::delete_password,
+        passwords::create_registry_password, passwords::list_registry_passwords,
+        passwords::delete_registry_password,
         rules::create_rule, rules::list_rules, rules::get_rule, rules::update_rule, rules::delete_rule,
         health::healthz, health::readyz, health::openapi_json,
     ),
@@ -31,7 +33,7 @@ by naming it in the `X-Iotcore-Tenant` header. Errors are RFC 9457 problem detai
         (name = "tenants", description = "Tenants (operators only)"),
         (name = "registries", description = "Registries: groups of devices"),
         (name = "devices", description = "Devices"),
-        (name = "passwords", description = "Device passwords"),
+        (name = "passwords", description = "Passwords of devices and registry clients"),
         (name = "rules", description = "Rules forwarding device messages to webhooks"),
         (name = "operations", description = "Health, readiness and this document"),
     )

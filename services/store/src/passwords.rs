@@ -1,14 +1,14 @@
-//! Device passwords (SPEC §4.1): only argon2id hashes are stored; a secret the service
-//! generates is returned once, to the caller that asked for it, and never again.
+//! Device and registry passwords (SPEC §4.1): only argon2id hashes are stored; a secret the
+//! service generates is returned once, to the caller that asked for it, and never again.
 
 use crate::auth::hash_password;
 use crate::notify::{self, Change};
 use crate::tenants::{Page, PageRequest};
-use crate::{DeviceId, PasswordId, Result, Store, StoreError, TenantId};
+use crate::{DeviceId, PasswordId, RegistryId, Result, Store, StoreError, TenantId};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
-/// How many passwords a device may hold. The broker verifies a CONNECT against each of
+/// How many passwords a device (or registry) may hold. The broker verifies a CONNECT against each of
 /// them with argon2id, so an unbounded number would make one CONNECT arbitrarily costly.
 pub const MAX_PASSWORDS_PER_DEVICE: i64 = 10;
 /// Length of a generated password: 32 characters of a 64-letter alphabet, 192 bits.
@@ -24,11 +24,28 @@ pub fn generate_password() -> String {
         .collect()
 }
 
+/// Whose password it is: a device, or a registry client acting for the devices of its
+/// registry (SPEC §3.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PasswordOwner<'a> {
+    Device(&'a DeviceId),
+    Registry(&'a RegistryId),
+}
+
+impl PasswordOwner<'_> {
+    /// The owner's table and the `passwords` column naming it; static SQL identifiers.
+    fn table_and_column(self) -> (&'static str, &'static str) {
+        match self {
+            PasswordOwner::Device(_) => ("devices", "device_id"),
+            PasswordOwner::Registry(_) => ("registries", "registry_id"),
+        }
+    }
+}
+
 /// A stored password, without its hash.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct PasswordMeta {
     pub id: PasswordId,
-    pub device_id: DeviceId,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
 }
@@ -41,19 +58,38 @@ pub struct CreatedPassword {
 }
 
 impl Store {
-    /// Adds a password to the device `device` of `tenant`: `secret` when given (the caller
-    /// has checked its strength), a generated one otherwise. An unknown device is
-    /// `NotFound`; a device already holding [`MAX_PASSWORDS_PER_DEVICE`] passwords is
-    /// `Conflict { field: "passwords" }`.
-    pub async fn create_device_password(
+    /// Whether `owner` exists in `tenant`.
+    async fn password_owner_exists(
         &self,
         tenant: &TenantId,
-        device: &DeviceId,
+        owner: PasswordOwner<'_>,
+    ) -> Result<bool> {
+        let (table, _) = owner.table_and_column();
+        let query = format!("SELECT 1 FROM {table} WHERE tenant_id = $1 AND id = $2");
+        let found: Option<i32> = match owner {
+            PasswordOwner::Device(id) => sqlx::query_scalar(&query).bind(tenant).bind(id),
+            PasswordOwner::Registry(id) => sqlx::query_scalar(&query).bind(tenant).bind(id),
+        }
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    /// Adds a password to `owner` in `tenant`: `secret` when given (the caller has checked
+    /// its strength), a generated one otherwise. An unknown owner is `NotFound`; an owner
+    /// already holding [`MAX_PASSWORDS_PER_DEVICE`] passwords is
+    /// `Conflict { field: "passwords" }`.
+    pub async fn create_password(
+        &self,
+        tenant: &TenantId,
+        owner: PasswordOwner<'_>,
         secret: Option<String>,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<CreatedPassword> {
-        // Checked before hashing so that requests for unknown devices cost no argon2 run.
-        self.get_device(tenant, device).await?;
+        // Checked before hashing so that requests for unknown owners cost no argon2 run.
+        if !self.password_owner_exists(tenant, owner).await? {
+            return Err(StoreError::NotFound);
+        }
         let (secret, generated) = match secret {
             Some(secret) => (secret, false),
             None => (generate_password(), true),
@@ -65,14 +101,17 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::Hash(e.to_string()))??
         };
+        let (table, column) = owner.table_and_column();
         let mut tx = self.pool.begin().await?;
-        // Locking the device serialises concurrent creations, so the limit holds.
-        let count: Option<i64> = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM passwords p WHERE p.tenant_id = d.tenant_id AND p.device_id = d.id)
-               FROM devices d WHERE d.tenant_id = $1 AND d.id = $2 FOR UPDATE",
-        )
-        .bind(tenant)
-        .bind(device)
+        // Locking the owner serialises concurrent creations, so the limit holds.
+        let count_query = format!(
+            "SELECT (SELECT count(*) FROM passwords p WHERE p.tenant_id = o.tenant_id AND p.{column} = o.id)
+               FROM {table} o WHERE o.tenant_id = $1 AND o.id = $2 FOR UPDATE"
+        );
+        let count: Option<i64> = match owner {
+            PasswordOwner::Device(id) => sqlx::query_scalar(&count_query).bind(tenant).bind(id),
+            PasswordOwner::Registry(id) => sqlx::query_scalar(&count_query).bind(tenant).bind(id),
+        }
         .fetch_optional(&mut *tx)
         .await?;
         match count {
@@ -82,13 +121,17 @@ impl Store {
             }
             Some(_) => {}
         }
-        let meta: PasswordMeta = sqlx::query_as(
-            "INSERT INTO passwords (id, tenant_id, device_id, hash, expires_at)
-             VALUES ($1, $2, $3, $4, $5) RETURNING id, device_id, created_at, expires_at",
-        )
-        .bind(PasswordId::generate())
-        .bind(tenant)
-        .bind(device)
+        let insert = format!(
+            "INSERT INTO passwords (id, tenant_id, {column}, hash, expires_at)
+             VALUES ($1, $2, $3, $4, $5) RETURNING id, created_at, expires_at"
+        );
+        let query = sqlx::query_as(&insert)
+            .bind(PasswordId::generate())
+            .bind(tenant);
+        let meta: PasswordMeta = match owner {
+            PasswordOwner::Device(id) => query.bind(id),
+            PasswordOwner::Registry(id) => query.bind(id),
+        }
         .bind(&hash)
         .bind(expires_at)
         .fetch_one(&mut *tx)
@@ -107,51 +150,50 @@ impl Store {
         })
     }
 
-    /// A page of the passwords of the device `device` of `tenant`, ordered by id; an
-    /// unknown device is `NotFound`.
-    pub async fn list_device_passwords(
+    /// A page of the passwords of `owner` in `tenant`, ordered by id; an unknown owner is
+    /// `NotFound`.
+    pub async fn list_passwords(
         &self,
         tenant: &TenantId,
-        device: &DeviceId,
+        owner: PasswordOwner<'_>,
         page: &PageRequest,
     ) -> Result<Page<PasswordMeta>> {
-        let mut tx = self.pool.begin().await?;
-        let exists: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM devices WHERE tenant_id = $1 AND id = $2")
-                .bind(tenant)
-                .bind(device)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if exists.is_none() {
+        if !self.password_owner_exists(tenant, owner).await? {
             return Err(StoreError::NotFound);
         }
-        let rows: Vec<PasswordMeta> = sqlx::query_as(
-            "SELECT id, device_id, created_at, expires_at FROM passwords
-              WHERE tenant_id = $1 AND device_id = $2 AND id > $3 ORDER BY id LIMIT $4",
-        )
-        .bind(tenant)
-        .bind(device)
+        let (_, column) = owner.table_and_column();
+        let select = format!(
+            "SELECT id, created_at, expires_at FROM passwords
+              WHERE tenant_id = $1 AND {column} = $2 AND id > $3 ORDER BY id LIMIT $4"
+        );
+        let query = sqlx::query_as(&select).bind(tenant);
+        let rows: Vec<PasswordMeta> = match owner {
+            PasswordOwner::Device(id) => query.bind(id),
+            PasswordOwner::Registry(id) => query.bind(id),
+        }
         .bind(page.after_bound())
         .bind(page.fetch_limit())
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        tx.commit().await?;
         Ok(page.page(rows, |p: &PasswordMeta| p.id.as_str()))
     }
 
-    /// Deletes the password `id` of the device `device` of `tenant`.
-    pub async fn delete_device_password(
+    /// Deletes the password `id` of `owner` in `tenant`.
+    pub async fn delete_password(
         &self,
         tenant: &TenantId,
-        device: &DeviceId,
+        owner: PasswordOwner<'_>,
         id: &PasswordId,
     ) -> Result<()> {
+        let (_, column) = owner.table_and_column();
+        let delete =
+            format!("DELETE FROM passwords WHERE tenant_id = $1 AND {column} = $2 AND id = $3");
         let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query(
-            "DELETE FROM passwords WHERE tenant_id = $1 AND device_id = $2 AND id = $3",
-        )
-        .bind(tenant)
-        .bind(device)
+        let query = sqlx::query(&delete).bind(tenant);
+        let deleted = match owner {
+            PasswordOwner::Device(owner_id) => query.bind(owner_id),
+            PasswordOwner::Registry(owner_id) => query.bind(owner_id),
+        }
         .bind(id)
         .execute(&mut *tx)
         .await?
@@ -198,16 +240,23 @@ mod tests {
         };
         let dev = store.create_device(&a, &reg, &new).await.unwrap();
         assert!(matches!(
-            store.create_device_password(&b, &dev.id, None, None).await,
+            store
+                .create_password(&b, PasswordOwner::Device(&dev.id), None, None)
+                .await,
             Err(StoreError::NotFound)
         ));
         let created = store
-            .create_device_password(&a, &dev.id, None, None)
+            .create_password(&a, PasswordOwner::Device(&dev.id), None, None)
             .await
             .unwrap();
         let secret = created.generated.clone().unwrap();
         let given = store
-            .create_device_password(&a, &dev.id, Some("a given password".into()), None)
+            .create_password(
+                &a,
+                PasswordOwner::Device(&dev.id),
+                Some("a given password".into()),
+                None,
+            )
             .await
             .unwrap();
         assert!(given.generated.is_none());
@@ -232,24 +281,24 @@ mod tests {
             .any(|h| verify_password(h, b"a given password")));
 
         let listed = store
-            .list_device_passwords(&a, &dev.id, &PageRequest::default())
+            .list_passwords(&a, PasswordOwner::Device(&dev.id), &PageRequest::default())
             .await
             .unwrap();
         assert_eq!(listed.items.len(), 2);
         assert!(matches!(
             store
-                .list_device_passwords(&b, &dev.id, &PageRequest::default())
+                .list_passwords(&b, PasswordOwner::Device(&dev.id), &PageRequest::default())
                 .await,
             Err(StoreError::NotFound)
         ));
         assert!(matches!(
             store
-                .delete_device_password(&b, &dev.id, &created.meta.id)
+                .delete_password(&b, PasswordOwner::Device(&dev.id), &created.meta.id)
                 .await,
             Err(StoreError::NotFound)
         ));
         store
-            .delete_device_password(&a, &dev.id, &created.meta.id)
+            .delete_password(&a, PasswordOwner::Device(&dev.id), &created.meta.id)
             .await
             .unwrap();
         let principal = store
@@ -273,13 +322,65 @@ mod tests {
         let dev = store.create_device(&a, &reg, &new).await.unwrap();
         for _ in 0..MAX_PASSWORDS_PER_DEVICE {
             store
-                .create_device_password(&a, &dev.id, Some("0123456789abcdef".into()), None)
+                .create_password(
+                    &a,
+                    PasswordOwner::Device(&dev.id),
+                    Some("0123456789abcdef".into()),
+                    None,
+                )
                 .await
                 .unwrap();
         }
         assert!(matches!(
-            store.create_device_password(&a, &dev.id, None, None).await,
+            store
+                .create_password(&a, PasswordOwner::Device(&dev.id), None, None)
+                .await,
             Err(StoreError::Conflict { field: "passwords" })
         ));
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn registry_password_authenticates_the_registry_client(pool: sqlx::PgPool) {
+        let store = Store::from_pool(pool);
+        let (a, reg) = tenant_with_registry(&store, "a").await;
+        let (b, _) = tenant_with_registry(&store, "b").await;
+        assert!(matches!(
+            store
+                .create_password(&b, PasswordOwner::Registry(&reg), None, None)
+                .await,
+            Err(StoreError::NotFound)
+        ));
+        let created = store
+            .create_password(&a, PasswordOwner::Registry(&reg), None, None)
+            .await
+            .unwrap();
+        let secret = created.generated.unwrap();
+        let principal = store
+            .find_password_principal(reg.as_str())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(principal.kind, PrincipalKind::Registry { ref registry_id } if *registry_id == reg)
+        );
+        assert!(principal
+            .hashes
+            .iter()
+            .any(|h| verify_password(h, secret.as_bytes())));
+        let listed = store
+            .list_passwords(&a, PasswordOwner::Registry(&reg), &PageRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(listed.items, vec![created.meta.clone()]);
+        store
+            .delete_password(&a, PasswordOwner::Registry(&reg), &created.meta.id)
+            .await
+            .unwrap();
+        let principal = store
+            .find_password_principal(reg.as_str())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(principal.hashes.is_empty());
     }
 }

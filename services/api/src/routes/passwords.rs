@@ -1,4 +1,5 @@
-//! `/v1/devices/{id}/passwords`: the passwords a device authenticates with (SPEC §4.1).
+//! `/v1/devices/{id}/passwords` and `/v1/registries/{id}/passwords`: the passwords a
+//! device, or a registry client acting for its devices, authenticates with (SPEC §4.1).
 
 use super::{created, list_type, next_page_token, PageParams};
 use crate::error::{Error, FieldError, Problem};
@@ -10,8 +11,8 @@ use axum::response::Response;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use iotcore_store::passwords::PasswordMeta;
-use iotcore_store::{DeviceId, PasswordId};
+use iotcore_store::passwords::{PasswordMeta, PasswordOwner};
+use iotcore_store::{DeviceId, PasswordId, RegistryId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -29,6 +30,14 @@ pub fn router() -> Router<ApiState> {
         .route(
             "/v1/devices/{id}/passwords/{password_id}",
             delete(delete_password),
+        )
+        .route(
+            "/v1/registries/{id}/passwords",
+            get(list_registry_passwords).post(create_registry_password),
+        )
+        .route(
+            "/v1/registries/{id}/passwords/{password_id}",
+            delete(delete_registry_password),
         )
 }
 
@@ -103,6 +112,27 @@ pub async fn create_password(
     PathId(device): PathId<DeviceId>,
     ApiJson(body): ApiJson<CreatePassword>,
 ) -> Result<Response, Error> {
+    let location = format!("/v1/devices/{device}/passwords");
+    create(
+        &state,
+        &scope,
+        PasswordOwner::Device(&device),
+        body,
+        location,
+        "device",
+    )
+    .await
+}
+
+/// Checks `body` and adds the password to `owner`.
+async fn create(
+    state: &ApiState,
+    scope: &TenantWriter,
+    owner: PasswordOwner<'_>,
+    body: CreatePassword,
+    collection: String,
+    what: &'static str,
+) -> Result<Response, Error> {
     let mut errors = Vec::new();
     if let Some(password) = &body.password {
         let chars = password.chars().count();
@@ -123,16 +153,32 @@ pub async fn create_password(
     }
     let created_password = state
         .store
-        .create_device_password(scope.tenant_id(), &device, body.password, body.expires_at)
+        .create_password(scope.tenant_id(), owner, body.password, body.expires_at)
         .await
-        .map_err(Error::store("device"))?;
-    let location = format!(
-        "/v1/devices/{device}/passwords/{}",
-        created_password.meta.id
-    );
+        .map_err(Error::store(what))?;
+    let location = format!("{collection}/{}", created_password.meta.id);
     let mut view = PasswordView::from(created_password.meta);
     view.password = created_password.generated;
     Ok(created(location, view))
+}
+
+/// A page of `owner`'s passwords.
+async fn list(
+    state: &ApiState,
+    scope: &TenantScope,
+    owner: PasswordOwner<'_>,
+    params: &PageParams,
+    what: &'static str,
+) -> Result<Json<PasswordList>, Error> {
+    let page = state
+        .store
+        .list_passwords(&scope.tenant_id, owner, &params.request()?)
+        .await
+        .map_err(Error::store(what))?;
+    Ok(Json(PasswordList {
+        items: page.items.into_iter().map(PasswordView::from).collect(),
+        next_page_token: next_page_token(page.next_after),
+    }))
 }
 
 /// List a device's passwords (metadata only; secrets are never returned).
@@ -156,15 +202,14 @@ pub async fn list_passwords(
     PathId(device): PathId<DeviceId>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<PasswordList>, Error> {
-    let page = state
-        .store
-        .list_device_passwords(&scope.tenant_id, &device, &params.request()?)
-        .await
-        .map_err(Error::store("device"))?;
-    Ok(Json(PasswordList {
-        items: page.items.into_iter().map(PasswordView::from).collect(),
-        next_page_token: next_page_token(page.next_after),
-    }))
+    list(
+        &state,
+        &scope,
+        PasswordOwner::Device(&device),
+        &params,
+        "device",
+    )
+    .await
 }
 
 /// Delete a password of a device.
@@ -188,9 +233,111 @@ pub async fn delete_password(
     State(state): State<ApiState>,
     PathIds(device, id): PathIds<DeviceId, PasswordId>,
 ) -> Result<StatusCode, Error> {
+    let owner = PasswordOwner::Device(&device);
     state
         .store
-        .delete_device_password(scope.tenant_id(), &device, &id)
+        .delete_password(scope.tenant_id(), owner, &id)
+        .await
+        .map_err(Error::store("password"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Add a password to a registry.
+///
+/// A registry client connects with the registry id as username and acts for the devices
+/// of its registry. Give `password` to choose it, or leave it out to have the service
+/// generate one, returned in this response only. A registry holds at most 10 passwords.
+#[utoipa::path(
+    post, path = "/v1/registries/{id}/passwords", tag = "passwords",
+    params(
+        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    request_body = CreatePassword,
+    responses(
+        (status = 201, description = "The new password; `password` only when generated", body = PasswordView),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such registry in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The registry holds the maximum number of passwords", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_registry_password(
+    scope: TenantWriter,
+    State(state): State<ApiState>,
+    PathId(registry): PathId<RegistryId>,
+    ApiJson(body): ApiJson<CreatePassword>,
+) -> Result<Response, Error> {
+    let location = format!("/v1/registries/{registry}/passwords");
+    create(
+        &state,
+        &scope,
+        PasswordOwner::Registry(&registry),
+        body,
+        location,
+        "registry",
+    )
+    .await
+}
+
+/// List a registry's passwords (metadata only; secrets are never returned).
+#[utoipa::path(
+    get, path = "/v1/registries/{id}/passwords", tag = "passwords",
+    params(
+        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
+        PageParams,
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    responses(
+        (status = 200, description = "A page of passwords, ordered by id", body = PasswordList),
+        (status = 400, description = "Malformed id or page parameters", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such registry in this tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_registry_passwords(
+    scope: TenantScope,
+    State(state): State<ApiState>,
+    PathId(registry): PathId<RegistryId>,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<PasswordList>, Error> {
+    list(
+        &state,
+        &scope,
+        PasswordOwner::Registry(&registry),
+        &params,
+        "registry",
+    )
+    .await
+}
+
+/// Delete a password of a registry.
+#[utoipa::path(
+    delete, path = "/v1/registries/{id}/passwords/{password_id}", tag = "passwords",
+    params(
+        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
+        ("password_id" = String, Path, description = "Password id", example = "pwd_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such password of this registry", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_registry_password(
+    scope: TenantWriter,
+    State(state): State<ApiState>,
+    PathIds(registry, id): PathIds<RegistryId, PasswordId>,
+) -> Result<StatusCode, Error> {
+    let owner = PasswordOwner::Registry(&registry);
+    state
+        .store
+        .delete_password(scope.tenant_id(), owner, &id)
         .await
         .map_err(Error::store("password"))?;
     Ok(StatusCode::NO_CONTENT)

@@ -311,3 +311,55 @@ async fn readiness_fails_when_the_database_is_gone(pool: sqlx::PgPool) {
         .await
         .assert_problem(StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[sqlx::test(migrator = "iotcore_store::MIGRATOR")]
+async fn registry_client_password_is_shown_once_and_verifies(pool: sqlx::PgPool) {
+    let app = TestApp::new(pool);
+    let tenant = app.create_tenant("acme").await;
+    let editor = app.member(Role::Editor, &tenant);
+    let registry = app.create_registry(&editor, "r").await;
+    let registry_id = registry["id"].as_str().unwrap();
+    let uri = format!("/v1/registries/{registry_id}/passwords");
+    let created = app.post(&editor, &uri, json!({})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:#?}", created.body);
+    let secret = created.body["password"].as_str().unwrap();
+    let principal = app
+        .store
+        .find_password_principal(registry_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(principal.kind, PrincipalKind::Registry { .. }));
+    assert!(principal
+        .hashes
+        .iter()
+        .any(|h| verify_password(h, secret.as_bytes())));
+    let listed = app.get(&editor, &uri).await;
+    assert_eq!(listed.body["items"][0]["id"], created.body["id"]);
+    assert!(listed.body["items"][0].get("password").is_none());
+    // Another tenant sees no such registry.
+    let other = app.member(Role::Admin, &app.create_tenant("other").await);
+    app.post(&other, &uri, json!({}))
+        .await
+        .assert_problem(StatusCode::NOT_FOUND);
+    app.get(&other, &uri)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND);
+    let password_id = created.body["id"].as_str().unwrap();
+    app.delete(&other, &format!("{uri}/{password_id}"))
+        .await
+        .assert_problem(StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.delete(&editor, &format!("{uri}/{password_id}"))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let principal = app
+        .store
+        .find_password_principal(registry_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(principal.hashes.is_empty());
+}
