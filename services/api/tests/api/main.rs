@@ -6,3 +6,4 @@ mod errors;
 mod flow;
 mod helpers;
 mod openapi;
+mod serve;
