@@ -6,6 +6,7 @@
 //! with `app.mqtt_v311(&device)` or `app.mqtt_v5(&device)`.
 
 pub mod mqtt;
+pub mod raw;
 pub mod webhook;
 
 use anyhow::{bail, Context, Result};

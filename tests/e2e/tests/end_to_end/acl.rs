@@ -1,9 +1,11 @@
 //! The built-in device and registry-client rights of SPEC §4.2, and the registry scope of
 //! SPEC §3.4.
 
+use iotcore_codec::{ProtocolVersion, ReasonCode};
 use iotcore_e2e::mqtt::{connect_v311, connect_v5, WAIT};
-use iotcore_e2e::TestApp;
-use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode};
+use iotcore_e2e::raw::Raw;
+use iotcore_e2e::{Device, TestApp};
+use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use rumqttc::v5::mqttbytes::QoS;
 use std::time::Duration;
 
@@ -13,9 +15,7 @@ async fn device_cannot_publish_or_subscribe_outside_its_defaults() {
     let registry = app.create_registry(&app.token, "r").await;
     let device = app.create_device(&app.token, &registry, "d").await;
     let other = app.create_device(&app.token, &registry, "other").await;
-    let mut mqtt = connect_v5(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("connects");
+    let mut mqtt = Raw::connect(app.mqtt, ProtocolVersion::V5, &device, 60).await;
 
     let allowed = [
         format!("$devices/{}/events", device.id),
@@ -24,11 +24,11 @@ async fn device_cannot_publish_or_subscribe_outside_its_defaults() {
         format!("$registries/{registry}/events/x"),
     ];
     for topic in &allowed {
-        mqtt.client
-            .publish(topic, QoS::AtLeastOnce, false, "x")
-            .await
-            .expect("publish");
-        assert_eq!(mqtt.puback().await.reason, PubAckReason::Success, "{topic}");
+        assert_eq!(
+            mqtt.publish_qos1(topic, b"x").await,
+            ReasonCode::SUCCESS,
+            "{topic}"
+        );
     }
     let denied = [
         format!("$devices/{}/events", other.id),
@@ -38,15 +38,8 @@ async fn device_cannot_publish_or_subscribe_outside_its_defaults() {
         "$SYS/broker".to_owned(),
     ];
     for topic in &denied {
-        mqtt.client
-            .publish(topic, QoS::AtLeastOnce, false, "x")
-            .await
-            .expect("publish");
-        assert_eq!(
-            mqtt.puback().await.reason,
-            PubAckReason::NotAuthorized,
-            "{topic}"
-        );
+        let reason = mqtt.publish_qos1(topic, b"x").await;
+        assert_eq!(reason, ReasonCode::NOT_AUTHORIZED, "{topic}");
     }
 
     let granted = [
@@ -54,13 +47,9 @@ async fn device_cannot_publish_or_subscribe_outside_its_defaults() {
         format!("$registries/{registry}/commands/+"),
     ];
     for filter in &granted {
-        mqtt.client
-            .subscribe(filter, QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
         assert_eq!(
-            mqtt.suback().await.return_codes,
-            vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+            mqtt.subscribe_qos1(filter).await,
+            ReasonCode::GRANTED_QOS_1,
             "{filter}"
         );
     }
@@ -71,13 +60,9 @@ async fn device_cannot_publish_or_subscribe_outside_its_defaults() {
         "#".to_owned(),
     ];
     for filter in &refused {
-        mqtt.client
-            .subscribe(filter, QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
         assert_eq!(
-            mqtt.suback().await.return_codes,
-            vec![SubscribeReasonCode::NotAuthorized],
+            mqtt.subscribe_qos1(filter).await,
+            ReasonCode::NOT_AUTHORIZED,
             "{filter}"
         );
     }
@@ -138,13 +123,21 @@ async fn registry_client_commands_reach_devices_of_its_registry_only() {
     assert_eq!(received.qos, rumqttc::QoS::AtLeastOnce);
 
     // A device of another registry is out of the registry client's scope.
+    let registry_client = Device {
+        id: user.clone(),
+        registry_id: registry.clone(),
+        password: pass.clone(),
+    };
+    let raw_id = format!("{user}:raw");
+    let mut raw_backend =
+        Raw::connect_as(app.mqtt, ProtocolVersion::V5, &raw_id, &registry_client, 60).await;
     let foreign_command = format!("$devices/{}/commands/reboot", foreign.id);
-    backend
-        .client
-        .publish(&foreign_command, QoS::AtLeastOnce, false, "now")
+    let reason = raw_backend.publish_qos1(&foreign_command, b"now").await;
+    assert_eq!(reason, ReasonCode::NOT_AUTHORIZED);
+    assert!(target
+        .next_publish(Duration::from_millis(300))
         .await
-        .expect("publish");
-    assert_eq!(backend.puback().await.reason, PubAckReason::NotAuthorized);
+        .is_none());
 
     // And it sees events of its own registry's devices, not of others.
     backend

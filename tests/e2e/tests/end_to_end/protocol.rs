@@ -2,81 +2,11 @@
 //! input that closes one connection and no other. Raw-socket tests speak bytes encoded by
 //! the codec (or written by hand where the point is that they are malformed).
 
-use bytes::BytesMut;
-use iotcore_codec::{decode, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
+use iotcore_codec::{Packet, ProtocolVersion, ReasonCode};
 use iotcore_e2e::mqtt::{connect_v311, WAIT};
-use iotcore_e2e::{Device, TestApp};
-use std::net::SocketAddr;
+use iotcore_e2e::raw::Raw;
+use iotcore_e2e::TestApp;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// A client that writes raw bytes and reads packets.
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-    version: ProtocolVersion,
-}
-
-impl Raw {
-    async fn open(addr: SocketAddr, version: ProtocolVersion) -> Raw {
-        let stream = TcpStream::connect(addr).await.expect("TCP connect");
-        Raw {
-            stream,
-            buf: BytesMut::new(),
-            version,
-        }
-    }
-
-    async fn connect(
-        addr: SocketAddr,
-        version: ProtocolVersion,
-        device: &Device,
-        keep_alive: u16,
-    ) -> Raw {
-        let mut raw = Raw::open(addr, version).await;
-        let connect = Packet::Connect(Connect {
-            protocol: version,
-            clean_start: true,
-            keep_alive,
-            client_id: device.id.clone(),
-            will: None,
-            username: Some(device.id.clone()),
-            password: Some(device.password.clone().into_bytes().into()),
-            properties: Properties::default(),
-        });
-        raw.send(&connect).await;
-        match raw.packet().await {
-            Some(Packet::ConnAck(connack)) => assert_eq!(connack.code, 0, "CONNACK"),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-        raw
-    }
-
-    async fn send(&mut self, packet: &Packet) {
-        let mut out = BytesMut::new();
-        packet.encode(self.version, &mut out).expect("encode");
-        self.write(&out).await;
-    }
-
-    async fn write(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
-    }
-
-    /// The next packet, or `None` when the broker closed the connection.
-    async fn packet(&mut self) -> Option<Packet> {
-        loop {
-            if let Ok(Some(packet)) = decode(&mut self.buf, self.version, 1 << 20) {
-                return Some(packet);
-            }
-            match tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return None,
-                Ok(Ok(_)) => continue,
-                Err(_) => panic!("the broker neither answered nor closed the connection"),
-            }
-        }
-    }
-}
 
 #[tokio::test]
 async fn retained_message_is_sent_on_subscribe_and_an_empty_one_deletes_it() {
@@ -279,5 +209,24 @@ async fn a_connection_without_connect_is_closed() {
     let mut early = Raw::open(app.mqtt, ProtocolVersion::V3_1_1).await;
     early.send(&Packet::PingReq).await;
     assert!(early.packet().await.is_none());
+    app.stop().await;
+}
+
+/// MQTT-3.1.4-3: a second connection with the same client id takes the session over; the
+/// first is closed, told with DISCONNECT 0x8E in MQTT 5.
+#[tokio::test]
+async fn a_second_connection_with_the_same_client_id_takes_over() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let mut first = Raw::connect(app.mqtt, ProtocolVersion::V5, &device, 60).await;
+    let mut second = Raw::connect(app.mqtt, ProtocolVersion::V5, &device, 60).await;
+    match first.packet().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::SESSION_TAKEN_OVER),
+        other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+    }
+    assert!(first.packet().await.is_none());
+    second.send(&Packet::PingReq).await;
+    assert!(matches!(second.packet().await, Some(Packet::PingResp)));
     app.stop().await;
 }
