@@ -88,7 +88,7 @@ fi
 export DATABASE_URL="$database_url" IOTCORE_TEST_DATABASE_URL="$database_url"
 echo "DATABASE_URL=$DATABASE_URL"
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/iotcore/target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HOME:-/tmp}/.cache/iotcore/target}"
 mkdir -p "$CARGO_TARGET_DIR"
 export IOTCORE_BIN="$CARGO_TARGET_DIR/debug/iotcore"
 echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
