@@ -28,6 +28,8 @@ pub struct RuleRoute {
     pub id: RuleId,
     pub topic_filter: String,
     pub registry_id: Option<RegistryId>,
+    /// The rule's condition as written; the API checked that it parses.
+    pub condition: Option<String>,
 }
 
 /// One rule match, ready to be made durable.
@@ -57,7 +59,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         let routes = sqlx::query_as(
-            "SELECT id, topic_filter, registry_id FROM rules
+            "SELECT id, topic_filter, registry_id, condition FROM rules
               WHERE tenant_id = $1 AND enabled ORDER BY id",
         )
         .bind(tenant)
