@@ -18,6 +18,8 @@ pub struct BrokerConfig {
     pub inflight_window: u16,
     /// Connections this process accepts at once; further clients wait in the backlog.
     pub max_connections: usize,
+    /// Topic aliases a client may set up towards the broker (MQTT 5 Topic Alias Maximum).
+    pub topic_alias_maximum: u16,
     /// Subscriptions one session may hold.
     pub max_subscriptions: usize,
     /// Upper bound on the keep alive the broker accepts (MQTT 5 Server Keep Alive), seconds.
@@ -39,6 +41,7 @@ impl Default for BrokerConfig {
             outbound_queue: 1024,
             inflight_window: 64,
             max_connections: 100_000,
+            topic_alias_maximum: 32,
             max_subscriptions: 100,
             max_keep_alive_secs: 3600,
             rule_commit_max_wait_ms: 2,

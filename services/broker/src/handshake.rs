@@ -1,24 +1,32 @@
 //! The first packet of a connection: CONNECT, authentication, the client id rule and the
 //! CONNACK (SPEC §3.3, §4.1).
 
+use crate::acl::Acl;
 use crate::auth::{AuthFailure, Principal};
 use crate::broker::Shared;
+use crate::publish;
+use crate::router::Message;
 use iotcore_codec::{
     connack_v3, ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode,
 };
 use iotcore_store::auth::PrincipalKind;
-use iotcore_store::DeviceId;
+use iotcore_topic::TopicName;
 use rand::Rng;
+use std::time::Duration;
 
 /// A CONNECT that was accepted.
 pub struct Accepted {
     pub principal: Principal,
+    pub acl: Acl,
     pub client_id: String,
     /// Set when the broker chose the client id (MQTT 5 Assigned Client Identifier).
     pub assigned: bool,
     pub keep_alive: u16,
     /// Set when the broker lowered the client's keep alive (MQTT 5 Server Keep Alive).
     pub server_keep_alive: Option<u16>,
+    /// The will, checked against the ACL, and how long after an abnormal disconnect it is
+    /// published (MQTT 5 Will Delay Interval, bounded by the session's life).
+    pub will: Option<(Message, Duration)>,
 }
 
 /// A refused CONNECT, with the return code (3.x) or reason code (5.0) to answer.
@@ -85,12 +93,51 @@ pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refu
         } else {
             (connect.keep_alive, None)
         };
+    let acl = Acl::for_principal(&principal);
+    let will = match &connect.will {
+        None => None,
+        Some(will) => {
+            // A will is published with the client's rights: one it could not publish itself
+            // is refused at CONNECT rather than dropped silently later.
+            TopicName::parse(&will.topic, shared.limits).map_err(|_| {
+                refuse(
+                    connack_v3::NOT_AUTHORIZED,
+                    ReasonCode::TOPIC_NAME_INVALID,
+                    "invalid will topic",
+                )
+            })?;
+            if !publish::allowed(shared, &principal, &acl, &will.topic).await {
+                return Err(refuse(
+                    connack_v3::NOT_AUTHORIZED,
+                    ReasonCode::NOT_AUTHORIZED,
+                    "will topic not allowed",
+                ));
+            }
+            let message = publish::message_from(
+                will.topic.clone(),
+                will.payload.clone(),
+                will.qos,
+                will.retain,
+                will.properties.clone(),
+                None,
+                &principal,
+            );
+            // Sessions end with the connection in this version, and a will is published
+            // when the session ends if that comes before the will delay (MQTT-3.1.3-9).
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            let session_expiry = connect.properties.session_expiry_interval.unwrap_or(0);
+            let delay = Duration::from_secs(u64::from(delay.min(session_expiry)));
+            Some((message, delay))
+        }
+    };
     Ok(Accepted {
         principal,
+        acl,
         client_id,
         assigned,
         keep_alive,
         server_keep_alive,
+        will,
     })
 }
 
@@ -143,11 +190,10 @@ pub fn connack(shared: &Shared, version: ProtocolVersion, accepted: &Accepted) -
         properties.server_keep_alive = accepted.server_keep_alive;
         properties.maximum_packet_size = Some(shared.config.max_packet_size);
         properties.receive_maximum = Some(shared.config.inflight_window);
-        // Outbound delivery is at most QoS 1 in this version; QoS 2 publishes are accepted.
-        properties.topic_alias_maximum = Some(0);
+        properties.topic_alias_maximum = Some(shared.config.topic_alias_maximum);
         properties.retain_available = Some(1);
         properties.wildcard_subscription_available = Some(1);
-        properties.subscription_identifier_available = Some(0);
+        properties.subscription_identifier_available = Some(1);
         properties.shared_subscription_available = Some(0);
     }
     Packet::ConnAck(ConnAck {
@@ -167,12 +213,4 @@ pub fn refusal(refused: &Refused, version: ProtocolVersion) -> Packet {
         code: refused.code,
         properties,
     })
-}
-
-/// The device a principal acts as, if it is a device.
-pub fn device_of(principal: &Principal) -> Option<&DeviceId> {
-    match &principal.kind {
-        PrincipalKind::Device { device_id, .. } => Some(device_id),
-        _ => None,
-    }
 }

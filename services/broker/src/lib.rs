@@ -11,9 +11,14 @@ mod broker;
 pub mod config;
 mod connection;
 mod handshake;
+mod inbound;
+mod outbound;
+mod publish;
 mod router;
 mod rules;
 mod sessions;
+mod subscriptions;
+mod wills;
 
 pub use broker::run;
 pub use config::BrokerConfig;

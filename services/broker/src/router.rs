@@ -13,6 +13,7 @@ use iotcore_topic::{matches, TopicFilter, TopicTrie};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// An isolated topic space.
@@ -35,14 +36,38 @@ pub struct Message {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
-    pub content_type: Option<String>,
-    pub payload_format_indicator: Option<u8>,
-    pub user_properties: Vec<(String, String)>,
+    pub properties: MessageProperties,
     /// The connection that published it (for MQTT 5 No Local); `None` for the API.
     pub origin: Option<ConnectionId>,
     /// The registry the message comes from: the publishing device's or registry client's.
     /// Registry clients receive `$devices/…` messages only from their own registry.
     pub origin_registry: Option<RegistryId>,
+}
+
+/// The MQTT 5 properties a message carries from publisher to subscribers unchanged
+/// (MQTT-3.3.2-4, -15, -16, -17, -18).
+#[derive(Clone, Debug, Default)]
+pub struct MessageProperties {
+    pub payload_format_indicator: Option<u8>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+    pub user_properties: Vec<(String, String)>,
+    /// When the message expires (MQTT 5 Message Expiry Interval); `None` never.
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    /// Whether the message's expiry interval has passed (MQTT-3.3.2-5).
+    pub fn expired(&self, now: Instant) -> bool {
+        self.properties.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// The Message Expiry Interval to send on: what is left of it (MQTT-3.3.2-6).
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        let left = self.properties.expires_at?.saturating_duration_since(now);
+        Some(u32::try_from(left.as_secs()).unwrap_or(u32::MAX).max(1))
+    }
 }
 
 /// One message on its way to one subscriber.
@@ -51,8 +76,11 @@ pub struct Outgoing {
     pub message: Arc<Message>,
     /// The QoS it is delivered with: the lower of the message's and the subscription's.
     pub qos: QoS,
-    /// The RETAIN flag as sent: set for retained messages sent on subscribe.
+    /// The RETAIN flag as sent: set for retained messages sent on subscribe, and on live
+    /// messages only for Retain As Published subscriptions (MQTT-3.3.1-12/13).
     pub retain: bool,
+    /// MQTT 5 Subscription Identifiers of the matching subscriptions (MQTT-3.3.4-3).
+    pub subscription_ids: Vec<u32>,
 }
 
 /// The sending side of a connection's bounded outbound queue.
@@ -64,6 +92,8 @@ pub struct Subscriber {
     pub mailbox: Mailbox,
     pub qos: QoS,
     pub no_local: bool,
+    pub retain_as_published: bool,
+    pub subscription_id: Option<u32>,
     /// For registry clients: deliver `$devices/…` messages only from this registry.
     pub registry_scope: Option<RegistryId>,
 }
@@ -73,6 +103,11 @@ impl Subscriber {
         if self.no_local && message.origin == Some(connection) {
             return false;
         }
+        self.in_scope(message)
+    }
+
+    /// The registry scope of SPEC §3.4, also applied to retained messages.
+    pub fn in_scope(&self, message: &Message) -> bool {
         match &self.registry_scope {
             Some(scope) if message.topic.starts_with("$devices/") => {
                 message.origin_registry.as_ref() == Some(scope)
@@ -83,8 +118,8 @@ impl Subscriber {
 }
 
 /// The routing state of one namespace.
-#[derive(Default)]
 pub struct NamespaceRoutes {
+    namespace: Namespace,
     subscriptions: RwLock<TopicTrie<ConnectionId, Subscriber>>,
     retained: Mutex<HashMap<String, Arc<Message>>>,
     /// Rule filters of the tenant (only for [`Namespace::Tenant`]).
@@ -100,6 +135,24 @@ pub struct RouteOutcome {
 }
 
 impl NamespaceRoutes {
+    pub fn new(namespace: Namespace) -> NamespaceRoutes {
+        NamespaceRoutes {
+            namespace,
+            subscriptions: RwLock::default(),
+            retained: Mutex::default(),
+            rules: RwLock::default(),
+        }
+    }
+
+    /// The tenant whose rules apply to this namespace: only a tenant's registry namespace
+    /// has rules.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        match &self.namespace {
+            Namespace::Tenant(tenant) => Some(tenant),
+            Namespace::Broker(..) => None,
+        }
+    }
+
     pub fn subscribe(
         &self,
         filter: &TopicFilter,
@@ -128,23 +181,33 @@ impl NamespaceRoutes {
             });
         }
         // A connection whose filters overlap gets the message once, with the highest QoS
-        // of its matching subscriptions (MQTT-3.3.5-1 allows either; once is what clients
-        // of AWS IoT Core and Mosquitto observe).
+        // of its matching subscriptions and all their subscription identifiers
+        // (MQTT-3.3.4-2/3 allow one copy; it is what clients of AWS IoT Core and
+        // Mosquitto observe).
         targets.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.qos.cmp(&a.1.qos)));
-        targets.dedup_by_key(|t| t.0);
         let mut outcome = RouteOutcome::default();
-        for (_, subscriber) in targets {
+        let mut i = 0;
+        while i < targets.len() {
+            let (connection, best) = &targets[i];
+            let mut subscription_ids = Vec::new();
+            let mut j = i;
+            while j < targets.len() && targets[j].0 == *connection {
+                subscription_ids.extend(targets[j].1.subscription_id);
+                j += 1;
+            }
             let outgoing = Outgoing {
                 message: message.clone(),
-                qos: message.qos.min(subscriber.qos),
-                retain: false,
+                qos: message.qos.min(best.qos),
+                retain: message.retain && best.retain_as_published,
+                subscription_ids,
             };
-            match subscriber.mailbox.try_send(outgoing) {
+            match best.mailbox.try_send(outgoing) {
                 Ok(()) => outcome.delivered += 1,
-                // A closed mailbox belongs to a connection that is going away; its
-                // subscriptions are removed as it ends.
+                // A full mailbox is a slow consumer; a closed one belongs to a connection
+                // that is going away (its subscriptions are removed as it ends).
                 Err(_) => outcome.dropped += 1,
             }
+            i = j;
         }
         outcome
     }
@@ -163,7 +226,7 @@ impl NamespaceRoutes {
     pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
         lock(&self.retained)
             .values()
-            .filter(|m| matches(filter, &m.topic))
+            .filter(|m| matches(filter, &m.topic) && !m.expired(Instant::now()))
             .cloned()
             .collect()
     }
@@ -187,7 +250,7 @@ impl Router {
         }
         write(&self.namespaces)
             .entry(namespace.clone())
-            .or_default()
+            .or_insert_with(|| Arc::new(NamespaceRoutes::new(namespace.clone())))
             .clone()
     }
 
@@ -229,9 +292,7 @@ mod tests {
             payload: Bytes::from_static(b"p"),
             qos,
             retain: false,
-            content_type: None,
-            payload_format_indicator: None,
-            user_properties: Vec::new(),
+            properties: MessageProperties::default(),
             origin: Some(1),
             origin_registry: origin_registry.cloned(),
         })
@@ -239,15 +300,15 @@ mod tests {
 
     fn subscriber(qos: QoS, scope: Option<RegistryId>) -> (Subscriber, mpsc::Receiver<Outgoing>) {
         let (mailbox, rx) = mpsc::channel(2);
-        (
-            Subscriber {
-                mailbox,
-                qos,
-                no_local: false,
-                registry_scope: scope,
-            },
-            rx,
-        )
+        let subscriber = Subscriber {
+            mailbox,
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            subscription_id: None,
+            registry_scope: scope,
+        };
+        (subscriber, rx)
     }
 
     fn filter(s: &str) -> TopicFilter {
@@ -256,10 +317,15 @@ mod tests {
 
     #[test]
     fn overlapping_filters_deliver_once_with_the_highest_qos() {
-        let routes = NamespaceRoutes::default();
+        let routes = NamespaceRoutes::new(Namespace::Tenant(TenantId::generate()));
         let (sub0, mut rx) = subscriber(QoS::AtMostOnce, None);
+        let sub0 = Subscriber {
+            subscription_id: Some(10),
+            ..sub0
+        };
         let sub1 = Subscriber {
             qos: QoS::AtLeastOnce,
+            subscription_id: Some(11),
             ..sub0.clone()
         };
         routes.subscribe(&filter("a/#"), 7, sub0);
@@ -272,13 +338,17 @@ mod tests {
                 dropped: 0
             }
         );
-        assert_eq!(rx.try_recv().map(|o| o.qos).ok(), Some(QoS::AtLeastOnce));
+        let outgoing = rx.try_recv().expect("one copy");
+        assert_eq!(outgoing.qos, QoS::AtLeastOnce);
+        let mut ids = outgoing.subscription_ids.clone();
+        ids.sort();
+        assert_eq!(ids, vec![10, 11], "MQTT-3.3.4-3: every matching identifier");
         assert!(rx.try_recv().is_err());
     }
 
     #[test]
     fn a_full_mailbox_drops_for_that_subscriber_only() {
-        let routes = NamespaceRoutes::default();
+        let routes = NamespaceRoutes::new(Namespace::Tenant(TenantId::generate()));
         let (slow, _slow_rx) = subscriber(QoS::AtMostOnce, None);
         let (fast, mut fast_rx) = subscriber(QoS::AtMostOnce, None);
         routes.subscribe(&filter("t"), 1, slow);
@@ -301,7 +371,7 @@ mod tests {
     fn registry_scoped_subscribers_get_device_topics_of_their_registry_only() {
         let mine = RegistryId::generate();
         let theirs = RegistryId::generate();
-        let routes = NamespaceRoutes::default();
+        let routes = NamespaceRoutes::new(Namespace::Tenant(TenantId::generate()));
         let (sub, mut rx) = subscriber(QoS::AtMostOnce, Some(mine.clone()));
         routes.subscribe(&filter("$devices/+/events/#"), 1, sub);
         routes.route(&message(
@@ -316,7 +386,7 @@ mod tests {
 
     #[test]
     fn retained_messages_are_replaced_and_deleted_by_an_empty_payload() {
-        let routes = NamespaceRoutes::default();
+        let routes = NamespaceRoutes::new(Namespace::Tenant(TenantId::generate()));
         routes.retain(&message("s/1", QoS::AtMostOnce, None));
         routes.retain(&message("s/2", QoS::AtMostOnce, None));
         assert_eq!(routes.retained_matching("s/#").len(), 2);

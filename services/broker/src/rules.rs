@@ -76,8 +76,8 @@ pub fn deliveries_for(
             qos: message.qos as u8,
             retain: message.retain,
             payload: message.payload.to_vec(),
-            content_type: message.content_type.clone(),
-            user_properties: message.user_properties.clone(),
+            content_type: message.properties.content_type.clone(),
+            user_properties: message.properties.user_properties.clone(),
             received_at,
         })
         .collect()

@@ -1,0 +1,163 @@
+//! PUBLISH from a client: topic aliases, the ACL, QoS 1/2 acknowledgement after the
+//! message is safely routed (SPEC §3.1, §4.2, §5).
+
+use crate::connection::{Close, Io, Session};
+use crate::publish;
+use iotcore_codec::{
+    Packet, Properties, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
+};
+use iotcore_topic::TopicName;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl Session {
+    pub async fn on_publish<R, W>(
+        &mut self,
+        mut publish: Publish,
+        io: &mut Io<R, W>,
+    ) -> Result<(), Close>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        self.resolve_topic_alias(&mut publish)?;
+        TopicName::parse(&publish.topic, self.shared.limits)
+            .map_err(|_| Close::with(ReasonCode::TOPIC_NAME_INVALID, "invalid topic name"))?;
+        let packet_id = publish.packet_id.unwrap_or(0);
+        if publish.qos == QoS::ExactlyOnce {
+            if self.incoming_qos2.contains(&packet_id) {
+                // A retransmission of a QoS 2 message already routed: acknowledge only.
+                self.ack(publish.qos, packet_id, ReasonCode::SUCCESS, io);
+                return Ok(());
+            }
+            // MQTT-3.3.4-7: the client may not exceed the Receive Maximum we announced.
+            if self.incoming_qos2.len() >= usize::from(self.shared.config.inflight_window.max(1)) {
+                return Err(Close::with(
+                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                    "too many QoS 2 messages in flight",
+                ));
+            }
+        }
+        let principal = &self.accepted.principal;
+        if !publish::allowed(&self.shared, principal, &self.accepted.acl, &publish.topic).await {
+            tracing::debug!(topic = publish.topic, "publish denied");
+            self.ack(publish.qos, packet_id, ReasonCode::NOT_AUTHORIZED, io);
+            return Ok(());
+        }
+        let message = publish::message_from(
+            publish.topic,
+            publish.payload,
+            publish.qos,
+            publish.retain,
+            publish.properties,
+            Some(self.id),
+            principal,
+        );
+        let qos = message.qos;
+        match publish::publish(
+            &self.shared,
+            &self.routes,
+            Some(principal),
+            Arc::new(message),
+        )
+        .await
+        {
+            Ok(_) => {
+                if qos == QoS::ExactlyOnce {
+                    self.incoming_qos2.insert(packet_id);
+                }
+                self.ack(qos, packet_id, ReasonCode::SUCCESS, io);
+                Ok(())
+            }
+            // Not acknowledged as a success: the client must send it again.
+            Err(e) => {
+                tracing::warn!(error = %e, "publish not accepted");
+                match self.version {
+                    ProtocolVersion::V5 => {
+                        self.ack(
+                            qos,
+                            packet_id,
+                            ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+                            io,
+                        );
+                        Ok(())
+                    }
+                    _ => Err(Close::silently("rule matches could not be stored")),
+                }
+            }
+        }
+    }
+
+    /// MQTT 5 topic aliases from the client: an alias with a topic sets it, an alias alone
+    /// uses it (MQTT-3.3.2-10..12). Bounded by the Topic Alias Maximum we announced.
+    fn resolve_topic_alias(&mut self, publish: &mut Publish) -> Result<(), Close> {
+        let Some(alias) = publish.properties.topic_alias.take() else {
+            return Ok(());
+        };
+        if alias == 0 || alias > self.shared.config.topic_alias_maximum {
+            return Err(Close::with(
+                ReasonCode::TOPIC_ALIAS_INVALID,
+                "topic alias out of range",
+            ));
+        }
+        if publish.topic.is_empty() {
+            match self.topic_aliases.get(&alias) {
+                Some(topic) => publish.topic = topic.clone(),
+                None => {
+                    return Err(Close::with(
+                        ReasonCode::PROTOCOL_ERROR,
+                        "unknown topic alias",
+                    ))
+                }
+            }
+        } else {
+            self.topic_aliases.insert(alias, publish.topic.clone());
+        }
+        Ok(())
+    }
+
+    pub fn on_pubrel<R, W>(&mut self, rel: PubRel, io: &mut Io<R, W>)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let reason = if self.incoming_qos2.remove(&rel.packet_id) {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        let properties = Properties::default();
+        self.reply(
+            &Packet::PubComp(PubComp {
+                packet_id: rel.packet_id,
+                reason,
+                properties,
+            }),
+            io,
+        );
+    }
+
+    /// PUBACK or PUBREC for an inbound publish. MQTT 3.x has no reason codes: a denied
+    /// publish is acknowledged and dropped (SPEC §4.2).
+    fn ack<R, W>(&self, qos: QoS, packet_id: u16, reason: ReasonCode, io: &mut Io<R, W>)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let properties = Properties::default();
+        let packet = match qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => Packet::PubAck(PubAck {
+                packet_id,
+                reason,
+                properties,
+            }),
+            QoS::ExactlyOnce => Packet::PubRec(PubRec {
+                packet_id,
+                reason,
+                properties,
+            }),
+        };
+        self.reply(&packet, io);
+    }
+}

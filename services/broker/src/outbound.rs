@@ -1,0 +1,174 @@
+//! Messages to a client: packet ids, the in-flight window (the client's Receive Maximum)
+//! and the QoS 1 and QoS 2 acknowledgement flows (MQTT 4.3).
+
+use crate::connection::{Close, Io, Session};
+use crate::router::Outgoing;
+use iotcore_codec::{
+    Packet, Properties, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
+};
+use std::collections::HashMap;
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Where an outbound QoS 1/2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// The variants are named for the MQTT packets they wait for.
+#[allow(clippy::enum_variant_names)]
+enum Awaiting {
+    /// QoS 1, PUBLISH sent.
+    PubAck,
+    /// QoS 2, PUBLISH sent.
+    PubRec,
+    /// QoS 2, PUBREL sent.
+    PubComp,
+}
+
+/// The outbound in-flight window of one connection.
+pub struct Outbound {
+    inflight: HashMap<u16, (Awaiting, Outgoing)>,
+    next_packet_id: u16,
+    window: usize,
+}
+
+impl Outbound {
+    pub fn new(window: usize) -> Outbound {
+        Outbound {
+            inflight: HashMap::new(),
+            next_packet_id: 0,
+            window: window.max(1),
+        }
+    }
+
+    /// Whether another QoS 1/2 message may be sent (MQTT-4.9.0-2: at most Receive Maximum
+    /// unacknowledged PUBLISH packets).
+    pub fn has_room(&self) -> bool {
+        self.inflight.len() < self.window
+    }
+
+    fn allocate(&mut self) -> u16 {
+        // The window is at most 65,535 wide, so a free id always exists.
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1);
+            if self.next_packet_id != 0 && !self.inflight.contains_key(&self.next_packet_id) {
+                return self.next_packet_id;
+            }
+        }
+    }
+}
+
+impl Session {
+    pub fn send_outgoing<R, W>(&mut self, outgoing: Outgoing, io: &mut Io<R, W>)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let now = Instant::now();
+        let message = &outgoing.message;
+        // MQTT-3.3.2-5: an expired message is not delivered.
+        if message.expired(now) {
+            return;
+        }
+        let packet_id = match outgoing.qos {
+            QoS::AtMostOnce => None,
+            _ => Some(self.outbound.allocate()),
+        };
+        let mut properties = Properties::default();
+        if self.version == ProtocolVersion::V5 {
+            let passed = &message.properties;
+            properties.payload_format_indicator = passed.payload_format_indicator;
+            properties.content_type = passed.content_type.clone();
+            properties.response_topic = passed.response_topic.clone();
+            properties.correlation_data = passed.correlation_data.clone();
+            properties.user_properties = passed.user_properties.clone();
+            properties.message_expiry_interval = message.remaining_expiry(now);
+            properties.subscription_identifiers = outgoing.subscription_ids.clone();
+        }
+        let publish = Packet::Publish(Publish {
+            dup: false,
+            qos: outgoing.qos,
+            retain: outgoing.retain,
+            topic: message.topic.clone(),
+            packet_id,
+            payload: message.payload.clone(),
+            properties,
+        });
+        if io
+            .send(&publish, self.version, self.client_max_packet)
+            .is_err()
+        {
+            // MQTT-3.1.2-25: larger than the client accepts; discarded as if delivered.
+            tracing::debug!(
+                topic = message.topic,
+                "message larger than the client accepts; dropped"
+            );
+            return;
+        }
+        if let Some(packet_id) = packet_id {
+            let stage = match outgoing.qos {
+                QoS::ExactlyOnce => Awaiting::PubRec,
+                _ => Awaiting::PubAck,
+            };
+            self.outbound.inflight.insert(packet_id, (stage, outgoing));
+        }
+    }
+
+    pub fn on_puback(&mut self, ack: PubAck) -> Result<(), Close> {
+        match self.outbound.inflight.get(&ack.packet_id) {
+            Some((Awaiting::PubAck, _)) => {
+                self.outbound.inflight.remove(&ack.packet_id);
+                Ok(())
+            }
+            // A PUBACK for a QoS 2 message, or for nothing we sent.
+            Some(_) => Err(Close::with(
+                ReasonCode::PROTOCOL_ERROR,
+                "PUBACK for a QoS 2 message",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    pub fn on_pubrec<R, W>(&mut self, rec: PubRec, io: &mut Io<R, W>) -> Result<(), Close>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let properties = Properties::default();
+        match self.outbound.inflight.get_mut(&rec.packet_id) {
+            Some((stage @ (Awaiting::PubRec | Awaiting::PubComp), _)) => {
+                // MQTT 5: a PUBREC with an error code ends the exchange (MQTT-4.3.3-4).
+                if rec.reason.is_error() {
+                    self.outbound.inflight.remove(&rec.packet_id);
+                    return Ok(());
+                }
+                *stage = Awaiting::PubComp;
+                let rel = PubRel {
+                    packet_id: rec.packet_id,
+                    reason: ReasonCode::SUCCESS,
+                    properties,
+                };
+                self.reply(&Packet::PubRel(rel), io);
+                Ok(())
+            }
+            Some(_) => Err(Close::with(
+                ReasonCode::PROTOCOL_ERROR,
+                "PUBREC for a QoS 1 message",
+            )),
+            None => {
+                let rel = PubRel {
+                    packet_id: rec.packet_id,
+                    reason: ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+                    properties,
+                };
+                self.reply(&Packet::PubRel(rel), io);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn on_pubcomp(&mut self, comp: PubComp) -> Result<(), Close> {
+        if let Some((Awaiting::PubComp, _)) = self.outbound.inflight.get(&comp.packet_id) {
+            self.outbound.inflight.remove(&comp.packet_id);
+        }
+        Ok(())
+    }
+}

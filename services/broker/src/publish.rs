@@ -1,0 +1,118 @@
+//! The one path every accepted message takes, whoever published it (a client, a will, the
+//! API): rule matches made durable first, then the retained store, then the subscribers.
+
+use crate::auth::Principal;
+use crate::broker::Shared;
+use crate::router::{Message, NamespaceRoutes, RouteOutcome};
+use crate::rules::{deliveries_for, EnqueueError};
+use iotcore_codec::QoS;
+use iotcore_store::auth::PrincipalKind;
+use std::sync::Arc;
+
+/// Publishes `message` in `routes`' namespace on behalf of `principal` (`None` for the
+/// API). For QoS 1 and 2 the rule matches are committed before this returns, so the caller
+/// may acknowledge the publisher; an `Err` means nothing was routed and the publisher must
+/// not be told the message was accepted.
+pub async fn publish(
+    shared: &Shared,
+    routes: &NamespaceRoutes,
+    principal: Option<&Principal>,
+    message: Arc<Message>,
+) -> Result<RouteOutcome, EnqueueError> {
+    enqueue_rule_matches(shared, routes, principal, &message).await?;
+    if message.retain {
+        routes.retain(&message);
+    }
+    Ok(routes.route(&message))
+}
+
+async fn enqueue_rule_matches(
+    shared: &Shared,
+    routes: &NamespaceRoutes,
+    principal: Option<&Principal>,
+    message: &Message,
+) -> Result<(), EnqueueError> {
+    let Some(index) = routes.rule_index() else {
+        return Ok(());
+    };
+    let rules = index.matching(message);
+    if rules.is_empty() {
+        return Ok(());
+    }
+    let Some(tenant) = routes.tenant() else {
+        return Ok(());
+    };
+    let device = principal.and_then(|p| match &p.kind {
+        PrincipalKind::Device { device_id, .. } => Some(device_id),
+        _ => None,
+    });
+    let deliveries = deliveries_for(tenant, device, rules, message, chrono::Utc::now());
+    if message.qos == QoS::AtMostOnce {
+        // QoS 0 matches may be lost on a crash (SPEC §5); they never hold up the publisher.
+        if !shared.rules.enqueue_best_effort(deliveries) {
+            tracing::warn!("rule writer saturated; QoS 0 rule matches dropped");
+        }
+        return Ok(());
+    }
+    shared.rules.enqueue_durable(deliveries).await
+}
+
+/// The ACL decision for a PUBLISH (or a will) to `topic`, including the registry scope of
+/// registry clients (SPEC §3.4), which needs the store to know a device's registry.
+pub async fn allowed(
+    shared: &Shared,
+    principal: &Principal,
+    acl: &crate::acl::Acl,
+    topic: &str,
+) -> bool {
+    if !acl.allows_publish(topic) {
+        return false;
+    }
+    match acl.scoped_device(topic) {
+        None => true,
+        Some(Err(())) => false,
+        Some(Ok(device)) => {
+            let registry = shared
+                .store
+                .device_registry(&principal.tenant_id, &device)
+                .await;
+            matches!(registry, Ok(Some(r)) if Some(&r) == acl.registry_scope.as_ref())
+        }
+    }
+}
+
+/// The message a PUBLISH packet (or a will) carries, with the properties passed through.
+pub fn message_from(
+    topic: String,
+    payload: bytes::Bytes,
+    qos: QoS,
+    retain: bool,
+    properties: iotcore_codec::Properties,
+    origin: Option<crate::router::ConnectionId>,
+    principal: &Principal,
+) -> Message {
+    let expires_at = properties
+        .message_expiry_interval
+        .map(|secs| std::time::Instant::now() + std::time::Duration::from_secs(u64::from(secs)));
+    Message {
+        topic,
+        payload,
+        qos,
+        retain,
+        properties: crate::router::MessageProperties {
+            payload_format_indicator: properties.payload_format_indicator,
+            content_type: properties.content_type,
+            response_topic: properties.response_topic,
+            correlation_data: properties.correlation_data,
+            user_properties: properties.user_properties,
+            expires_at,
+        },
+        origin,
+        origin_registry: match &principal.kind {
+            PrincipalKind::Device { registry_id, .. } | PrincipalKind::Registry { registry_id } => {
+                Some(registry_id.clone())
+            }
+            PrincipalKind::Broker { .. } => None,
+        },
+    }
+}

@@ -1,0 +1,124 @@
+//! SUBSCRIBE and UNSUBSCRIBE: the ACL's containment check, the router's trie, and the
+//! retained messages a new subscription receives (SPEC §3.1, §4.2).
+
+use crate::connection::{Io, Session};
+use crate::router::{Outgoing, Subscriber};
+use iotcore_codec::{
+    Packet, Properties, ProtocolVersion, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use iotcore_topic::{Subscription, TopicFilter};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl Session {
+    pub fn on_subscribe<R, W>(&mut self, subscribe: Subscribe, io: &mut Io<R, W>)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let v5 = self.version == ProtocolVersion::V5;
+        let failure = |code: ReasonCode| if v5 { code } else { ReasonCode(0x80) };
+        let subscription_id = subscribe
+            .properties
+            .subscription_identifiers
+            .first()
+            .copied();
+        let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        let mut retained = Vec::new();
+        for (raw, options) in &subscribe.filters {
+            let reason = match TopicFilter::parse_subscription(raw, self.shared.limits) {
+                Err(_) => failure(ReasonCode::TOPIC_FILTER_INVALID),
+                Ok(Subscription {
+                    share_group: Some(_),
+                    ..
+                }) => failure(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED),
+                Ok(Subscription { filter, .. })
+                    if !self.accepted.acl.allows_subscribe(filter.as_str()) =>
+                {
+                    failure(ReasonCode::NOT_AUTHORIZED)
+                }
+                Ok(Subscription { .. })
+                    if !self.subscriptions.contains_key(raw)
+                        && self.subscriptions.len() >= self.shared.config.max_subscriptions =>
+                {
+                    failure(ReasonCode::QUOTA_EXCEEDED)
+                }
+                Ok(Subscription { filter, .. }) => {
+                    let subscriber = Subscriber {
+                        mailbox: self.mailbox.clone(),
+                        qos: options.qos,
+                        no_local: options.no_local,
+                        retain_as_published: options.retain_as_published,
+                        subscription_id,
+                        registry_scope: self.accepted.acl.registry_scope.clone(),
+                    };
+                    let existed = self
+                        .subscriptions
+                        .insert(raw.clone(), filter.clone())
+                        .is_some();
+                    // MQTT-3.8.4-3: a subscription to the same filter replaces the old one.
+                    self.routes.subscribe(&filter, self.id, subscriber.clone());
+                    // Retain Handling: 0 always, 1 only for a new subscription, 2 never.
+                    if options.retain_handling == 0 || (options.retain_handling == 1 && !existed) {
+                        retained.push((filter, subscriber));
+                    }
+                    ReasonCode(options.qos as u8)
+                }
+            };
+            reasons.push(reason);
+        }
+        let suback = SubAck {
+            packet_id: subscribe.packet_id,
+            reasons,
+            properties: Properties::default(),
+        };
+        self.reply(&Packet::SubAck(suback), io);
+        // MQTT-3.3.1-6: retained messages follow the SUBACK, with RETAIN set.
+        for (filter, subscriber) in retained {
+            for message in self.routes.retained_matching(filter.as_str()) {
+                if !subscriber.in_scope(&message) {
+                    continue;
+                }
+                let outgoing = Outgoing {
+                    qos: message.qos.min(subscriber.qos),
+                    message,
+                    retain: true,
+                    subscription_ids: subscriber.subscription_id.into_iter().collect(),
+                };
+                // Through our own bounded mailbox, so they obey the in-flight window.
+                let _ = self.mailbox.try_send(outgoing);
+            }
+        }
+    }
+
+    pub fn on_unsubscribe<R, W>(&mut self, unsubscribe: Unsubscribe, io: &mut Io<R, W>)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
+        for raw in &unsubscribe.filters {
+            let existed = match self.subscriptions.remove(raw) {
+                Some(filter) => self.routes.unsubscribe(filter.as_str(), self.id),
+                None => false,
+            };
+            reasons.push(if existed {
+                ReasonCode::SUCCESS
+            } else {
+                ReasonCode::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        if self.version != ProtocolVersion::V5 {
+            reasons.clear();
+        }
+        let properties = Properties::default();
+        let unsuback = UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            reasons,
+            properties,
+        };
+        self.reply(&Packet::UnsubAck(unsuback), io);
+    }
+}
+
+/// QoS is carried as its number in SUBACK (MQTT-3.9.3).
+const _: () = assert!(QoS::ExactlyOnce as u8 == 2);
