@@ -51,8 +51,23 @@ impl Raw {
         device: &Device,
         keep_alive: u16,
     ) -> Raw {
-        let mut raw = Raw::open(addr, version).await;
-        let connect = Packet::Connect(Connect {
+        let connect = Raw::connect_packet(version, client_id, device, keep_alive);
+        let (raw, connack) = Raw::handshake(addr, connect).await;
+        match connack {
+            Some(Packet::ConnAck(connack)) => assert_eq!(connack.code, 0, "CONNACK"),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        raw
+    }
+
+    /// A CONNECT for `device` (clean start, no will), for tests to adjust.
+    pub fn connect_packet(
+        version: ProtocolVersion,
+        client_id: &str,
+        device: &Device,
+        keep_alive: u16,
+    ) -> Connect {
+        Connect {
             protocol: version,
             clean_start: true,
             keep_alive,
@@ -61,13 +76,16 @@ impl Raw {
             username: Some(device.id.clone()),
             password: Some(device.password.clone().into_bytes().into()),
             properties: Properties::default(),
-        });
-        raw.send(&connect).await;
-        match raw.packet().await {
-            Some(Packet::ConnAck(connack)) => assert_eq!(connack.code, 0, "CONNACK"),
-            other => panic!("expected CONNACK, got {other:?}"),
         }
-        raw
+    }
+
+    /// Sends `connect` and returns the connection with the broker's answer (`None` when
+    /// it closed without one).
+    pub async fn handshake(addr: SocketAddr, connect: Connect) -> (Raw, Option<Packet>) {
+        let mut raw = Raw::open(addr, connect.protocol).await;
+        raw.send(&Packet::Connect(connect)).await;
+        let answer = raw.packet().await;
+        (raw, answer)
     }
 
     pub async fn send(&mut self, packet: &Packet) {

@@ -4,6 +4,7 @@
 mod acl;
 mod authentication;
 mod isolation;
+mod mqtt_features;
 mod protocol;
 mod quickstart;
 mod webhook_retry;
