@@ -33,7 +33,8 @@ check() {
 command -v terraform >/dev/null || die "terraform not found (https://developer.hashicorp.com/terraform/install)"
 command -v python3 >/dev/null || die "python3 not found"
 if ! python3 -c 'import yaml' 2>/dev/null; then
-  apt_install python3-yaml
+  # python3 may not be Debian's, so try pip first.
+  python3 -m pip install --quiet pyyaml || apt_install python3-yaml
 fi
 
 check "terraform fmt" terraform fmt -check -recursive -diff terraform

@@ -105,6 +105,7 @@ run_tests() {
 step "cargo fmt" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build -p iotcore" cargo build -p iotcore
+step "deploy files" "$IOTCORE_ROOT/deploy/local/check-deploy.sh"
 step "tests" run_tests "$@"
 
 section "Summary"
