@@ -7,6 +7,8 @@ pub struct ApiConfig {
     pub listen: String,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Largest payload of a message published through the API, in bytes.
+    pub max_publish_payload_bytes: usize,
     pub auth: AuthConfig,
 }
 
@@ -25,6 +27,7 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: "0.0.0.0:8080".into(),
             max_body_bytes: 1024 * 1024,
+            max_publish_payload_bytes: 256 * 1024,
             auth: AuthConfig::default(),
         }
     }

@@ -93,9 +93,9 @@ impl Error {
             StoreError::Conflict { field: "name" } => {
                 Error::Conflict(format!("a {what} with this name already exists"))
             }
-            StoreError::Conflict { field: "passwords" } => Error::Conflict(
-                "the device holds the maximum number of passwords; delete one first".into(),
-            ),
+            StoreError::Conflict { field: "passwords" } => Error::Conflict(format!(
+                "the {what} holds the maximum number of passwords; delete one first"
+            )),
             StoreError::Conflict { field } => {
                 Error::Conflict(format!("{field} conflicts with an existing {what}"))
             }

@@ -33,6 +33,7 @@ pub struct ApiState {
     pub(crate) store: Store,
     pub(crate) verifier: Arc<auth::Verifier>,
     max_body_bytes: usize,
+    pub(crate) max_publish_payload_bytes: usize,
 }
 
 impl ApiState {
@@ -41,6 +42,7 @@ impl ApiState {
             store,
             verifier: Arc::new(auth::Verifier::new(&config.auth)),
             max_body_bytes: config.max_body_bytes,
+            max_publish_payload_bytes: config.max_publish_payload_bytes,
         }
     }
 }
@@ -52,6 +54,8 @@ pub fn router(state: ApiState) -> Router {
         .merge(routes::tenants::router())
         .merge(routes::registries::router())
         .merge(routes::devices::router())
+        .merge(routes::brokers::router())
+        .merge(routes::publish::router())
         .merge(routes::passwords::router())
         .merge(routes::rules::router())
         .merge(routes::health::router())

@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document of the control plane, generated from the handlers and types.
 
 use crate::error::{FieldError, Problem};
-use crate::routes::{devices, health, passwords, registries, rules, tenants};
+use crate::routes::{brokers, devices, health, passwords, publish, registries, rules, tenants};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -17,12 +17,19 @@ by naming it in the `X-Iotcore-Tenant` header. Errors are RFC 9457 problem detai
     ),
     paths(
         tenants::create_tenant, tenants::list_tenants, tenants::get_tenant,
+        tenants::update_tenant, tenants::delete_tenant,
         registries::create_registry, registries::list_registries, registries::get_registry,
-        registries::delete_registry,
-        devices::create_device, devices::list_devices, devices::get_device, devices::delete_device,
+        registries::update_registry, registries::delete_registry,
+        devices::create_device, devices::list_devices, devices::get_device,
+        devices::update_device, devices::delete_device,
+        brokers::create_broker, brokers::list_brokers, brokers::get_broker,
+        brokers::update_broker, brokers::delete_broker,
         passwords::create_password, passwords::list_passwords, passwords::delete_password,
         passwords::create_registry_password, passwords::list_registry_passwords,
         passwords::delete_registry_password,
+        passwords::create_broker_password, passwords::list_broker_passwords,
+        passwords::delete_broker_password,
+        publish::command_device, publish::command_registry, publish::publish,
         rules::create_rule, rules::list_rules, rules::get_rule, rules::update_rule, rules::delete_rule,
         health::healthz, health::readyz, health::openapi_json,
     ),
@@ -32,8 +39,10 @@ by naming it in the `X-Iotcore-Tenant` header. Errors are RFC 9457 problem detai
     tags(
         (name = "tenants", description = "Tenants (operators only)"),
         (name = "registries", description = "Registries: groups of devices"),
-        (name = "devices", description = "Devices"),
-        (name = "passwords", description = "Passwords of devices and registry clients"),
+        (name = "devices", description = "Devices, with their connection status"),
+        (name = "brokers", description = "Virtual brokers: isolated namespaces of free-form topics"),
+        (name = "passwords", description = "Passwords of devices, registry clients and virtual brokers"),
+        (name = "publish", description = "Commands and messages published from the API"),
         (name = "rules", description = "Rules forwarding device messages to webhooks"),
         (name = "operations", description = "Health, readiness and this document"),
     )

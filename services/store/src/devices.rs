@@ -1,6 +1,7 @@
 //! Devices (SPEC §2): each belongs to one registry of a tenant; its id is also its MQTT
 //! client id and username.
 
+use crate::filters::{self, ListFilter};
 use crate::notify::{self, Change};
 use crate::registries::missing_tenant_is_not_found;
 use crate::tenants::{Page, PageRequest};
@@ -31,6 +32,29 @@ impl DeviceStatus {
             DeviceStatus::Disabled => "disabled",
         }
     }
+}
+
+/// A change to a device; `None` fields stay as they are. The caller has validated every
+/// field.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceUpdate {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub status: Option<DeviceStatus>,
+}
+
+/// The connection status of a device (SPEC §6.3), as the brokers last wrote it; all
+/// `None`/`false` for a device that never connected.
+#[derive(Clone, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeviceConnection {
+    pub online: bool,
+    pub connected_at: Option<DateTime<Utc>>,
+    pub disconnected_at: Option<DateTime<Utc>>,
+    pub last_activity_at: Option<DateTime<Utc>>,
+    pub protocol_version: Option<String>,
+    pub client_address: Option<String>,
+    pub disconnect_reason: Option<String>,
 }
 
 /// A device of a tenant.
@@ -137,12 +161,56 @@ impl Store {
         row.map(Device::from).ok_or(StoreError::NotFound)
     }
 
-    /// A page of the devices of the registry `registry` of `tenant`, ordered by id; an
-    /// unknown registry is `NotFound` rather than an empty list.
+    /// The device `id` of `tenant` with its connection status, or `NotFound`.
+    pub async fn get_device_with_connection(
+        &self,
+        tenant: &TenantId,
+        id: &DeviceId,
+    ) -> Result<(Device, DeviceConnection)> {
+        #[derive(sqlx::FromRow)]
+        struct Joined {
+            #[sqlx(flatten)]
+            device: DeviceRow,
+            online: Option<bool>,
+            connected_at: Option<DateTime<Utc>>,
+            disconnected_at: Option<DateTime<Utc>>,
+            last_activity_at: Option<DateTime<Utc>>,
+            protocol_version: Option<String>,
+            client_address: Option<String>,
+            disconnect_reason: Option<String>,
+        }
+        let row: Option<Joined> = sqlx::query_as(
+            "SELECT d.id, d.tenant_id, d.registry_id, d.name, d.description, d.labels, d.status,
+                    d.created_at, c.online, c.connected_at, c.disconnected_at, c.last_activity_at,
+                    c.protocol_version, c.client_address, c.disconnect_reason
+               FROM devices d
+               LEFT JOIN device_connections c ON c.tenant_id = d.tenant_id AND c.device_id = d.id
+              WHERE d.tenant_id = $1 AND d.id = $2",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let row = row.ok_or(StoreError::NotFound)?;
+        let connection = DeviceConnection {
+            online: row.online.unwrap_or(false),
+            connected_at: row.connected_at,
+            disconnected_at: row.disconnected_at,
+            last_activity_at: row.last_activity_at,
+            protocol_version: row.protocol_version,
+            client_address: row.client_address,
+            disconnect_reason: row.disconnect_reason,
+        };
+        Ok((row.device.into(), connection))
+    }
+
+    /// A page of the devices of the registry `registry` of `tenant` that `filter` keeps,
+    /// ordered by id; an unknown registry is `NotFound` rather than an empty list.
     pub async fn list_devices(
         &self,
         tenant: &TenantId,
         registry: &RegistryId,
+        filter: &ListFilter,
         page: &PageRequest,
     ) -> Result<Page<Device>> {
         let mut tx = self.pool.begin().await?;
@@ -157,17 +225,58 @@ impl Store {
         }
         let rows: Vec<DeviceRow> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM devices
-              WHERE tenant_id = $1 AND registry_id = $2 AND id > $3 ORDER BY id LIMIT $4"
+              WHERE tenant_id = $1 AND registry_id = $2 AND id > $3{} ORDER BY id LIMIT $4",
+            filters::condition(5, Some(6), Some(7))
         ))
         .bind(tenant)
         .bind(registry)
         .bind(page.after_bound())
         .bind(page.fetch_limit())
+        .bind(filter.name_prefix.as_deref())
+        .bind(filter.label_json())
+        .bind(filter.status)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
         let rows = rows.into_iter().map(Device::from).collect();
         Ok(page.page(rows, |d: &Device| d.id.as_str()))
+    }
+
+    /// Applies `update` to the device `id` of `tenant`. A name already used in the
+    /// registry is `Conflict { field: "name" }`. Notifies [`Change::Principals`], so that
+    /// brokers disconnect a device that was just disabled.
+    pub async fn update_device(
+        &self,
+        tenant: &TenantId,
+        id: &DeviceId,
+        update: &DeviceUpdate,
+    ) -> Result<Device> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<DeviceRow> = sqlx::query_as(&format!(
+            "UPDATE devices SET name = COALESCE($3, name),
+                    description = COALESCE($4, description), labels = COALESCE($5, labels),
+                    status = COALESCE($6, status), updated_at = now()
+              WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .bind(update.name.as_deref())
+        .bind(update.description.as_deref())
+        .bind(update.labels.as_ref().map(Json))
+        .bind(update.status.map(DeviceStatus::as_str))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| StoreError::on_constraint(e, &[("devices_registry_id_name_key", "name")]))?;
+        let row = row.ok_or(StoreError::NotFound)?;
+        notify::publish(
+            &mut *tx,
+            &Change::Principals {
+                tenant_id: tenant.clone(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(row.into())
     }
 
     /// Deletes the device `id` of `tenant` with its credentials.
@@ -250,7 +359,7 @@ pub(crate) mod tests {
         // Neither listing nor creating reaches into another tenant's registry.
         assert!(matches!(
             store
-                .list_devices(&b, &reg_a, &PageRequest::default())
+                .list_devices(&b, &reg_a, &ListFilter::default(), &PageRequest::default())
                 .await,
             Err(StoreError::NotFound)
         ));
@@ -259,13 +368,13 @@ pub(crate) mod tests {
             Err(StoreError::NotFound)
         ));
         assert!(store
-            .list_devices(&b, &reg_b, &PageRequest::default())
+            .list_devices(&b, &reg_b, &ListFilter::default(), &PageRequest::default())
             .await
             .unwrap()
             .items
             .is_empty());
         let listed = store
-            .list_devices(&a, &reg_a, &PageRequest::default())
+            .list_devices(&a, &reg_a, &ListFilter::default(), &PageRequest::default())
             .await
             .unwrap();
         assert_eq!(listed.items, vec![dev.clone()]);
@@ -297,6 +406,99 @@ pub(crate) mod tests {
         );
         assert!(matches!(
             store.get_device(&a, &dev.id).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn devices_are_updated_filtered_and_show_their_connection(pool: sqlx::PgPool) {
+        let store = Store::from_pool(pool);
+        let (a, reg) = tenant_with_registry(&store, "a").await;
+        let (b, _) = tenant_with_registry(&store, "b").await;
+        let mut listener = crate::notify::ChangeListener::connect(&store)
+            .await
+            .unwrap();
+        let one = store.create_device(&a, &reg, &device("one")).await.unwrap();
+        let two = store.create_device(&a, &reg, &device("two")).await.unwrap();
+        for _ in 0..2 {
+            listener.recv().await.unwrap();
+        }
+
+        let update = DeviceUpdate {
+            labels: Some(BTreeMap::from([("floor".to_owned(), "2".to_owned())])),
+            status: Some(DeviceStatus::Disabled),
+            ..DeviceUpdate::default()
+        };
+        assert!(matches!(
+            store.update_device(&b, &one.id, &update).await,
+            Err(StoreError::NotFound)
+        ));
+        let updated = store.update_device(&a, &one.id, &update).await.unwrap();
+        assert_eq!(updated.status, DeviceStatus::Disabled);
+        assert_eq!(updated.description, one.description);
+        assert_eq!(
+            listener.recv().await.unwrap(),
+            Some(Change::Principals {
+                tenant_id: a.clone()
+            })
+        );
+        let rename = DeviceUpdate {
+            name: Some("two".into()),
+            ..DeviceUpdate::default()
+        };
+        assert!(matches!(
+            store.update_device(&a, &one.id, &rename).await,
+            Err(StoreError::Conflict { field: "name" })
+        ));
+
+        let disabled = ListFilter {
+            status: Some("disabled"),
+            ..ListFilter::default()
+        };
+        let page = store
+            .list_devices(&a, &reg, &disabled, &PageRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(page.items, vec![updated.clone()]);
+        let on_floor = ListFilter {
+            label: Some(("floor".into(), "2".into())),
+            name_prefix: Some("on".into()),
+            ..ListFilter::default()
+        };
+        let page = store
+            .list_devices(&a, &reg, &on_floor, &PageRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(page.items, vec![updated.clone()]);
+        let enabled = ListFilter {
+            status: Some("enabled"),
+            ..ListFilter::default()
+        };
+        let page = store
+            .list_devices(&a, &reg, &enabled, &PageRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(page.items, vec![two.clone()]);
+
+        let (got, connection) = store.get_device_with_connection(&a, &two.id).await.unwrap();
+        assert_eq!(got, two);
+        assert_eq!(connection, DeviceConnection::default());
+        sqlx::query(
+            "INSERT INTO device_connections (device_id, tenant_id, online, connected_at, protocol_version, client_address)
+             VALUES ($1, $2, true, now(), '5', '10.0.0.7:51234')",
+        )
+        .bind(&two.id)
+        .bind(&a)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let (_, connection) = store.get_device_with_connection(&a, &two.id).await.unwrap();
+        assert!(connection.online);
+        assert!(connection.connected_at.is_some());
+        assert_eq!(connection.protocol_version.as_deref(), Some("5"));
+        assert_eq!(connection.client_address.as_deref(), Some("10.0.0.7:51234"));
+        assert!(matches!(
+            store.get_device_with_connection(&b, &two.id).await,
             Err(StoreError::NotFound)
         ));
     }

@@ -6,12 +6,15 @@
 //! learned elsewhere: such a row is simply [`StoreError::NotFound`].
 
 pub mod auth;
+pub mod brokers;
 pub mod deliveries;
 pub mod devices;
 pub mod error;
+pub mod filters;
 pub mod ids;
 pub mod notify;
 pub mod passwords;
+pub mod publishes;
 pub mod registries;
 pub mod rules;
 pub mod tenants;

@@ -4,7 +4,7 @@
 use crate::auth::hash_password;
 use crate::notify::{self, Change};
 use crate::tenants::{Page, PageRequest};
-use crate::{DeviceId, PasswordId, RegistryId, Result, Store, StoreError, TenantId};
+use crate::{BrokerId, DeviceId, PasswordId, RegistryId, Result, Store, StoreError, TenantId};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
@@ -24,12 +24,13 @@ pub fn generate_password() -> String {
         .collect()
 }
 
-/// Whose password it is: a device, or a registry client acting for the devices of its
-/// registry (SPEC §3.4).
+/// Whose password it is: a device, a registry client acting for the devices of its
+/// registry (SPEC §3.4), or a client of a virtual broker (SPEC §3.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PasswordOwner<'a> {
     Device(&'a DeviceId),
     Registry(&'a RegistryId),
+    Broker(&'a BrokerId),
 }
 
 impl PasswordOwner<'_> {
@@ -38,6 +39,7 @@ impl PasswordOwner<'_> {
         match self {
             PasswordOwner::Device(_) => ("devices", "device_id"),
             PasswordOwner::Registry(_) => ("registries", "registry_id"),
+            PasswordOwner::Broker(_) => ("brokers", "broker_id"),
         }
     }
 }
@@ -69,6 +71,7 @@ impl Store {
         let found: Option<i32> = match owner {
             PasswordOwner::Device(id) => sqlx::query_scalar(&query).bind(tenant).bind(id),
             PasswordOwner::Registry(id) => sqlx::query_scalar(&query).bind(tenant).bind(id),
+            PasswordOwner::Broker(id) => sqlx::query_scalar(&query).bind(tenant).bind(id),
         }
         .fetch_optional(&self.pool)
         .await?;
@@ -111,6 +114,7 @@ impl Store {
         let count: Option<i64> = match owner {
             PasswordOwner::Device(id) => sqlx::query_scalar(&count_query).bind(tenant).bind(id),
             PasswordOwner::Registry(id) => sqlx::query_scalar(&count_query).bind(tenant).bind(id),
+            PasswordOwner::Broker(id) => sqlx::query_scalar(&count_query).bind(tenant).bind(id),
         }
         .fetch_optional(&mut *tx)
         .await?;
@@ -131,6 +135,7 @@ impl Store {
         let meta: PasswordMeta = match owner {
             PasswordOwner::Device(id) => query.bind(id),
             PasswordOwner::Registry(id) => query.bind(id),
+            PasswordOwner::Broker(id) => query.bind(id),
         }
         .bind(&hash)
         .bind(expires_at)
@@ -170,6 +175,7 @@ impl Store {
         let rows: Vec<PasswordMeta> = match owner {
             PasswordOwner::Device(id) => query.bind(id),
             PasswordOwner::Registry(id) => query.bind(id),
+            PasswordOwner::Broker(id) => query.bind(id),
         }
         .bind(page.after_bound())
         .bind(page.fetch_limit())
@@ -193,6 +199,7 @@ impl Store {
         let deleted = match owner {
             PasswordOwner::Device(owner_id) => query.bind(owner_id),
             PasswordOwner::Registry(owner_id) => query.bind(owner_id),
+            PasswordOwner::Broker(owner_id) => query.bind(owner_id),
         }
         .bind(id)
         .execute(&mut *tx)

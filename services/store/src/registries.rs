@@ -1,5 +1,6 @@
 //! Registries (SPEC §2): named groups of devices inside a tenant.
 
+use crate::filters::{self, ListFilter};
 use crate::notify::{self, Change};
 use crate::tenants::{Page, PageRequest};
 use crate::{RegistryId, Result, Store, StoreError, TenantId};
@@ -27,6 +28,16 @@ pub struct Registry {
     pub labels: BTreeMap<String, String>,
     pub default_policy: bool,
     pub created_at: DateTime<Utc>,
+}
+
+/// A change to a registry; `None` fields stay as they are. The caller has validated
+/// every field.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegistryUpdate {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub default_policy: Option<bool>,
 }
 
 /// What [`Store::delete_registry`] did.
@@ -115,22 +126,64 @@ impl Store {
         row.map(Registry::from).ok_or(StoreError::NotFound)
     }
 
-    /// A page of the registries of `tenant`, ordered by id.
+    /// A page of the registries of `tenant` that `filter` keeps (by name prefix and
+    /// label), ordered by id.
     pub async fn list_registries(
         &self,
         tenant: &TenantId,
+        filter: &ListFilter,
         page: &PageRequest,
     ) -> Result<Page<Registry>> {
         let rows: Vec<RegistryRow> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM registries WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+            "SELECT {COLUMNS} FROM registries WHERE tenant_id = $1 AND id > $2{} ORDER BY id LIMIT $3",
+            filters::condition(4, Some(5), None)
         ))
         .bind(tenant)
         .bind(page.after_bound())
         .bind(page.fetch_limit())
+        .bind(filter.name_prefix.as_deref())
+        .bind(filter.label_json())
         .fetch_all(&self.pool)
         .await?;
         let rows = rows.into_iter().map(Registry::from).collect();
         Ok(page.page(rows, |r: &Registry| r.id.as_str()))
+    }
+
+    /// Applies `update` to the registry `id` of `tenant`. A name already used in the
+    /// tenant is `Conflict { field: "name" }`. Notifies [`Change::Principals`]: the
+    /// default policy decides what its devices may do.
+    pub async fn update_registry(
+        &self,
+        tenant: &TenantId,
+        id: &RegistryId,
+        update: &RegistryUpdate,
+    ) -> Result<Registry> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<RegistryRow> = sqlx::query_as(&format!(
+            "UPDATE registries SET name = COALESCE($3, name),
+                    description = COALESCE($4, description), labels = COALESCE($5, labels),
+                    default_policy = COALESCE($6, default_policy), updated_at = now()
+              WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .bind(update.name.as_deref())
+        .bind(update.description.as_deref())
+        .bind(update.labels.as_ref().map(Json))
+        .bind(update.default_policy)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| StoreError::on_constraint(e, &[("registries_tenant_id_name_key", "name")]))?;
+        let row = row.ok_or(StoreError::NotFound)?;
+        notify::publish(
+            &mut *tx,
+            &Change::Principals {
+                tenant_id: tenant.clone(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(row.into())
     }
 
     /// Deletes the registry `id` of `tenant` with its devices and credentials. Without
@@ -211,7 +264,7 @@ mod tests {
             Err(StoreError::NotFound)
         ));
         assert!(store
-            .list_registries(&b, &PageRequest::default())
+            .list_registries(&b, &ListFilter::default(), &PageRequest::default())
             .await
             .unwrap()
             .items
@@ -246,5 +299,67 @@ mod tests {
             .create_registry(&TenantId::generate(), &registry("x"))
             .await;
         assert!(matches!(err, Err(StoreError::NotFound)), "{err:?}");
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn registries_are_updated_and_filtered_within_their_tenant(pool: sqlx::PgPool) {
+        let store = Store::from_pool(pool);
+        let a = store.create_tenant("a").await.unwrap().id;
+        let b = store.create_tenant("b").await.unwrap().id;
+        let north = store
+            .create_registry(&a, &registry("north-1"))
+            .await
+            .unwrap();
+        let mut south = registry("south-1");
+        south.labels = BTreeMap::from([("site".to_owned(), "south".to_owned())]);
+        let south = store.create_registry(&a, &south).await.unwrap();
+
+        let update = RegistryUpdate {
+            description: Some("updated".into()),
+            default_policy: Some(false),
+            ..RegistryUpdate::default()
+        };
+        assert!(matches!(
+            store.update_registry(&b, &north.id, &update).await,
+            Err(StoreError::NotFound)
+        ));
+        let updated = store.update_registry(&a, &north.id, &update).await.unwrap();
+        assert_eq!(updated.description, "updated");
+        assert!(!updated.default_policy);
+        assert_eq!(updated.name, north.name);
+        assert_eq!(updated.labels, north.labels);
+        let rename = RegistryUpdate {
+            name: Some("south-1".into()),
+            ..RegistryUpdate::default()
+        };
+        assert!(matches!(
+            store.update_registry(&a, &north.id, &rename).await,
+            Err(StoreError::Conflict { field: "name" })
+        ));
+
+        let by_label = ListFilter {
+            label: Some(("site".into(), "south".into())),
+            ..ListFilter::default()
+        };
+        let page = store
+            .list_registries(&a, &by_label, &PageRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(page.items, vec![south.clone()]);
+        let by_prefix = ListFilter {
+            name_prefix: Some("north".into()),
+            ..ListFilter::default()
+        };
+        let page = store
+            .list_registries(&a, &by_prefix, &PageRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(page.items, vec![updated]);
+        assert!(store
+            .list_registries(&b, &by_prefix, &PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! Tenants (SPEC §2), managed by operators, and the cursor pagination every list of the
 //! store shares.
 
+use crate::filters::{self, ListFilter};
 use crate::notify::{self, Change};
 use crate::{Result, Store, StoreError, TenantId};
 use chrono::{DateTime, Utc};
@@ -143,17 +144,85 @@ impl Store {
         row.map(Tenant::from).ok_or(StoreError::NotFound)
     }
 
-    /// A page of all tenants, ordered by id.
-    pub async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>> {
-        let rows: Vec<TenantRow> = sqlx::query_as(
-            "SELECT id, name, status, created_at FROM tenants WHERE id > $1 ORDER BY id LIMIT $2",
-        )
+    /// A page of the tenants `filter` keeps (by name prefix and status), ordered by id.
+    pub async fn list_tenants(
+        &self,
+        filter: &ListFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Tenant>> {
+        let rows: Vec<TenantRow> = sqlx::query_as(&format!(
+            "SELECT id, name, status, created_at FROM tenants WHERE id > $1{} ORDER BY id LIMIT $2",
+            filters::condition(3, None, Some(4))
+        ))
         .bind(page.after_bound())
         .bind(page.fetch_limit())
+        .bind(filter.name_prefix.as_deref())
+        .bind(filter.status)
         .fetch_all(&self.pool)
         .await?;
         let rows = rows.into_iter().map(Tenant::from).collect();
         Ok(page.page(rows, |t: &Tenant| t.id.as_str()))
+    }
+
+    /// Renames the tenant `id` and/or changes its status; `None` leaves a field alone.
+    /// Every change notifies [`Change::Principals`], so brokers drop the sessions of a
+    /// tenant that was just suspended.
+    pub async fn update_tenant(
+        &self,
+        id: &TenantId,
+        name: Option<&str>,
+        status: Option<TenantStatus>,
+    ) -> Result<Tenant> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<TenantRow> = sqlx::query_as(
+            "UPDATE tenants SET name = COALESCE($2, name), status = COALESCE($3, status),
+                    updated_at = now()
+              WHERE id = $1 RETURNING id, name, status, created_at",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(status.map(TenantStatus::as_str))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let row = row.ok_or(StoreError::NotFound)?;
+        notify::publish(
+            &mut *tx,
+            &Change::Principals {
+                tenant_id: id.clone(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(row.into())
+    }
+
+    /// Deletes the tenant `id` with everything it owns (the foreign keys cascade).
+    pub async fn delete_tenant(&self, id: &TenantId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM tenants WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound);
+        }
+        notify::publish(
+            &mut *tx,
+            &Change::Principals {
+                tenant_id: id.clone(),
+            },
+        )
+        .await?;
+        notify::publish(
+            &mut *tx,
+            &Change::Rules {
+                tenant_id: id.clone(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -204,17 +273,23 @@ pub(crate) mod tests {
         }
         created.sort();
         let first = store
-            .list_tenants(&PageRequest {
-                after: None,
-                size: Some(2),
-            })
+            .list_tenants(
+                &ListFilter::default(),
+                &PageRequest {
+                    after: None,
+                    size: Some(2),
+                },
+            )
             .await
             .unwrap();
         let second = store
-            .list_tenants(&PageRequest {
-                after: first.next_after.clone(),
-                size: Some(2),
-            })
+            .list_tenants(
+                &ListFilter::default(),
+                &PageRequest {
+                    after: first.next_after.clone(),
+                    size: Some(2),
+                },
+            )
             .await
             .unwrap();
         let seen: Vec<TenantId> = first
@@ -229,6 +304,75 @@ pub(crate) mod tests {
         assert_eq!(got.status, TenantStatus::Active);
         assert!(matches!(
             store.get_tenant(&TenantId::generate()).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn tenants_are_renamed_suspended_filtered_and_deleted(pool: sqlx::PgPool) {
+        let store = Store::from_pool(pool);
+        let mut listener = crate::notify::ChangeListener::connect(&store)
+            .await
+            .unwrap();
+        let acme = store.create_tenant("acme").await.unwrap().id;
+        let other = store.create_tenant("other").await.unwrap().id;
+        // Drain the creation notifications.
+        for _ in 0..2 {
+            listener.recv().await.unwrap();
+        }
+        let suspended = store
+            .update_tenant(&acme, Some("acme-corp"), Some(TenantStatus::Suspended))
+            .await
+            .unwrap();
+        assert_eq!(suspended.name, "acme-corp");
+        assert_eq!(suspended.status, TenantStatus::Suspended);
+        assert_eq!(
+            listener.recv().await.unwrap(),
+            Some(Change::Principals {
+                tenant_id: acme.clone()
+            })
+        );
+        let filter = ListFilter {
+            status: Some("suspended"),
+            ..ListFilter::default()
+        };
+        let page = store
+            .list_tenants(&filter, &PageRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(page.items, vec![suspended.clone()]);
+        let filter = ListFilter {
+            name_prefix: Some("oth".into()),
+            ..ListFilter::default()
+        };
+        let page = store
+            .list_tenants(&filter, &PageRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.items[0].id, other);
+        // A prefix is literal: `%` matches nothing here.
+        let filter = ListFilter {
+            name_prefix: Some("%".into()),
+            ..ListFilter::default()
+        };
+        assert!(store
+            .list_tenants(&filter, &PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty());
+        store.delete_tenant(&acme).await.unwrap();
+        assert!(matches!(
+            store.get_tenant(&acme).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store.delete_tenant(&acme).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store.update_tenant(&acme, Some("x"), None).await,
             Err(StoreError::NotFound)
         ));
     }

@@ -1,6 +1,6 @@
 //! `/v1/registries/{id}/devices` and `/v1/devices/{id}`: a tenant's devices.
 
-use super::{created, list_type, next_page_token, PageParams};
+use super::{created, list_type, next_page_token, FilterParams, PageParams};
 use crate::error::{Error, Problem};
 use crate::extract::{ApiJson, ApiQuery, PathId, TenantScope, TenantWriter};
 use crate::input::{self, Fields, ResourceName};
@@ -11,11 +11,11 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use iotcore_store::devices::{Device, DeviceStatus, NewDevice};
+use iotcore_store::devices::{Device, DeviceConnection, DeviceStatus, DeviceUpdate, NewDevice};
 use iotcore_store::{DeviceId, RegistryId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 pub fn router() -> Router<ApiState> {
     Router::new()
@@ -23,7 +23,10 @@ pub fn router() -> Router<ApiState> {
             "/v1/registries/{id}/devices",
             get(list_devices).post(create_device),
         )
-        .route("/v1/devices/{id}", get(get_device).delete(delete_device))
+        .route(
+            "/v1/devices/{id}",
+            get(get_device).patch(update_device).delete(delete_device),
+        )
 }
 
 /// A new device.
@@ -47,11 +50,80 @@ pub enum DeviceStatusView {
     Disabled,
 }
 
+impl DeviceStatusView {
+    fn into_store(self) -> DeviceStatus {
+        match self {
+            DeviceStatusView::Enabled => DeviceStatus::Enabled,
+            DeviceStatusView::Disabled => DeviceStatus::Disabled,
+        }
+    }
+}
+
+/// A change to a device; absent fields stay as they are. `labels` replaces the whole map.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"labels": {"floor": "3"}, "status": "disabled"}))]
+pub struct UpdateDevice {
+    /// 1 to 128 characters, unique in the registry.
+    pub name: Option<String>,
+    /// At most 1024 characters.
+    pub description: Option<String>,
+    /// At most 64; keys of 1 to 63 ASCII letters, digits, `-`, `_` or `.`.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// A disabled device cannot connect, and is disconnected if it is connected.
+    pub status: Option<DeviceStatusView>,
+}
+
+/// Filter of the device list by status.
+#[derive(Clone, Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceStatusParam {
+    /// Keep devices in this status.
+    pub status: Option<DeviceStatusView>,
+}
+
+/// The connection status of a device (SPEC §6.3), as the brokers last recorded it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "online": true, "connected_at": "2026-01-01T12:00:00Z", "disconnected_at": null,
+    "last_activity_at": "2026-01-01T12:05:00Z", "protocol_version": "5",
+    "client_address": "203.0.113.7:51234", "disconnect_reason": null
+}))]
+pub struct ConnectionView {
+    /// Whether the device holds a live connection.
+    pub online: bool,
+    pub connected_at: Option<DateTime<Utc>>,
+    pub disconnected_at: Option<DateTime<Utc>>,
+    /// When the device last sent a packet, to within the brokers' batching interval.
+    pub last_activity_at: Option<DateTime<Utc>>,
+    /// The MQTT protocol version of the last connection (`3.1.1` or `5`).
+    pub protocol_version: Option<String>,
+    /// The remote address of the last connection.
+    pub client_address: Option<String>,
+    /// Why the last connection ended.
+    pub disconnect_reason: Option<String>,
+}
+
+impl From<DeviceConnection> for ConnectionView {
+    fn from(c: DeviceConnection) -> ConnectionView {
+        ConnectionView {
+            online: c.online,
+            connected_at: c.connected_at,
+            disconnected_at: c.disconnected_at,
+            last_activity_at: c.last_activity_at,
+            protocol_version: c.protocol_version,
+            client_address: c.client_address,
+            disconnect_reason: c.disconnect_reason,
+        }
+    }
+}
+
 /// A device. Its id is also its MQTT client id and username.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({
     "id": "dev_0123456789abcdefghij", "registry_id": "reg_0123456789abcdefghij", "name": "thermometer-1",
-    "description": "", "labels": {"floor": "2"}, "status": "enabled", "created_at": "2026-01-01T12:00:00Z"
+    "description": "", "labels": {"floor": "2"}, "status": "enabled", "created_at": "2026-01-01T12:00:00Z",
+    "connection": {"online": false, "connected_at": null, "disconnected_at": null, "last_activity_at": null,
+                   "protocol_version": null, "client_address": null, "disconnect_reason": null}
 }))]
 pub struct DeviceView {
     pub id: String,
@@ -61,6 +133,9 @@ pub struct DeviceView {
     pub labels: BTreeMap<String, String>,
     pub status: DeviceStatusView,
     pub created_at: DateTime<Utc>,
+    /// The connection status; only in the answer of `GET /v1/devices/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<ConnectionView>,
 }
 
 impl From<Device> for DeviceView {
@@ -76,6 +151,7 @@ impl From<Device> for DeviceView {
                 DeviceStatus::Disabled => DeviceStatusView::Disabled,
             },
             created_at: d.created_at,
+            connection: None,
         }
     }
 }
@@ -143,6 +219,8 @@ pub async fn create_device(
     params(
         ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
         PageParams,
+        FilterParams,
+        DeviceStatusParam,
         ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
     ),
     responses(
@@ -150,6 +228,7 @@ pub async fn create_device(
         (status = 400, description = "Malformed id or page parameters", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such registry in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid filter", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_devices(
@@ -157,10 +236,13 @@ pub async fn list_devices(
     State(state): State<ApiState>,
     PathId(registry): PathId<RegistryId>,
     ApiQuery(params): ApiQuery<PageParams>,
+    ApiQuery(filter): ApiQuery<FilterParams>,
+    ApiQuery(status): ApiQuery<DeviceStatusParam>,
 ) -> Result<Json<DeviceList>, Error> {
+    let filter = filter.filter(status.status.map(|s| s.into_store().as_str()))?;
     let page = state
         .store
-        .list_devices(&scope.tenant_id, &registry, &params.request()?)
+        .list_devices(&scope.tenant_id, &registry, &filter, &params.request()?)
         .await
         .map_err(Error::store("registry"))?;
     Ok(Json(DeviceList {
@@ -169,7 +251,7 @@ pub async fn list_devices(
     }))
 }
 
-/// Get a device.
+/// Get a device with its connection status.
 #[utoipa::path(
     get, path = "/v1/devices/{id}", tag = "devices",
     params(
@@ -188,9 +270,62 @@ pub async fn get_device(
     State(state): State<ApiState>,
     PathId(id): PathId<DeviceId>,
 ) -> Result<Json<DeviceView>, Error> {
+    let (device, connection) = state
+        .store
+        .get_device_with_connection(&scope.tenant_id, &id)
+        .await
+        .map_err(Error::store("device"))?;
+    let mut view = DeviceView::from(device);
+    view.connection = Some(connection.into());
+    Ok(Json(view))
+}
+
+/// Change a device.
+///
+/// Disabling a device disconnects it and keeps it from connecting until it is enabled.
+#[utoipa::path(
+    patch, path = "/v1/devices/{id}", tag = "devices",
+    params(
+        ("id" = String, Path, description = "Device id", example = "dev_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    request_body = UpdateDevice,
+    responses(
+        (status = 200, description = "The changed device", body = DeviceView),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A device with this name exists in the registry", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn update_device(
+    scope: TenantWriter,
+    State(state): State<ApiState>,
+    PathId(id): PathId<DeviceId>,
+    ApiJson(body): ApiJson<UpdateDevice>,
+) -> Result<Json<DeviceView>, Error> {
+    let mut fields = Fields::default();
+    let name = body
+        .name
+        .and_then(|n| fields.take(ResourceName::parse("name", n).map(ResourceName::into_inner)));
+    let description = body
+        .description
+        .and_then(|d| fields.take(input::description("description", Some(d))));
+    let labels = body
+        .labels
+        .and_then(|l| fields.take(input::labels("labels", Some(l))));
+    fields.finish()?;
+    let update = DeviceUpdate {
+        name,
+        description,
+        labels,
+        status: body.status.map(DeviceStatusView::into_store),
+    };
     let device = state
         .store
-        .get_device(&scope.tenant_id, &id)
+        .update_device(scope.tenant_id(), &id, &update)
         .await
         .map_err(Error::store("device"))?;
     Ok(Json(device.into()))

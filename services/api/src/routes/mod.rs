@@ -1,18 +1,23 @@
 //! One router per resource; each module owns its request and response types.
 
+pub mod brokers;
 pub mod devices;
 pub mod health;
 pub mod passwords;
+pub mod publish;
 pub mod registries;
 pub mod rules;
 pub mod tenants;
 
 use crate::error::Error;
+use crate::error::FieldError;
+use crate::input::MAX_NAME_CHARS;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use iotcore_store::filters::ListFilter;
 use iotcore_store::tenants::{PageRequest, MAX_PAGE_SIZE};
 use serde::{Deserialize, Serialize};
 use utoipa::IntoParams;
@@ -54,6 +59,63 @@ impl PageParams {
     }
 }
 
+/// Filters of lists of resources that have names and labels.
+#[derive(Clone, Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FilterParams {
+    /// Keep resources whose name starts with this string (taken literally).
+    #[param(max_length = 128, example = "sensor-")]
+    pub name_prefix: Option<String>,
+    /// Keep resources carrying this label, written `key:value`.
+    #[param(example = "site:north")]
+    pub label: Option<String>,
+}
+
+impl FilterParams {
+    /// The store filter, with `status` already checked by the caller.
+    pub fn filter(&self, status: Option<&'static str>) -> Result<ListFilter, Error> {
+        let mut errors = Vec::new();
+        if let Some(prefix) = &self.name_prefix {
+            if prefix.chars().count() > MAX_NAME_CHARS {
+                errors.push(FieldError::new(
+                    "name_prefix",
+                    "must be at most 128 characters long",
+                ));
+            }
+        }
+        let label = match self.label.as_deref().map(parse_label) {
+            None => None,
+            Some(Ok(label)) => Some(label),
+            Some(Err(error)) => {
+                errors.push(error);
+                None
+            }
+        };
+        if !errors.is_empty() {
+            return Err(Error::invalid(errors));
+        }
+        Ok(ListFilter {
+            name_prefix: self.name_prefix.clone(),
+            label,
+            status,
+        })
+    }
+}
+
+/// `key:value`, where key and value obey the rules of labels on resources.
+fn parse_label(s: &str) -> Result<(String, String), FieldError> {
+    let error = || {
+        FieldError::new(
+            "label",
+            "must be key:value with a valid label key and value",
+        )
+    };
+    let (key, value) = s.split_once(':').ok_or_else(error)?;
+    let one = std::collections::BTreeMap::from([(key.to_owned(), value.to_owned())]);
+    crate::input::labels("label", Some(one)).map_err(|_| error())?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
 fn decode_page_token(token: &str) -> Option<String> {
     if token.len() > MAX_PAGE_TOKEN_LEN {
         return None;
@@ -93,6 +155,23 @@ pub(crate) use list_type;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_filters_are_key_value_pairs() {
+        assert_eq!(
+            parse_label("site:north:2").unwrap(),
+            ("site".to_owned(), "north:2".to_owned())
+        );
+        assert_eq!(parse_label("site:").unwrap().1, "");
+        for bad in ["site", ":north", "bad key:v"] {
+            assert!(parse_label(bad).is_err(), "{bad:?}");
+        }
+        let long = FilterParams {
+            name_prefix: Some("x".repeat(129)),
+            label: None,
+        };
+        assert!(long.filter(None).is_err());
+    }
 
     #[test]
     fn page_tokens_round_trip_and_bad_ones_are_refused() {

@@ -12,7 +12,7 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use iotcore_store::passwords::{PasswordMeta, PasswordOwner};
-use iotcore_store::{DeviceId, PasswordId, RegistryId};
+use iotcore_store::{BrokerId, DeviceId, PasswordId, RegistryId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -38,6 +38,14 @@ pub fn router() -> Router<ApiState> {
         .route(
             "/v1/registries/{id}/passwords/{password_id}",
             delete(delete_registry_password),
+        )
+        .route(
+            "/v1/brokers/{id}/passwords",
+            get(list_broker_passwords).post(create_broker_password),
+        )
+        .route(
+            "/v1/brokers/{id}/passwords/{password_id}",
+            delete(delete_broker_password),
         )
 }
 
@@ -335,6 +343,107 @@ pub async fn delete_registry_password(
     PathIds(registry, id): PathIds<RegistryId, PasswordId>,
 ) -> Result<StatusCode, Error> {
     let owner = PasswordOwner::Registry(&registry);
+    state
+        .store
+        .delete_password(scope.tenant_id(), owner, &id)
+        .await
+        .map_err(Error::store("password"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Add a password to a virtual broker.
+///
+/// A client of the virtual broker connects with the broker id as username and any client
+/// id. Give `password` to choose it, or leave it out to have the service generate one,
+/// returned in this response only. A virtual broker holds at most 10 passwords.
+#[utoipa::path(
+    post, path = "/v1/brokers/{id}/passwords", tag = "passwords",
+    params(
+        ("id" = String, Path, description = "Virtual broker id", example = "brk_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    request_body = CreatePassword,
+    responses(
+        (status = 201, description = "The new password; `password` only when generated", body = PasswordView),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such virtual broker in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The virtual broker holds the maximum number of passwords", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_broker_password(
+    scope: TenantWriter,
+    State(state): State<ApiState>,
+    PathId(broker): PathId<BrokerId>,
+    ApiJson(body): ApiJson<CreatePassword>,
+) -> Result<Response, Error> {
+    let location = format!("/v1/brokers/{broker}/passwords");
+    create(
+        &state,
+        &scope,
+        PasswordOwner::Broker(&broker),
+        body,
+        location,
+        "virtual broker",
+    )
+    .await
+}
+
+/// List a virtual broker's passwords (metadata only; secrets are never returned).
+#[utoipa::path(
+    get, path = "/v1/brokers/{id}/passwords", tag = "passwords",
+    params(
+        ("id" = String, Path, description = "Virtual broker id", example = "brk_0123456789abcdefghij"),
+        PageParams,
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    responses(
+        (status = 200, description = "A page of passwords, ordered by id", body = PasswordList),
+        (status = 400, description = "Malformed id or page parameters", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such virtual broker in this tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_broker_passwords(
+    scope: TenantScope,
+    State(state): State<ApiState>,
+    PathId(broker): PathId<BrokerId>,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<PasswordList>, Error> {
+    list(
+        &state,
+        &scope,
+        PasswordOwner::Broker(&broker),
+        &params,
+        "virtual broker",
+    )
+    .await
+}
+
+/// Delete a password of a virtual broker.
+#[utoipa::path(
+    delete, path = "/v1/brokers/{id}/passwords/{password_id}", tag = "passwords",
+    params(
+        ("id" = String, Path, description = "Virtual broker id", example = "brk_0123456789abcdefghij"),
+        ("password_id" = String, Path, description = "Password id", example = "pwd_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such password of this virtual broker", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_broker_password(
+    scope: TenantWriter,
+    State(state): State<ApiState>,
+    PathIds(broker, id): PathIds<BrokerId, PasswordId>,
+) -> Result<StatusCode, Error> {
+    let owner = PasswordOwner::Broker(&broker);
     state
         .store
         .delete_password(scope.tenant_id(), owner, &id)

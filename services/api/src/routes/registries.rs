@@ -1,6 +1,6 @@
 //! `/v1/registries`: a tenant's groups of devices.
 
-use super::{created, list_type, next_page_token, PageParams};
+use super::{created, list_type, next_page_token, FilterParams, PageParams};
 use crate::error::{Error, Problem};
 use crate::extract::{ApiJson, ApiQuery, PathId, TenantScope, TenantWriter};
 use crate::input::{self, Fields, ResourceName};
@@ -11,7 +11,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use iotcore_store::registries::{NewRegistry, Registry, RegistryDeletion};
+use iotcore_store::registries::{NewRegistry, Registry, RegistryDeletion, RegistryUpdate};
 use iotcore_store::RegistryId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -22,7 +22,9 @@ pub fn router() -> Router<ApiState> {
         .route("/v1/registries", get(list_registries).post(create_registry))
         .route(
             "/v1/registries/{id}",
-            get(get_registry).delete(delete_registry),
+            get(get_registry)
+                .patch(update_registry)
+                .delete(delete_registry),
         )
 }
 
@@ -37,6 +39,21 @@ pub struct CreateRegistry {
     /// At most 64; keys of 1 to 63 ASCII letters, digits, `-`, `_` or `.`.
     pub labels: Option<BTreeMap<String, String>>,
     /// Whether the built-in device rights apply (SPEC §4.2); true when absent.
+    pub default_policy: Option<bool>,
+}
+
+/// A change to a registry; absent fields stay as they are. `labels` replaces the whole
+/// map.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"description": "Sensors of greenhouses 1 and 2", "labels": {"site": "north", "tier": "2"}}))]
+pub struct UpdateRegistry {
+    /// 1 to 128 characters, unique in the tenant.
+    pub name: Option<String>,
+    /// At most 1024 characters.
+    pub description: Option<String>,
+    /// At most 64; keys of 1 to 63 ASCII letters, digits, `-`, `_` or `.`.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Whether the built-in device rights apply (SPEC §4.2).
     pub default_policy: Option<bool>,
 }
 
@@ -127,21 +144,24 @@ pub async fn create_registry(
 /// List registries.
 #[utoipa::path(
     get, path = "/v1/registries", tag = "registries",
-    params(PageParams, ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
+    params(PageParams, FilterParams, ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
     responses(
         (status = 200, description = "A page of registries, ordered by id", body = RegistryList),
         (status = 400, description = "Invalid page parameters", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid filter", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_registries(
     scope: TenantScope,
     State(state): State<ApiState>,
     ApiQuery(params): ApiQuery<PageParams>,
+    ApiQuery(filter): ApiQuery<FilterParams>,
 ) -> Result<Json<RegistryList>, Error> {
+    let filter = filter.filter(None)?;
     let page = state
         .store
-        .list_registries(&scope.tenant_id, &params.request()?)
+        .list_registries(&scope.tenant_id, &filter, &params.request()?)
         .await
         .map_err(Error::store("registry"))?;
     Ok(Json(RegistryList {
@@ -172,6 +192,55 @@ pub async fn get_registry(
     let registry = state
         .store
         .get_registry(&scope.tenant_id, &id)
+        .await
+        .map_err(Error::store("registry"))?;
+    Ok(Json(registry.into()))
+}
+
+/// Change a registry.
+#[utoipa::path(
+    patch, path = "/v1/registries/{id}", tag = "registries",
+    params(
+        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    request_body = UpdateRegistry,
+    responses(
+        (status = 200, description = "The changed registry", body = RegistryView),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such registry in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A registry with this name exists", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn update_registry(
+    scope: TenantWriter,
+    State(state): State<ApiState>,
+    PathId(id): PathId<RegistryId>,
+    ApiJson(body): ApiJson<UpdateRegistry>,
+) -> Result<Json<RegistryView>, Error> {
+    let mut fields = Fields::default();
+    let name = body
+        .name
+        .and_then(|n| fields.take(ResourceName::parse("name", n).map(ResourceName::into_inner)));
+    let description = body
+        .description
+        .and_then(|d| fields.take(input::description("description", Some(d))));
+    let labels = body
+        .labels
+        .and_then(|l| fields.take(input::labels("labels", Some(l))));
+    fields.finish()?;
+    let update = RegistryUpdate {
+        name,
+        description,
+        labels,
+        default_policy: body.default_policy,
+    };
+    let registry = state
+        .store
+        .update_registry(scope.tenant_id(), &id, &update)
         .await
         .map_err(Error::store("registry"))?;
     Ok(Json(registry.into()))

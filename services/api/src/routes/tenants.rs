@@ -1,11 +1,14 @@
-//! `/v1/tenants`: operators create and inspect tenants.
+//! `/v1/tenants`: operators create, change and delete tenants; members of a tenant read
+//! their own and its admins rename it.
 
-use super::{created, list_type, next_page_token, PageParams};
-use crate::error::{Error, Problem};
+use super::{created, list_type, next_page_token, FilterParams, PageParams};
+use crate::auth::{Principal, Role};
+use crate::error::{Error, FieldError, Problem};
 use crate::extract::{ApiJson, ApiQuery, Operator, PathId};
 use crate::input::ResourceName;
 use crate::ApiState;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -18,7 +21,10 @@ use utoipa::ToSchema;
 pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/v1/tenants", get(list_tenants).post(create_tenant))
-        .route("/v1/tenants/{id}", get(get_tenant))
+        .route(
+            "/v1/tenants/{id}",
+            get(get_tenant).patch(update_tenant).delete(delete_tenant),
+        )
 }
 
 /// A new tenant.
@@ -29,13 +35,50 @@ pub struct CreateTenant {
     pub name: String,
 }
 
-/// Whether a tenant may use the service.
+/// Whether a tenant may use the service. A suspended tenant's clients are disconnected
+/// and cannot connect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 #[schema(as = TenantStatus)]
 pub enum TenantStatusView {
     Active,
     Suspended,
+}
+
+impl TenantStatusView {
+    fn into_store(self) -> TenantStatus {
+        match self {
+            TenantStatusView::Active => TenantStatus::Active,
+            TenantStatusView::Suspended => TenantStatus::Suspended,
+        }
+    }
+}
+
+/// A change to a tenant; absent fields stay as they are.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"status": "suspended"}))]
+pub struct UpdateTenant {
+    /// 1 to 128 characters.
+    pub name: Option<String>,
+    /// Operators only: suspend or reactivate the tenant.
+    pub status: Option<TenantStatusView>,
+}
+
+/// Filter of the tenant list.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TenantStatusParam {
+    /// Keep tenants in this status.
+    pub status: Option<TenantStatusView>,
+}
+
+/// Operators reach every tenant; a member reaches only its own, and any other answers 404
+/// exactly like a missing one.
+fn check_reach(principal: &Principal, id: &TenantId) -> Result<(), Error> {
+    match &principal.tenant_id {
+        Some(own) if own != id => Err(Error::NotFound("tenant")),
+        _ => Ok(()),
+    }
 }
 
 /// A tenant.
@@ -106,7 +149,7 @@ pub async fn create_tenant(
 /// Operators only; ordered by id.
 #[utoipa::path(
     get, path = "/v1/tenants", tag = "tenants",
-    params(PageParams),
+    params(PageParams, FilterParams, TenantStatusParam),
     responses(
         (status = 200, description = "A page of tenants", body = TenantList),
         (status = 400, description = "Invalid page parameters", body = Problem, content_type = "application/problem+json"),
@@ -118,10 +161,19 @@ pub async fn list_tenants(
     _operator: Operator,
     State(state): State<ApiState>,
     ApiQuery(params): ApiQuery<PageParams>,
+    ApiQuery(filter): ApiQuery<FilterParams>,
+    ApiQuery(status): ApiQuery<TenantStatusParam>,
 ) -> Result<Json<TenantList>, Error> {
+    if filter.label.is_some() {
+        return Err(Error::invalid([FieldError::new(
+            "label",
+            "tenants have no labels",
+        )]));
+    }
+    let filter = filter.filter(status.status.map(|s| s.into_store().as_str()))?;
     let page = state
         .store
-        .list_tenants(&params.request()?)
+        .list_tenants(&filter, &params.request()?)
         .await
         .map_err(Error::store("tenant"))?;
     Ok(Json(TenantList {
@@ -131,6 +183,8 @@ pub async fn list_tenants(
 }
 
 /// Get a tenant.
+///
+/// Operators read any tenant; members of a tenant read their own.
 #[utoipa::path(
     get, path = "/v1/tenants/{id}", tag = "tenants",
     params(("id" = String, Path, description = "Tenant id", example = "tnt_4f8k2m9q1z7x3c5v6b0n")),
@@ -138,19 +192,96 @@ pub async fn list_tenants(
         (status = 200, description = "The tenant", body = TenantView),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an operator", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_tenant(
-    _operator: Operator,
+    principal: Principal,
     State(state): State<ApiState>,
     PathId(id): PathId<TenantId>,
 ) -> Result<Json<TenantView>, Error> {
+    check_reach(&principal, &id)?;
     let tenant = state
         .store
         .get_tenant(&id)
         .await
         .map_err(Error::store("tenant"))?;
     Ok(Json(tenant.into()))
+}
+
+/// Change a tenant.
+///
+/// Operators rename, suspend and reactivate tenants; a tenant's admins may rename their own.
+/// Suspending a tenant disconnects its clients.
+#[utoipa::path(
+    patch, path = "/v1/tenants/{id}", tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id", example = "tnt_4f8k2m9q1z7x3c5v6b0n")),
+    request_body = UpdateTenant,
+    responses(
+        (status = 200, description = "The changed tenant", body = TenantView),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A role that may not make this change", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn update_tenant(
+    principal: Principal,
+    State(state): State<ApiState>,
+    PathId(id): PathId<TenantId>,
+    ApiJson(body): ApiJson<UpdateTenant>,
+) -> Result<Json<TenantView>, Error> {
+    check_reach(&principal, &id)?;
+    match principal.role {
+        Role::Operator => {}
+        Role::Admin if body.status.is_none() => {}
+        Role::Admin => return Err(Error::Forbidden("only operators suspend tenants")),
+        Role::Editor | Role::Viewer => {
+            return Err(Error::Forbidden("only admins change tenant settings"))
+        }
+    }
+    let name = body
+        .name
+        .map(|n| ResourceName::parse("name", n).map(ResourceName::into_inner))
+        .transpose()
+        .map_err(|e| Error::invalid([e]))?;
+    let tenant = state
+        .store
+        .update_tenant(
+            &id,
+            name.as_deref(),
+            body.status.map(TenantStatusView::into_store),
+        )
+        .await
+        .map_err(Error::store("tenant"))?;
+    Ok(Json(tenant.into()))
+}
+
+/// Delete a tenant with everything it owns.
+///
+/// Operators only. Registries, devices, credentials, rules and queued deliveries of the
+/// tenant are deleted with it; its clients are disconnected.
+#[utoipa::path(
+    delete, path = "/v1/tenants/{id}", tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id", example = "tnt_4f8k2m9q1z7x3c5v6b0n")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_tenant(
+    _operator: Operator,
+    State(state): State<ApiState>,
+    PathId(id): PathId<TenantId>,
+) -> Result<StatusCode, Error> {
+    state
+        .store
+        .delete_tenant(&id)
+        .await
+        .map_err(Error::store("tenant"))?;
+    Ok(StatusCode::NO_CONTENT)
 }

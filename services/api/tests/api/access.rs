@@ -145,17 +145,36 @@ async fn viewers_read_but_do_not_write(pool: sqlx::PgPool) {
 async fn only_operators_manage_tenants(pool: sqlx::PgPool) {
     let app = TestApp::new(pool);
     let tenant = app.create_tenant("acme").await;
+    let other = app.create_tenant("other").await;
     for role in [Role::Admin, Role::Editor, Role::Viewer] {
         let member = app.member(role, &tenant);
         app.get(&member, "/v1/tenants")
             .await
             .assert_problem(StatusCode::FORBIDDEN);
-        app.get(&member, &format!("/v1/tenants/{tenant}"))
+        // Members read their own tenant, and another one is as missing as a missing one.
+        assert_eq!(
+            app.get(&member, &format!("/v1/tenants/{tenant}"))
+                .await
+                .body["id"],
+            tenant.as_str()
+        );
+        app.get(&member, &format!("/v1/tenants/{other}"))
             .await
-            .assert_problem(StatusCode::FORBIDDEN);
+            .assert_problem(StatusCode::NOT_FOUND);
         app.post(&member, "/v1/tenants", json!({ "name": "x" }))
             .await
             .assert_problem(StatusCode::FORBIDDEN);
+        app.delete(&member, &format!("/v1/tenants/{tenant}"))
+            .await
+            .assert_problem(StatusCode::FORBIDDEN);
+        app.call(
+            &member,
+            Method::PATCH,
+            &format!("/v1/tenants/{tenant}"),
+            Some(json!({ "status": "suspended" })),
+        )
+        .await
+        .assert_problem(StatusCode::FORBIDDEN);
     }
 }
 

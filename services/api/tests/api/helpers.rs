@@ -176,6 +176,10 @@ impl TestApp {
         self.call(caller, Method::POST, uri, Some(body)).await
     }
 
+    pub async fn patch(&self, caller: &Caller, uri: &str, body: Value) -> TestResponse {
+        self.call(caller, Method::PATCH, uri, Some(body)).await
+    }
+
     pub async fn delete(&self, caller: &Caller, uri: &str) -> TestResponse {
         self.call(caller, Method::DELETE, uri, None).await
     }

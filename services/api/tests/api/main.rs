@@ -6,4 +6,6 @@ mod errors;
 mod flow;
 mod helpers;
 mod openapi;
+mod publish;
+mod resources;
 mod serve;

@@ -1,0 +1,258 @@
+//! `/v1/brokers`: a tenant's virtual brokers (SPEC §3.6), isolated namespaces of free-form
+//! topics whose clients authenticate with the broker's own credentials.
+
+use super::{created, list_type, next_page_token, FilterParams, PageParams};
+use crate::error::{Error, Problem};
+use crate::extract::{ApiJson, ApiQuery, PathId, TenantScope, TenantWriter};
+use crate::input::{self, Fields, ResourceName};
+use crate::ApiState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use iotcore_store::brokers::{Broker, BrokerUpdate, NewBroker};
+use iotcore_store::BrokerId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/brokers", get(list_brokers).post(create_broker))
+        .route(
+            "/v1/brokers/{id}",
+            get(get_broker).patch(update_broker).delete(delete_broker),
+        )
+}
+
+/// A new virtual broker.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"name": "lab", "description": "Bench devices", "labels": {"env": "dev"}}))]
+pub struct CreateBroker {
+    /// 1 to 128 characters, unique in the tenant.
+    pub name: String,
+    /// At most 1024 characters.
+    pub description: Option<String>,
+    /// At most 64; keys of 1 to 63 ASCII letters, digits, `-`, `_` or `.`.
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// A change to a virtual broker; absent fields stay as they are. `labels` replaces the
+/// whole map.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"description": "Bench devices of the lab"}))]
+pub struct UpdateBroker {
+    /// 1 to 128 characters, unique in the tenant.
+    pub name: Option<String>,
+    /// At most 1024 characters.
+    pub description: Option<String>,
+    /// At most 64; keys of 1 to 63 ASCII letters, digits, `-`, `_` or `.`.
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// A virtual broker.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": "brk_0123456789abcdefghij", "name": "lab", "description": "Bench devices",
+    "labels": {"env": "dev"}, "created_at": "2026-01-01T12:00:00Z"
+}))]
+pub struct BrokerView {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Broker> for BrokerView {
+    fn from(b: Broker) -> BrokerView {
+        BrokerView {
+            id: b.id.to_string(),
+            name: b.name,
+            description: b.description,
+            labels: b.labels,
+            created_at: b.created_at,
+        }
+    }
+}
+
+list_type!(
+    /// A page of virtual brokers.
+    BrokerList,
+    BrokerView
+);
+
+/// Create a virtual broker.
+#[utoipa::path(
+    post, path = "/v1/brokers", tag = "brokers",
+    params(("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
+    request_body = CreateBroker,
+    responses(
+        (status = 201, description = "The new virtual broker", body = BrokerView),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A virtual broker with this name exists", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_broker(
+    scope: TenantWriter,
+    State(state): State<ApiState>,
+    ApiJson(body): ApiJson<CreateBroker>,
+) -> Result<Response, Error> {
+    let mut fields = Fields::default();
+    let name = fields.take(ResourceName::parse("name", body.name));
+    let description = fields.take(input::description("description", body.description));
+    let labels = fields.take(input::labels("labels", body.labels));
+    let (Some(name), Some(description), Some(labels)) = (name, description, labels) else {
+        return Err(fields.into_error());
+    };
+    let new = NewBroker {
+        name: name.into_inner(),
+        description,
+        labels,
+    };
+    let broker = state
+        .store
+        .create_broker(scope.tenant_id(), &new)
+        .await
+        .map_err(Error::store("virtual broker"))?;
+    Ok(created(
+        format!("/v1/brokers/{}", broker.id),
+        BrokerView::from(broker),
+    ))
+}
+
+/// List virtual brokers.
+#[utoipa::path(
+    get, path = "/v1/brokers", tag = "brokers",
+    params(PageParams, FilterParams, ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
+    responses(
+        (status = 200, description = "A page of virtual brokers, ordered by id", body = BrokerList),
+        (status = 400, description = "Invalid page parameters", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid filter", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_brokers(
+    scope: TenantScope,
+    State(state): State<ApiState>,
+    ApiQuery(params): ApiQuery<PageParams>,
+    ApiQuery(filter): ApiQuery<FilterParams>,
+) -> Result<Json<BrokerList>, Error> {
+    let filter = filter.filter(None)?;
+    let page = state
+        .store
+        .list_brokers(&scope.tenant_id, &filter, &params.request()?)
+        .await
+        .map_err(Error::store("virtual broker"))?;
+    Ok(Json(BrokerList {
+        items: page.items.into_iter().map(BrokerView::from).collect(),
+        next_page_token: next_page_token(page.next_after),
+    }))
+}
+
+/// Get a virtual broker.
+#[utoipa::path(
+    get, path = "/v1/brokers/{id}", tag = "brokers",
+    params(
+        ("id" = String, Path, description = "Virtual broker id", example = "brk_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    responses(
+        (status = 200, description = "The virtual broker", body = BrokerView),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such virtual broker in this tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_broker(
+    scope: TenantScope,
+    State(state): State<ApiState>,
+    PathId(id): PathId<BrokerId>,
+) -> Result<Json<BrokerView>, Error> {
+    let broker = state
+        .store
+        .get_broker(&scope.tenant_id, &id)
+        .await
+        .map_err(Error::store("virtual broker"))?;
+    Ok(Json(broker.into()))
+}
+
+/// Change a virtual broker.
+#[utoipa::path(
+    patch, path = "/v1/brokers/{id}", tag = "brokers",
+    params(
+        ("id" = String, Path, description = "Virtual broker id", example = "brk_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    request_body = UpdateBroker,
+    responses(
+        (status = 200, description = "The changed virtual broker", body = BrokerView),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such virtual broker in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A virtual broker with this name exists", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn update_broker(
+    scope: TenantWriter,
+    State(state): State<ApiState>,
+    PathId(id): PathId<BrokerId>,
+    ApiJson(body): ApiJson<UpdateBroker>,
+) -> Result<Json<BrokerView>, Error> {
+    let mut fields = Fields::default();
+    let name = body
+        .name
+        .and_then(|n| fields.take(ResourceName::parse("name", n).map(ResourceName::into_inner)));
+    let description = body
+        .description
+        .and_then(|d| fields.take(input::description("description", Some(d))));
+    let labels = body
+        .labels
+        .and_then(|l| fields.take(input::labels("labels", Some(l))));
+    fields.finish()?;
+    let update = BrokerUpdate {
+        name,
+        description,
+        labels,
+    };
+    let broker = state
+        .store
+        .update_broker(scope.tenant_id(), &id, &update)
+        .await
+        .map_err(Error::store("virtual broker"))?;
+    Ok(Json(broker.into()))
+}
+
+/// Delete a virtual broker with its credentials; its clients are disconnected.
+#[utoipa::path(
+    delete, path = "/v1/brokers/{id}", tag = "brokers",
+    params(
+        ("id" = String, Path, description = "Virtual broker id", example = "brk_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such virtual broker in this tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_broker(
+    scope: TenantWriter,
+    State(state): State<ApiState>,
+    PathId(id): PathId<BrokerId>,
+) -> Result<StatusCode, Error> {
+    state
+        .store
+        .delete_broker(scope.tenant_id(), &id)
+        .await
+        .map_err(Error::store("virtual broker"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
