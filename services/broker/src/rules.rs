@@ -6,9 +6,11 @@
 //! publisher waits for its batch to commit before it is acknowledged.
 
 use crate::router::Message;
+use iotcore_condition::{Condition, MessageContext};
 use iotcore_store::deliveries::{NewDelivery, RuleRoute};
 use iotcore_store::{DeviceId, MessageId, RegistryId, RuleId, Store, StoreError, TenantId};
 use iotcore_topic::{TopicFilter, TopicLimits, TopicTrie};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -16,22 +18,50 @@ use tokio_util::sync::CancellationToken;
 /// The enabled rules of one tenant, at one generation (`tenants.rules_version`).
 pub struct RuleIndex {
     pub version: i64,
-    trie: TopicTrie<RuleId, Option<RegistryId>>,
+    trie: TopicTrie<RuleId, RuleTarget>,
+}
+
+/// What a rule asks of a message beyond its topic filter.
+struct RuleTarget {
+    registry: Option<RegistryId>,
+    /// Parsed once when the index is built, evaluated per message.
+    condition: Option<Arc<Condition>>,
+}
+
+/// A rule whose filter and registry scope a message matched; its condition, if any, is
+/// checked by [`deliveries_for`], which knows the publishing device.
+#[derive(Clone, Debug)]
+pub struct RuleMatch {
+    pub rule_id: RuleId,
+    condition: Option<Arc<Condition>>,
 }
 
 impl RuleIndex {
     pub fn build(version: i64, routes: Vec<RuleRoute>) -> RuleIndex {
         let mut trie = TopicTrie::default();
-        // Filters were validated when the rule was created; one that no longer parses
-        // (for example under stricter limits) matches nothing rather than failing the tenant.
+        // Filters and conditions were validated when the rule was created; one that no
+        // longer parses (for example under stricter limits) matches nothing rather than
+        // failing the tenant.
         let limits = TopicLimits {
             max_length: usize::MAX,
             max_levels: usize::MAX,
         };
         for route in routes {
+            let condition = match route.condition.as_deref().map(Condition::parse) {
+                None => None,
+                Some(Ok(condition)) => Some(Arc::new(condition)),
+                Some(Err(e)) => {
+                    tracing::warn!(rule_id = %route.id, error = %e, "rule condition does not parse; rule ignored");
+                    continue;
+                }
+            };
             match TopicFilter::parse(&route.topic_filter, limits) {
                 Ok(filter) => {
-                    trie.insert(&filter, route.id, route.registry_id);
+                    let target = RuleTarget {
+                        registry: route.registry_id,
+                        condition,
+                    };
+                    trie.insert(&filter, route.id, target);
                 }
                 Err(e) => {
                     tracing::warn!(rule_id = %route.id, error = %e, "rule filter does not parse; ignored")
@@ -41,35 +71,57 @@ impl RuleIndex {
         RuleIndex { version, trie }
     }
 
-    /// The rules that `message` matches: its topic matches the rule's filter and, for a rule
-    /// scoped to a registry, it comes from that registry.
-    pub fn matching(&self, message: &Message) -> Vec<RuleId> {
-        let mut rules = Vec::new();
-        self.trie.for_each_match(&message.topic, |rule, scope| {
-            if scope.is_none() || scope.as_ref() == message.origin_registry.as_ref() {
-                rules.push(rule.clone());
+    /// The rules whose filter `message` matches and, for a rule scoped to a registry, that
+    /// the message's registry is in scope of. Conditions are not evaluated yet.
+    pub fn matching(&self, message: &Message) -> Vec<RuleMatch> {
+        self.matching_topic(&message.topic, message.origin_registry.as_ref())
+    }
+
+    /// [`RuleIndex::matching`] by topic and registry alone (benchmarks use this).
+    pub fn matching_topic(&self, topic: &str, registry: Option<&RegistryId>) -> Vec<RuleMatch> {
+        let mut rules: Vec<RuleMatch> = Vec::new();
+        self.trie.for_each_match(topic, |rule, target| {
+            if target.registry.is_none() || target.registry.as_ref() == registry {
+                rules.push(RuleMatch {
+                    rule_id: rule.clone(),
+                    condition: target.condition.clone(),
+                });
             }
         });
-        rules.sort();
-        rules.dedup();
+        rules.sort_by(|a, b| a.rule_id.cmp(&b.rule_id));
+        rules.dedup_by(|a, b| a.rule_id == b.rule_id);
         rules
     }
 }
 
-/// Builds the queue rows for the rules `message` matched.
+/// Builds the queue rows for the rules `message` matched, leaving out those whose
+/// condition it does not satisfy. The payload is parsed as JSON at most once, and only if
+/// a condition reads it.
 pub fn deliveries_for(
     tenant: &TenantId,
     device: Option<&DeviceId>,
-    rules: Vec<RuleId>,
+    rules: Vec<RuleMatch>,
     message: &Message,
     received_at: chrono::DateTime<chrono::Utc>,
 ) -> Vec<NewDelivery> {
+    let context = MessageContext::new(
+        &message.topic,
+        message.qos as u8,
+        device.map(|d| d.as_str()),
+        message.origin_registry.as_ref().map(|r| r.as_str()),
+        &message.payload,
+    );
     rules
         .into_iter()
-        .map(|rule_id| NewDelivery {
+        .filter(|rule| {
+            rule.condition
+                .as_ref()
+                .is_none_or(|condition| condition.matches(&context))
+        })
+        .map(|rule| NewDelivery {
             id: MessageId::generate(),
             tenant_id: tenant.clone(),
-            rule_id,
+            rule_id: rule.rule_id,
             registry_id: message.origin_registry.clone(),
             device_id: device.cloned(),
             topic: message.topic.clone(),
@@ -122,6 +174,10 @@ impl RuleSink {
 
     /// Enqueues and waits until the matches are committed (QoS 1/2).
     pub async fn enqueue_durable(&self, deliveries: Vec<NewDelivery>) -> Result<(), EnqueueError> {
+        // Every match may have been filtered out by a condition: nothing to wait for.
+        if deliveries.is_empty() {
+            return Ok(());
+        }
         let (done, committed) = oneshot::channel();
         self.requests
             .send(Request {
@@ -138,6 +194,9 @@ impl RuleSink {
     /// Enqueues without waiting (QoS 0: may be lost on a crash, per SPEC §5). Returns false
     /// when the writer is saturated and the matches were dropped.
     pub fn enqueue_best_effort(&self, deliveries: Vec<NewDelivery>) -> bool {
+        if deliveries.is_empty() {
+            return true;
+        }
         self.requests
             .try_send(Request {
                 deliveries,
@@ -190,4 +249,91 @@ fn add(
 ) {
     batch.extend(request.deliveries);
     waiters.extend(request.done);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::MessageProperties;
+    use bytes::Bytes;
+    use iotcore_codec::QoS;
+
+    fn route(filter: &str, registry: Option<&RegistryId>, condition: Option<&str>) -> RuleRoute {
+        RuleRoute {
+            id: RuleId::generate(),
+            topic_filter: filter.to_owned(),
+            registry_id: registry.cloned(),
+            condition: condition.map(str::to_owned),
+        }
+    }
+
+    fn message(topic: &str, payload: &str, registry: Option<&RegistryId>) -> Message {
+        Message {
+            topic: topic.to_owned(),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: MessageProperties::default(),
+            origin: None,
+            origin_registry: registry.cloned(),
+        }
+    }
+
+    fn matched_rules(
+        index: &RuleIndex,
+        device: Option<&DeviceId>,
+        message: &Message,
+    ) -> Vec<RuleId> {
+        let tenant = TenantId::generate();
+        let rules = index.matching(message);
+        deliveries_for(&tenant, device, rules, message, chrono::Utc::now())
+            .into_iter()
+            .map(|d| d.rule_id)
+            .collect()
+    }
+
+    #[test]
+    fn conditions_filter_matches_after_the_topic() {
+        let device = DeviceId::generate();
+        let hot = route("$devices/+/events/#", None, Some("payload.celsius > 30"));
+        let mine = route(
+            "$devices/+/events/#",
+            None,
+            Some(&format!("device_id == \"{}\"", device.as_str())),
+        );
+        let always = route("$devices/+/events/#", None, None);
+        let index = RuleIndex::build(1, vec![hot.clone(), mine.clone(), always.clone()]);
+        let topic = format!("$devices/{}/events/t", device.as_str());
+
+        let mut expected = vec![hot.id.clone(), mine.id.clone(), always.id.clone()];
+        expected.sort();
+        let warm = message(&topic, r#"{"celsius": 31}"#, None);
+        assert_eq!(matched_rules(&index, Some(&device), &warm), expected);
+
+        let cool = message(&topic, r#"{"celsius": 20}"#, None);
+        let other_device = DeviceId::generate();
+        assert_eq!(
+            matched_rules(&index, Some(&other_device), &cool),
+            vec![always.id.clone()]
+        );
+        // Not JSON: payload paths are null, so only the unconditional rule matches.
+        let binary = message(&topic, "\u{1}\u{2}", None);
+        assert_eq!(
+            matched_rules(&index, None, &binary),
+            vec![always.id.clone()]
+        );
+    }
+
+    #[test]
+    fn registry_scope_and_unparsable_conditions() {
+        let registry = RegistryId::generate();
+        let scoped = route("a/#", Some(&registry), None);
+        let broken = route("a/#", None, Some("payload.x >"));
+        let index = RuleIndex::build(1, vec![scoped.clone(), broken]);
+        let inside = message("a/b", "{}", Some(&registry));
+        assert_eq!(matched_rules(&index, None, &inside), vec![scoped.id]);
+        let outside = message("a/b", "{}", Some(&RegistryId::generate()));
+        assert!(matched_rules(&index, None, &outside).is_empty());
+        assert!(index.matching_topic("b/c", None).is_empty());
+    }
 }
