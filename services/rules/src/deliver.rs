@@ -1,11 +1,13 @@
 //! Sending one delivery to its webhook over HTTP and classifying the answer (SPEC §5).
 
+use crate::destination::{self, DestinationError, GuardedResolver};
 use crate::envelope;
 use crate::signature;
 use iotcore_store::deliveries::ClaimedDelivery;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest last-error text recorded; errors are for people, not a place to store bodies.
@@ -33,11 +35,18 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct Deliverer {
     client: reqwest::Client,
+    allow_private_destinations: bool,
 }
 
 impl Deliverer {
-    pub fn new() -> Result<Deliverer, reqwest::Error> {
-        let client = reqwest::Client::builder()
+    /// A deliverer; unless `allow_private_destinations`, every destination address is
+    /// checked by the SSRF guard ([`destination`]) right before it is connected to.
+    pub fn new(allow_private_destinations: bool) -> Result<Deliverer, reqwest::Error> {
+        let mut builder = reqwest::Client::builder();
+        if !allow_private_destinations {
+            builder = builder.dns_resolver(Arc::new(GuardedResolver));
+        }
+        let client = builder
             // A redirect would send the message (and its signature) somewhere the tenant did
             // not configure, and around the destination check.
             .redirect(reqwest::redirect::Policy::none())
@@ -45,7 +54,10 @@ impl Deliverer {
             .no_proxy()
             .user_agent(concat!("iotcore-rules/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Deliverer { client })
+        Ok(Deliverer {
+            client,
+            allow_private_destinations,
+        })
     }
 
     /// Makes one attempt at delivering `delivery`. Never panics; every failure is an
@@ -59,11 +71,14 @@ impl Deliverer {
         if !matches!(url.scheme(), "http" | "https") {
             return reject("webhook URL scheme must be http or https");
         }
-        // SSRF: this is where the destination is decided. Unless
-        // `allow_private_destinations` is set, resolve `url.host()` here and refuse (reject)
-        // loopback, private, link-local and metadata addresses, then connect only to the
-        // checked addresses (e.g. through a `reqwest::dns::Resolve` that returns them), so a
-        // DNS answer cannot change between the check and the connection.
+        // SSRF: names are checked by the client's resolver as they are connected to; IP
+        // literals never reach a resolver, so they are checked here.
+        if !self.allow_private_destinations {
+            let host = url.host_str().unwrap_or_default();
+            if let Err(e) = destination::check_literal(host) {
+                return destination_refused(e);
+            }
+        }
         let body = match envelope::body(delivery) {
             Ok(body) => body,
             Err(_) => return reject("the message could not be encoded as JSON"),
@@ -89,6 +104,20 @@ impl Deliverer {
             }
             Err(err) => request_error(err, webhook.timeout_ms),
         }
+    }
+}
+
+/// A destination the guard refused will not become acceptable by retrying; one that did
+/// not resolve may.
+fn destination_refused(error: DestinationError) -> Outcome {
+    match error {
+        DestinationError::Forbidden(_) => Outcome::Reject {
+            error: format!("{error} (private destinations are not allowed)"),
+        },
+        DestinationError::Unresolved => Outcome::Retry {
+            error: error.to_string(),
+            retry_after: None,
+        },
     }
 }
 
@@ -189,6 +218,14 @@ fn classify(status: StatusCode, retry_after: Option<Duration>) -> Outcome {
 fn request_error(err: reqwest::Error, timeout_ms: u32) -> Outcome {
     if err.is_builder() {
         return reject("the request could not be built from the webhook URL");
+    }
+    // The guarded resolver's verdict travels inside the connection error.
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<DestinationError>() {
+            return destination_refused(refused.clone());
+        }
+        source = cause.source();
     }
     let error = if err.is_timeout() {
         format!("timed out after {timeout_ms} ms")

@@ -10,6 +10,7 @@
 pub mod backoff;
 pub mod config;
 pub mod deliver;
+pub mod destination;
 pub mod envelope;
 pub mod signature;
 mod worker;
@@ -27,7 +28,8 @@ pub async fn run(
     store: Store,
     shutdown: CancellationToken,
 ) -> Result<(), RulesError> {
-    let deliverer = deliver::Deliverer::new().map_err(RulesError::HttpClient)?;
+    let deliverer = deliver::Deliverer::new(config.allow_private_destinations)
+        .map_err(RulesError::HttpClient)?;
     Arc::new(worker::Worker::new(&config, store, deliverer))
         .run(shutdown)
         .await;
