@@ -1,9 +1,13 @@
-//! Bearer tokens of the control plane (SPEC §6.1): HS256 JWTs carrying a role and, for
-//! tenant roles, the tenant they act in.
+//! Bearer tokens of the control plane (SPEC §6.1): JWTs carrying a role and, for tenant
+//! roles, the tenant they act in, signed with the HS256 secret (dev and `iotcore token`) or
+//! by an identity provider whose public keys are configured.
 
 use crate::config::AuthConfig;
+use crate::keys::{self, KeyError, PublicKey};
 use iotcore_store::TenantId;
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{
+    decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -143,39 +147,106 @@ pub struct Principal {
     pub tenant_id: Option<TenantId>,
 }
 
-/// Verifies tokens against the configured key, issuer and audience.
-pub(crate) struct Verifier {
-    key: Option<DecodingKey>,
-    validation: Validation,
+/// Loads the configured token keys, to refuse a bad configuration before serving.
+pub fn check_keys(config: &AuthConfig) -> Result<(), KeyError> {
+    Verifier::new(config).map(drop)
 }
 
+/// Verifies tokens against the configured keys, issuer and audience.
+pub(crate) struct Verifier {
+    hs256: Option<DecodingKey>,
+    public: Vec<PublicKey>,
+    issuer: String,
+    audience: String,
+}
+
+/// Most keys a token is tried against: a token without `kid` is checked against every
+/// key of its algorithm, and this bounds what one request can cost.
+const MAX_KEYS_TRIED: usize = 8;
+
 impl Verifier {
-    pub(crate) fn new(config: &AuthConfig) -> Verifier {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[&config.issuer]);
-        validation.set_audience(&[&config.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let key = config
+    /// Loads the configured keys; fails on any file that cannot be read or parsed.
+    pub(crate) fn new(config: &AuthConfig) -> Result<Verifier, KeyError> {
+        let hs256 = config
             .hs256_secret
             .as_deref()
             .map(|s| DecodingKey::from_secret(s.as_bytes()));
-        if key.is_none() {
-            tracing::warn!("api.auth.hs256_secret is not set: every API request will be refused");
+        let mut public = Vec::new();
+        for file in &config.public_keys {
+            public.push(keys::load_pem(file)?);
         }
-        Verifier { key, validation }
+        if let Some(path) = &config.jwks_file {
+            public.extend(keys::load_jwks(path)?);
+        }
+        if hs256.is_none() && public.is_empty() {
+            tracing::warn!(
+                "neither api.auth.hs256_secret nor public keys are set: every API request will be refused"
+            );
+        }
+        Ok(Verifier {
+            hs256,
+            public,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+        })
+    }
+
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation
+    }
+
+    /// The keys a token signed with `algorithm` (and naming `kid`) may verify with.
+    fn candidates<'a>(
+        &'a self,
+        algorithm: Algorithm,
+        kid: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a DecodingKey> + 'a {
+        let hs256 = (algorithm == Algorithm::HS256)
+            .then_some(self.hs256.as_ref())
+            .flatten();
+        let public = self
+            .public
+            .iter()
+            .filter(move |k| k.algorithm == algorithm)
+            .filter(move |k| match (kid, k.kid.as_deref()) {
+                (Some(wanted), Some(have)) => wanted == have,
+                _ => true,
+            })
+            .map(|k| &k.key);
+        hs256.into_iter().chain(public).take(MAX_KEYS_TRIED)
     }
 
     /// The principal a token proves, or `None` for any invalid token. Why it is invalid
     /// is logged at debug level only: the caller learns nothing that helps forge one.
     pub(crate) fn verify(&self, token: &str) -> Option<Principal> {
-        let key = self.key.as_ref()?;
-        let claims = match decode::<Claims>(token, key, &self.validation) {
-            Ok(data) => data.claims,
+        let header = match decode_header(token) {
+            Ok(header) => header,
             Err(err) => {
                 tracing::debug!(error = %err, "bearer token refused");
                 return None;
             }
         };
+        if !matches!(
+            header.alg,
+            Algorithm::HS256 | Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA
+        ) {
+            tracing::debug!(alg = ?header.alg, "bearer token of an unsupported algorithm");
+            return None;
+        }
+        let validation = self.validation(header.alg);
+        let claims = self
+            .candidates(header.alg, header.kid.as_deref())
+            .find_map(|key| match decode::<Claims>(token, key, &validation) {
+                Ok(data) => Some(data.claims),
+                Err(err) => {
+                    tracing::debug!(error = %err, "bearer token refused");
+                    None
+                }
+            })?;
         let tenant_id = if claims.role.is_tenant_role() {
             Some(TenantId::parse(claims.tenant_id.as_deref()?)?)
         } else {
@@ -221,7 +292,7 @@ mod tests {
             HOUR,
         )
         .unwrap();
-        let principal = Verifier::new(&config()).verify(&token).unwrap();
+        let principal = Verifier::new(&config()).unwrap().verify(&token).unwrap();
         assert_eq!(
             principal,
             Principal {
@@ -233,7 +304,11 @@ mod tests {
 
         let token = mint_token(&config(), Role::Operator, Some("ignored"), "ops", HOUR).unwrap();
         assert_eq!(
-            Verifier::new(&config()).verify(&token).unwrap().tenant_id,
+            Verifier::new(&config())
+                .unwrap()
+                .verify(&token)
+                .unwrap()
+                .tenant_id,
             None
         );
     }
@@ -261,21 +336,31 @@ mod tests {
             hs256_secret: Some("other".into()),
             ..config()
         };
-        assert!(Verifier::new(&other_key).verify(&token).is_none());
+        assert!(Verifier::new(&other_key).unwrap().verify(&token).is_none());
         let other_issuer = AuthConfig {
             issuer: "someone-else".into(),
             ..config()
         };
-        assert!(Verifier::new(&other_issuer).verify(&token).is_none());
+        assert!(Verifier::new(&other_issuer)
+            .unwrap()
+            .verify(&token)
+            .is_none());
         let other_audience = AuthConfig {
             audience: "someone-else".into(),
             ..config()
         };
-        assert!(Verifier::new(&other_audience).verify(&token).is_none());
-        assert!(Verifier::new(&AuthConfig::default())
+        assert!(Verifier::new(&other_audience)
+            .unwrap()
             .verify(&token)
             .is_none());
-        assert!(Verifier::new(&config()).verify("not.a.token").is_none());
+        assert!(Verifier::new(&AuthConfig::default())
+            .unwrap()
+            .verify(&token)
+            .is_none());
+        assert!(Verifier::new(&config())
+            .unwrap()
+            .verify("not.a.token")
+            .is_none());
     }
 
     #[test]
@@ -299,6 +384,6 @@ mod tests {
             &EncodingKey::from_secret(b"test-secret"),
         )
         .unwrap();
-        assert!(Verifier::new(&config()).verify(&token).is_none());
+        assert!(Verifier::new(&config()).unwrap().verify(&token).is_none());
     }
 }

@@ -1,4 +1,6 @@
+use crate::keys::PublicKeyFile;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// The `[api]` section of the configuration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -18,7 +20,13 @@ pub struct ApiConfig {
 pub struct AuthConfig {
     /// Shared HS256 secret (dev profile). Never printed.
     pub hs256_secret: Option<String>,
+    /// PEM public keys of identity providers (RS256, ES256, EdDSA).
+    pub public_keys: Vec<PublicKeyFile>,
+    /// A JWKS file of identity-provider public keys; tokens name theirs by `kid`.
+    pub jwks_file: Option<PathBuf>,
+    /// The `iss` every token must carry.
     pub issuer: String,
+    /// The `aud` every token must carry.
     pub audience: String,
 }
 
@@ -37,6 +45,8 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             hs256_secret: None,
+            public_keys: Vec::new(),
+            jwks_file: None,
             issuer: "iotcore".into(),
             audience: "iotcore".into(),
         }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod input;
+pub mod keys;
 pub mod openapi;
 pub mod routes;
 
@@ -37,13 +38,14 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn new(config: &ApiConfig, store: Store) -> ApiState {
-        ApiState {
+    /// Fails when the configured token keys cannot be loaded.
+    pub fn new(config: &ApiConfig, store: Store) -> Result<ApiState, keys::KeyError> {
+        Ok(ApiState {
             store,
-            verifier: Arc::new(auth::Verifier::new(&config.auth)),
+            verifier: Arc::new(auth::Verifier::new(&config.auth)?),
             max_body_bytes: config.max_body_bytes,
             max_publish_payload_bytes: config.max_publish_payload_bytes,
-        }
+        })
     }
 }
 
@@ -102,7 +104,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
     tracing::info!(addr = %listener.local_addr()?, "api listening");
-    let app = router(ApiState::new(config, store));
+    let app = router(ApiState::new(config, store)?);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
@@ -118,4 +120,6 @@ pub enum ApiError {
     },
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("cannot load the token keys: {0}")]
+    Keys(#[from] keys::KeyError),
 }

@@ -76,7 +76,7 @@ impl TestApp {
         };
         change(&mut config);
         let store = Store::from_pool(pool);
-        let router = router(ApiState::new(&config, store.clone()));
+        let router = router(ApiState::new(&config, store.clone()).unwrap());
         TestApp {
             router,
             config,
@@ -186,8 +186,17 @@ impl TestApp {
 
     /// Creates a tenant and returns its id.
     pub async fn create_tenant(&self, name: &str) -> String {
+        self.create_tenant_named(&self.operator(), name).await
+    }
+
+    /// Creates a tenant as the operator `caller` and returns its id.
+    pub async fn create_tenant_with(&self, caller: &Caller) -> String {
+        self.create_tenant_named(caller, "acme").await
+    }
+
+    async fn create_tenant_named(&self, caller: &Caller, name: &str) -> String {
         let response = self
-            .post(&self.operator(), "/v1/tenants", json!({ "name": name }))
+            .post(caller, "/v1/tenants", json!({ "name": name }))
             .await;
         assert_eq!(response.status, StatusCode::CREATED, "{:#?}", response.body);
         response.body["id"].as_str().unwrap().to_owned()

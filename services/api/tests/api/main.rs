@@ -9,3 +9,4 @@ mod openapi;
 mod publish;
 mod resources;
 mod serve;
+mod tokens;
