@@ -71,6 +71,14 @@ pub struct Webhook {
     pub max_in_flight: i32,
 }
 
+/// A change to a rule; `None` leaves a field as it is. The caller has validated it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleChanges {
+    pub enabled: Option<bool>,
+    /// `Some(None)` removes the condition.
+    pub condition: Option<Option<String>>,
+}
+
 #[derive(sqlx::FromRow)]
 struct RuleRow {
     id: RuleId,
@@ -215,6 +223,35 @@ impl Store {
         Ok(())
     }
 
+    /// Applies `changes` to the rule `id` of `tenant` and returns it; `NotFound` when
+    /// there is no such rule.
+    pub async fn update_rule(
+        &self,
+        tenant: &TenantId,
+        id: &RuleId,
+        changes: &RuleChanges,
+    ) -> Result<Rule> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<RuleRow> = sqlx::query_as(&format!(
+            "UPDATE rules
+                SET enabled = COALESCE($3, enabled),
+                    condition = CASE WHEN $4 THEN $5 ELSE condition END,
+                    updated_at = now()
+              WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .bind(changes.enabled)
+        .bind(changes.condition.is_some())
+        .bind(changes.condition.clone().flatten())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let row = row.ok_or(StoreError::NotFound)?;
+        rules_changed(&mut tx, tenant).await?;
+        tx.commit().await?;
+        Ok(row.into())
+    }
+
     /// Enables or disables the rule `id` of `tenant` and returns it.
     pub async fn set_rule_enabled(
         &self,
@@ -293,6 +330,41 @@ mod tests {
         assert!(v3 > v2);
         assert!(matches!(
             store.get_rule(&a, &created.id).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn conditions_are_set_and_cleared_and_reach_the_routes(pool: sqlx::PgPool) {
+        let store = Store::from_pool(pool);
+        let (a, _) = tenant_with_registry(&store, "a").await;
+        let (b, _) = tenant_with_registry(&store, "b").await;
+        let created = store.create_rule(&a, &rule("r1", None)).await.unwrap();
+        let set = RuleChanges {
+            enabled: None,
+            condition: Some(Some("qos == 1".into())),
+        };
+        let updated = store.update_rule(&a, &created.id, &set).await.unwrap();
+        assert_eq!(updated.condition.as_deref(), Some("qos == 1"));
+        assert!(updated.enabled);
+        let (_, routes) = store.enabled_rule_routes(&a).await.unwrap();
+        assert_eq!(routes[0].condition.as_deref(), Some("qos == 1"));
+        // Leaving the condition out keeps it; null clears it.
+        let keep = RuleChanges {
+            enabled: Some(false),
+            condition: None,
+        };
+        let updated = store.update_rule(&a, &created.id, &keep).await.unwrap();
+        assert_eq!(updated.condition.as_deref(), Some("qos == 1"));
+        assert!(!updated.enabled);
+        let clear = RuleChanges {
+            enabled: None,
+            condition: Some(None),
+        };
+        let updated = store.update_rule(&a, &created.id, &clear).await.unwrap();
+        assert_eq!(updated.condition, None);
+        assert!(matches!(
+            store.update_rule(&b, &created.id, &set).await,
             Err(StoreError::NotFound)
         ));
     }
