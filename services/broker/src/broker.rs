@@ -43,6 +43,18 @@ impl Shared {
         routes
     }
 
+    /// The namespace's routes with a rule index loaded, for messages that come from no
+    /// client (the API).
+    pub async fn routes_for_namespace(&self, namespace: &Namespace) -> Arc<NamespaceRoutes> {
+        let routes = self.router.namespace(namespace);
+        if let Namespace::Tenant(tenant) = namespace {
+            if routes.rule_index().is_none() {
+                self.reload_rules(tenant, &routes).await;
+            }
+        }
+        routes
+    }
+
     async fn reload_rules(&self, tenant: &TenantId, routes: &NamespaceRoutes) {
         match self.store.enabled_rule_routes(tenant).await {
             Ok((version, rules)) => {
@@ -84,6 +96,7 @@ pub async fn run(
         config,
     });
     tokio::spawn(follow_rule_changes(shared.clone()));
+    tokio::spawn(crate::api_publishes::relay(shared.clone()));
 
     let tracker = TaskTracker::new();
     if let Some(addr) = shared.config.tcp_listen.clone().filter(|a| !a.is_empty()) {

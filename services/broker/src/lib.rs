@@ -6,6 +6,7 @@
 //! beside the router, rule matches → durable queue (group commit) → rules workers.
 
 mod acl;
+mod api_publishes;
 mod auth;
 mod broker;
 pub mod config;

@@ -57,3 +57,23 @@ impl ChangeListener {
         }
     }
 }
+
+/// Wake-ups on a channel whose payload does not matter (new work to claim, for example).
+pub struct Wakeups {
+    listener: PgListener,
+}
+
+impl Wakeups {
+    pub async fn connect(store: &crate::Store, channel: &str) -> Result<Wakeups> {
+        let mut listener = PgListener::connect_with(store.pool()).await?;
+        listener.listen(channel).await?;
+        Ok(Wakeups { listener })
+    }
+
+    /// Waits for the next notification. After a lost connection it returns at once (work
+    /// may have been notified meanwhile), so callers simply look for work again.
+    pub async fn wait(&mut self) -> Result<()> {
+        self.listener.try_recv().await?;
+        Ok(())
+    }
+}

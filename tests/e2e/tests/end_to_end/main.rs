@@ -2,6 +2,7 @@
 //! (rumqttc 3.1.1 and 5, mosquitto_pub) and a real HTTP webhook receiver.
 
 mod acl;
+mod api_publish;
 mod authentication;
 mod isolation;
 mod mqtt_features;
