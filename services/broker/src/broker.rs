@@ -24,6 +24,7 @@ pub struct Shared {
     pub sessions: Sessions,
     pub auth: Authenticator,
     pub rules: RuleSink,
+    pub status: crate::status::StatusWriter,
     pub store: Store,
     pub shutdown: CancellationToken,
 }
@@ -91,6 +92,7 @@ pub async fn run(
         sessions: Sessions::default(),
         auth: Authenticator::new(store.clone()),
         rules,
+        status: crate::status::StatusWriter::start(store.clone(), shutdown.clone()),
         store,
         shutdown: shutdown.clone(),
         config,

@@ -9,6 +9,7 @@ use crate::broker::Shared;
 use crate::handshake::{self, Accepted};
 use crate::outbound::Outbound;
 use crate::router::{ConnectionId, Mailbox, NamespaceRoutes, Outgoing};
+use crate::status;
 use crate::wills;
 use bytes::BytesMut;
 use iotcore_codec::{decode, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode};
@@ -118,6 +119,7 @@ where
             return;
         }
         tracing::info!(protocol = ?version, "connected");
+        let status = status::connected(&shared, &routes, &accepted.principal, version, peer).await;
         let will = accepted.will.take();
         // MQTT-3.1.2-25 / MQTT 5 Receive Maximum: what the client accepts bounds what we send.
         let window = usize::from(shared.config.inflight_window.max(1)).min(usize::from(
@@ -148,6 +150,16 @@ where
                     let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
                 }
             }
+        }
+        if let Some(status) = status {
+            status::disconnected(
+                &shared,
+                &session.routes,
+                &session.accepted.principal,
+                status,
+                close.why,
+            )
+            .await;
         }
         if close.publish_will {
             if let Some((message, delay)) = will {

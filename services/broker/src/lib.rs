@@ -18,6 +18,7 @@ mod publish;
 mod router;
 mod rules;
 mod sessions;
+mod status;
 mod subscriptions;
 mod wills;
 

@@ -5,6 +5,7 @@ mod acl;
 mod api_publish;
 mod authentication;
 mod isolation;
+mod lifecycle;
 mod mqtt_features;
 mod protocol;
 mod quickstart;
