@@ -72,6 +72,8 @@ impl TestApp {
                 hs256_secret: Some("test-secret-for-the-api".into()),
                 ..AuthConfig::default()
             },
+            // The tests' webhooks are on 127.0.0.1.
+            allow_private_destinations: true,
             ..ApiConfig::default()
         };
         change(&mut config);

@@ -8,5 +8,6 @@ mod helpers;
 mod openapi;
 mod publish;
 mod resources;
+mod roles;
 mod serve;
 mod tokens;
