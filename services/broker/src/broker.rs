@@ -99,6 +99,10 @@ pub async fn run(
     });
     tokio::spawn(follow_rule_changes(shared.clone()));
     tokio::spawn(crate::api_publishes::relay(shared.clone()));
+    tokio::spawn({
+        let shared = shared.clone();
+        async move { shared.sessions.expire(shared.shutdown.clone()).await }
+    });
 
     let tracker = TaskTracker::new();
     if let Some(addr) = shared.config.tcp_listen.clone().filter(|a| !a.is_empty()) {

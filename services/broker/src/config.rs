@@ -20,6 +20,9 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// Topic aliases a client may set up towards the broker (MQTT 5 Topic Alias Maximum).
     pub topic_alias_maximum: u16,
+    /// Longest a persistent session is kept while its client is away, seconds: the cap on
+    /// MQTT 5 Session Expiry Interval, and the expiry of MQTT 3.1.1 Clean Session 0 sessions.
+    pub max_session_expiry_secs: u32,
     /// Subscriptions one session may hold.
     pub max_subscriptions: usize,
     /// Upper bound on the keep alive the broker accepts (MQTT 5 Server Keep Alive), seconds.
@@ -42,6 +45,7 @@ impl Default for BrokerConfig {
             inflight_window: 64,
             max_connections: 100_000,
             topic_alias_maximum: 32,
+            max_session_expiry_secs: 3600,
             max_subscriptions: 100,
             max_keep_alive_secs: 3600,
             rule_commit_max_wait_ms: 2,

@@ -9,6 +9,7 @@ use crate::broker::Shared;
 use crate::handshake::{self, Accepted};
 use crate::outbound::Outbound;
 use crate::router::{ConnectionId, Mailbox, NamespaceRoutes, Outgoing};
+use crate::sessions::SessionState;
 use crate::status;
 use crate::wills;
 use bytes::BytesMut;
@@ -32,6 +33,8 @@ pub struct Close {
     /// Whether the will is published: on every end but a normal DISCONNECT from the client
     /// (MQTT-3.1.2-8, -10; MQTT 5 reason 0x04 asks for it explicitly).
     pub publish_will: bool,
+    /// A new MQTT 5 Session Expiry Interval from the client's DISCONNECT.
+    pub session_expiry: Option<u32>,
 }
 
 impl Close {
@@ -40,6 +43,7 @@ impl Close {
             reason: Some(reason),
             why,
             publish_will: true,
+            session_expiry: None,
         }
     }
 
@@ -48,6 +52,7 @@ impl Close {
             reason: None,
             why,
             publish_will: true,
+            session_expiry: None,
         }
     }
 }
@@ -102,43 +107,96 @@ where
         );
         span.record("client_id", accepted.client_id.as_str());
         let routes = shared.routes_for(&accepted.principal).await;
-        let (mailbox, outbound) = mpsc::channel(shared.config.outbound_queue.max(1));
-        let takeover = shared.sessions.claim(
-            &accepted.principal.namespace,
-            &accepted.client_id,
-            connection_id,
-            connect.clean_start,
-        );
-        let connack = handshake::connack(&shared, version, &accepted);
+        let namespace = accepted.principal.namespace.clone();
+        let client_id = accepted.client_id.clone();
+        let claim =
+            shared
+                .sessions
+                .claim(&namespace, &client_id, connection_id, connect.clean_start);
+        if let Some(previous) = claim.previous {
+            // Let the connection we take over finish, so that its session is parked and
+            // can be resumed below.
+            let _ = tokio::time::timeout(Duration::from_secs(5), previous.cancelled()).await;
+        }
+        // MQTT-3.1.2-4/5: Clean Start discards a parked session; otherwise it is resumed.
+        let resumed = match shared.sessions.take_parked(&namespace, &client_id) {
+            Some(state) if connect.clean_start => {
+                state.discard();
+                None
+            }
+            other => other,
+        };
+        let session_present = resumed.is_some();
+        let connack = handshake::connack(&shared, version, &accepted, session_present);
         if io.send(&connack, version, None).is_err() || io.flush().await.is_err() {
-            shared.sessions.release(
-                &accepted.principal.namespace,
-                &accepted.client_id,
-                connection_id,
-            );
+            if let Some(state) = resumed {
+                shared
+                    .sessions
+                    .park(&namespace, &client_id, state, session_expiry(&accepted));
+            }
+            shared
+                .sessions
+                .release(&namespace, &client_id, connection_id);
+            claim.ended.cancel();
             return;
         }
-        tracing::info!(protocol = ?version, "connected");
+        tracing::info!(protocol = ?version, session_present, "connected");
         let status = status::connected(&shared, &routes, &accepted.principal, version, peer).await;
         let will = accepted.will.take();
         // MQTT-3.1.2-25 / MQTT 5 Receive Maximum: what the client accepts bounds what we send.
         let window = usize::from(shared.config.inflight_window.max(1)).min(usize::from(
             connect.properties.receive_maximum.unwrap_or(u16::MAX),
         ));
+        let state = match resumed {
+            Some(mut state) => {
+                state.outbound.set_window(window);
+                state
+            }
+            None => {
+                let (mailbox, queue) = mpsc::channel(shared.config.outbound_queue.max(1));
+                SessionState {
+                    id: connection_id,
+                    routes,
+                    mailbox,
+                    queue,
+                    subscriptions: HashMap::new(),
+                    outbound: Outbound::new(window),
+                    incoming_qos2: HashSet::new(),
+                }
+            }
+        };
+        let SessionState {
+            id,
+            routes,
+            mailbox,
+            mut queue,
+            subscriptions,
+            outbound,
+            incoming_qos2,
+        } = state;
         let mut session = Session {
-            id: connection_id,
+            id,
             version,
             accepted,
             routes,
             shared: shared.clone(),
             mailbox,
-            subscriptions: HashMap::new(),
-            outbound: Outbound::new(window),
-            incoming_qos2: HashSet::new(),
+            subscriptions,
+            outbound,
+            incoming_qos2,
             topic_aliases: HashMap::new(),
             client_max_packet: connect.properties.maximum_packet_size,
         };
-        let close = session.run(&mut io, outbound, takeover).await;
+        if session_present {
+            // MQTT-4.4.0-1: unacknowledged messages are sent again, with DUP set.
+            session.redeliver(&mut io);
+            if io.flush().await.is_err() {
+                session.end(queue, connection_id);
+                claim.ended.cancel();
+                return;
+            }
+        }
+        let close = session.run(&mut io, &mut queue, claim.takeover).await;
         tracing::info!(why = close.why, "disconnected");
         if version == ProtocolVersion::V5 {
             if let Some(reason) = close.reason {
@@ -166,7 +224,15 @@ where
                 wills::publish_later(&session, message, delay);
             }
         }
-        session.end();
+        if let Some(expiry) = close.session_expiry {
+            // MQTT-3.14.2-2: a session that was to end with the connection cannot be
+            // extended at DISCONNECT.
+            if session.accepted.session_expiry > 0 {
+                session.accepted.session_expiry = expiry.min(shared.config.max_session_expiry_secs);
+            }
+        }
+        session.end(queue, connection_id);
+        claim.ended.cancel();
     }
     .instrument(span)
     .await
@@ -285,7 +351,7 @@ impl Session {
     async fn run<R, W>(
         &mut self,
         io: &mut Io<R, W>,
-        mut outbound: mpsc::Receiver<Outgoing>,
+        outbound: &mut mpsc::Receiver<Outgoing>,
         takeover: CancellationToken,
     ) -> Close
     where
@@ -384,6 +450,7 @@ impl Session {
                 reason: None,
                 why: "DISCONNECT from client",
                 publish_will: disconnect.reason == ReasonCode::DISCONNECT_WITH_WILL,
+                session_expiry: disconnect.properties.session_expiry_interval,
             }),
             Packet::Auth(_) => Err(Close::with(
                 ReasonCode::PROTOCOL_ERROR,
@@ -409,14 +476,34 @@ impl Session {
         let _ = io.send(packet, self.version, self.client_max_packet);
     }
 
-    /// Removes every trace of the connection from the shared state.
-    fn end(self) {
-        for filter in self.subscriptions.values() {
-            self.routes.unsubscribe(filter.as_str(), self.id);
-        }
-        let principal = &self.accepted.principal;
+    /// Parks a persistent session for its client to resume; otherwise removes every trace
+    /// of it from the shared state.
+    fn end(self, queue: mpsc::Receiver<Outgoing>, connection: ConnectionId) {
+        let namespace = &self.accepted.principal.namespace;
+        let client_id = &self.accepted.client_id;
         self.shared
             .sessions
-            .release(&principal.namespace, &self.accepted.client_id, self.id);
+            .release(namespace, client_id, connection);
+        let expiry = session_expiry(&self.accepted);
+        let state = SessionState {
+            id: self.id,
+            routes: self.routes,
+            mailbox: self.mailbox,
+            queue,
+            subscriptions: self.subscriptions,
+            outbound: self.outbound,
+            incoming_qos2: self.incoming_qos2,
+        };
+        if expiry.is_zero() {
+            state.discard();
+        } else {
+            self.shared
+                .sessions
+                .park(namespace, client_id, state, expiry);
+        }
     }
+}
+
+fn session_expiry(accepted: &Accepted) -> Duration {
+    Duration::from_secs(u64::from(accepted.session_expiry))
 }

@@ -24,6 +24,10 @@ pub struct Accepted {
     pub keep_alive: u16,
     /// Set when the broker lowered the client's keep alive (MQTT 5 Server Keep Alive).
     pub server_keep_alive: Option<u16>,
+    /// How long the session outlives the connection, seconds (0: it ends with it).
+    pub session_expiry: u32,
+    /// Set when the broker lowered the client's Session Expiry Interval.
+    pub session_expiry_capped: bool,
     /// The will, checked against the ACL, and how long after an abnormal disconnect it is
     /// published (MQTT 5 Will Delay Interval, bounded by the session's life).
     pub will: Option<(Message, Duration)>,
@@ -94,6 +98,14 @@ pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refu
             (connect.keep_alive, None)
         };
     let acl = Acl::for_principal(&principal);
+    let max_expiry = shared.config.max_session_expiry_secs;
+    let requested_expiry = match connect.protocol {
+        ProtocolVersion::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+        // MQTT 3.1.1 Clean Session 0: kept for the configured maximum.
+        _ if connect.clean_start => 0,
+        _ => max_expiry,
+    };
+    let session_expiry = requested_expiry.min(max_expiry);
     let will = match &connect.will {
         None => None,
         Some(will) => {
@@ -122,10 +134,9 @@ pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refu
                 None,
                 &principal,
             );
-            // Sessions end with the connection in this version, and a will is published
-            // when the session ends if that comes before the will delay (MQTT-3.1.3-9).
+            // A will is published when the session ends if that comes before the will
+            // delay (MQTT-3.1.3-9).
             let delay = will.properties.will_delay_interval.unwrap_or(0);
-            let session_expiry = connect.properties.session_expiry_interval.unwrap_or(0);
             let delay = Duration::from_secs(u64::from(delay.min(session_expiry)));
             Some((message, delay))
         }
@@ -137,6 +148,8 @@ pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refu
         assigned,
         keep_alive,
         server_keep_alive,
+        session_expiry,
+        session_expiry_capped: session_expiry < requested_expiry,
         will,
     })
 }
@@ -181,13 +194,21 @@ fn generated_client_id() -> String {
 
 /// The CONNACK for an accepted CONNECT, with the MQTT 5 properties that tell the client
 /// what this broker supports.
-pub fn connack(shared: &Shared, version: ProtocolVersion, accepted: &Accepted) -> Packet {
+pub fn connack(
+    shared: &Shared,
+    version: ProtocolVersion,
+    accepted: &Accepted,
+    session_present: bool,
+) -> Packet {
     let mut properties = Properties::default();
     if version == ProtocolVersion::V5 {
         if accepted.assigned {
             properties.assigned_client_identifier = Some(accepted.client_id.clone());
         }
         properties.server_keep_alive = accepted.server_keep_alive;
+        if accepted.session_expiry_capped {
+            properties.session_expiry_interval = Some(accepted.session_expiry);
+        }
         properties.maximum_packet_size = Some(shared.config.max_packet_size);
         properties.receive_maximum = Some(shared.config.inflight_window);
         properties.topic_alias_maximum = Some(shared.config.topic_alias_maximum);
@@ -197,7 +218,7 @@ pub fn connack(shared: &Shared, version: ProtocolVersion, accepted: &Accepted) -
         properties.shared_subscription_available = Some(0);
     }
     Packet::ConnAck(ConnAck {
-        session_present: false,
+        session_present,
         code: 0,
         properties,
     })

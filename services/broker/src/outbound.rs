@@ -39,6 +39,11 @@ impl Outbound {
         }
     }
 
+    /// A resumed session's new client may accept a different number of messages.
+    pub fn set_window(&mut self, window: usize) {
+        self.window = window.max(1);
+    }
+
     /// Whether another QoS 1/2 message may be sent (MQTT-4.9.0-2: at most Receive Maximum
     /// unacknowledged PUBLISH packets).
     pub fn has_room(&self) -> bool {
@@ -57,6 +62,31 @@ impl Outbound {
 }
 
 impl Session {
+    /// The PUBLISH that carries `outgoing` to this client.
+    fn publish_packet(&self, outgoing: &Outgoing, packet_id: Option<u16>, now: Instant) -> Publish {
+        let message = &outgoing.message;
+        let mut properties = Properties::default();
+        if self.version == ProtocolVersion::V5 {
+            let passed = &message.properties;
+            properties.payload_format_indicator = passed.payload_format_indicator;
+            properties.content_type = passed.content_type.clone();
+            properties.response_topic = passed.response_topic.clone();
+            properties.correlation_data = passed.correlation_data.clone();
+            properties.user_properties = passed.user_properties.clone();
+            properties.message_expiry_interval = message.remaining_expiry(now);
+            properties.subscription_identifiers = outgoing.subscription_ids.clone();
+        }
+        Publish {
+            dup: false,
+            qos: outgoing.qos,
+            retain: outgoing.retain,
+            topic: message.topic.clone(),
+            packet_id,
+            payload: message.payload.clone(),
+            properties,
+        }
+    }
+
     pub fn send_outgoing<R, W>(&mut self, outgoing: Outgoing, io: &mut Io<R, W>)
     where
         R: AsyncRead + Unpin,
@@ -72,26 +102,7 @@ impl Session {
             QoS::AtMostOnce => None,
             _ => Some(self.outbound.allocate()),
         };
-        let mut properties = Properties::default();
-        if self.version == ProtocolVersion::V5 {
-            let passed = &message.properties;
-            properties.payload_format_indicator = passed.payload_format_indicator;
-            properties.content_type = passed.content_type.clone();
-            properties.response_topic = passed.response_topic.clone();
-            properties.correlation_data = passed.correlation_data.clone();
-            properties.user_properties = passed.user_properties.clone();
-            properties.message_expiry_interval = message.remaining_expiry(now);
-            properties.subscription_identifiers = outgoing.subscription_ids.clone();
-        }
-        let publish = Packet::Publish(Publish {
-            dup: false,
-            qos: outgoing.qos,
-            retain: outgoing.retain,
-            topic: message.topic.clone(),
-            packet_id,
-            payload: message.payload.clone(),
-            properties,
-        });
+        let publish = Packet::Publish(self.publish_packet(&outgoing, packet_id, now));
         if io
             .send(&publish, self.version, self.client_max_packet)
             .is_err()
@@ -109,6 +120,36 @@ impl Session {
                 _ => Awaiting::PubAck,
             };
             self.outbound.inflight.insert(packet_id, (stage, outgoing));
+        }
+    }
+
+    /// Sends every unacknowledged message again, in packet id order, after a session was
+    /// resumed: PUBLISH with DUP set, or PUBREL where the PUBREC had arrived (MQTT-4.4.0-1).
+    pub fn redeliver<R, W>(&mut self, io: &mut Io<R, W>)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut ids: Vec<u16> = self.outbound.inflight.keys().copied().collect();
+        ids.sort_unstable();
+        for packet_id in ids {
+            let Some((awaiting, outgoing)) = self.outbound.inflight.get(&packet_id) else {
+                continue;
+            };
+            let packet = match awaiting {
+                Awaiting::PubComp => Packet::PubRel(PubRel {
+                    packet_id,
+                    reason: ReasonCode::SUCCESS,
+                    properties: Properties::default(),
+                }),
+                Awaiting::PubAck | Awaiting::PubRec => {
+                    let mut publish =
+                        self.publish_packet(outgoing, Some(packet_id), Instant::now());
+                    publish.dup = true;
+                    Packet::Publish(publish)
+                }
+            };
+            self.reply(&packet, io);
         }
     }
 

@@ -17,7 +17,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// An isolated topic space.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Namespace {
     /// The tenant's registries and devices, with the `$devices/…` and `$registries/…` topics.
     Tenant(TenantId),

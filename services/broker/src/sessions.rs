@@ -1,18 +1,75 @@
-//! Which connection holds which client id, so that a second connection with the same
-//! client id takes the session over and closes the first (SPEC §3.1, MQTT-3.1.4-3), and
-//! the delayed wills waiting to see whether their client comes back (MQTT-3.1.3-9).
+//! Who holds which client id, and the sessions of clients that are away.
+//!
+//! - A second connection with the same client id takes the session over and closes the
+//!   first (SPEC §3.1, MQTT-3.1.4-3); it waits for the first to finish so that it can
+//!   resume what the first leaves behind.
+//! - A persistent session (MQTT 5 Session Expiry Interval > 0, or 3.1.1 Clean Session 0) is
+//!   parked when its connection ends: its subscriptions stay in the router and its bounded
+//!   mailbox keeps filling, until the client comes back or the session expires
+//!   (MQTT-3.1.2-23, MQTT-4.1.0-1).
+//! - Delayed wills wait here to learn whether their client comes back (MQTT-3.1.3-9).
 
-use crate::router::{ConnectionId, Namespace};
-use std::collections::HashMap;
-use std::sync::Mutex;
-use tokio::sync::oneshot;
+use crate::outbound::Outbound;
+use crate::router::{ConnectionId, Mailbox, Namespace, NamespaceRoutes, Outgoing};
+use iotcore_topic::TopicFilter;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 type Key = (Namespace, String);
 
+/// The part of a session that outlives its connection.
+pub struct SessionState {
+    /// The session's key in the router (its subscriptions are registered under it).
+    pub id: ConnectionId,
+    pub routes: Arc<NamespaceRoutes>,
+    pub mailbox: Mailbox,
+    pub queue: mpsc::Receiver<Outgoing>,
+    /// Filters as the client wrote them → parsed.
+    pub subscriptions: HashMap<String, TopicFilter>,
+    pub outbound: Outbound,
+    pub incoming_qos2: HashSet<u16>,
+}
+
+impl SessionState {
+    /// Removes the session's subscriptions from the router; what was queued is dropped
+    /// with the state.
+    pub fn discard(self) {
+        for filter in self.subscriptions.values() {
+            self.routes.unsubscribe(filter.as_str(), self.id);
+        }
+    }
+}
+
+struct Live {
+    connection: ConnectionId,
+    takeover: CancellationToken,
+    /// Cancelled when the connection has finished (and parked its session, if any).
+    ended: CancellationToken,
+}
+
+/// What [`Sessions::claim`] hands a new connection.
+pub struct Claim {
+    /// Cancelled when a later connection takes the session over.
+    pub takeover: CancellationToken,
+    /// The connection cancels this when it has finished.
+    pub ended: CancellationToken,
+    /// The connection this one takes over, to wait for.
+    pub previous: Option<CancellationToken>,
+}
+
 #[derive(Default)]
 pub struct Sessions {
-    live: Mutex<HashMap<Key, (ConnectionId, CancellationToken)>>,
+    live: Mutex<HashMap<Key, Live>>,
+    parked: Mutex<HashMap<Key, (u64, SessionState)>>,
+    expiries: Mutex<BinaryHeap<Reverse<(Instant, u64, Key)>>>,
+    expiry_changed: Notify,
+    generation: AtomicU64,
     /// A delayed will learns through its channel that a new connection claimed its client
     /// id: `true` when that connection resumes the session (the will is dropped), `false`
     /// when it starts a clean one (the will is published at once).
@@ -20,25 +77,35 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Registers `connection` as the holder of `client_id` and returns the token that is
-    /// cancelled when a later connection takes the session over.
+    /// Registers `connection` as the holder of `client_id`, taking it over from a
+    /// connection that holds it now.
     pub fn claim(
         &self,
         namespace: &Namespace,
         client_id: &str,
         connection: ConnectionId,
         clean_start: bool,
-    ) -> CancellationToken {
+    ) -> Claim {
         let key = (namespace.clone(), client_id.to_owned());
-        let token = CancellationToken::new();
-        let previous = lock(&self.live).insert(key.clone(), (connection, token.clone()));
-        if let Some((_, previous)) = previous {
-            previous.cancel();
-        }
+        let takeover = CancellationToken::new();
+        let ended = CancellationToken::new();
+        let live = Live {
+            connection,
+            takeover: takeover.clone(),
+            ended: ended.clone(),
+        };
+        let previous = lock(&self.live).insert(key.clone(), live).map(|previous| {
+            previous.takeover.cancel();
+            previous.ended
+        });
         if let Some((_, will)) = lock(&self.delayed_wills).remove(&key) {
             let _ = will.send(!clean_start);
         }
-        token
+        Claim {
+            takeover,
+            ended,
+            previous,
+        }
     }
 
     /// Forgets `connection`'s claim, unless another connection has taken it over since.
@@ -47,9 +114,68 @@ impl Sessions {
         let key = (namespace.clone(), client_id.to_owned());
         if live
             .get(&key)
-            .is_some_and(|(holder, _)| *holder == connection)
+            .is_some_and(|entry| entry.connection == connection)
         {
             live.remove(&key);
+        }
+    }
+
+    /// The parked session of `client_id`, if any (it is no longer parked afterwards).
+    pub fn take_parked(&self, namespace: &Namespace, client_id: &str) -> Option<SessionState> {
+        let key = (namespace.clone(), client_id.to_owned());
+        lock(&self.parked).remove(&key).map(|(_, state)| state)
+    }
+
+    /// Keeps `state` until `client_id` comes back or `expiry` passes.
+    pub fn park(
+        &self,
+        namespace: &Namespace,
+        client_id: &str,
+        state: SessionState,
+        expiry: Duration,
+    ) {
+        let key = (namespace.clone(), client_id.to_owned());
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        if let Some((_, replaced)) = lock(&self.parked).insert(key.clone(), (generation, state)) {
+            replaced.discard();
+        }
+        let at = Instant::now() + expiry;
+        lock(&self.expiries).push(Reverse((at, generation, key)));
+        self.expiry_changed.notify_one();
+    }
+
+    /// Discards parked sessions as they expire; one task for all of them.
+    pub async fn expire(&self, shutdown: CancellationToken) {
+        loop {
+            let next = lock(&self.expiries).peek().map(|Reverse((at, _, _))| *at);
+            let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.expiry_changed.notified() => continue,
+                _ = shutdown.cancelled() => return,
+            }
+            let now = Instant::now();
+            loop {
+                let due = {
+                    let mut expiries = lock(&self.expiries);
+                    match expiries.peek() {
+                        Some(Reverse((at, _, _))) if *at <= now => expiries.pop(),
+                        _ => None,
+                    }
+                };
+                let Some(Reverse((_, generation, key))) = due else {
+                    break;
+                };
+                let mut parked = lock(&self.parked);
+                // A session resumed and parked again since has a newer generation.
+                if parked.get(&key).is_some_and(|(g, _)| *g == generation) {
+                    if let Some((_, state)) = parked.remove(&key) {
+                        drop(parked);
+                        tracing::debug!(client_id = key.1, "session expired");
+                        state.discard();
+                    }
+                }
+            }
         }
     }
 

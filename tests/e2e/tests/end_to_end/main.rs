@@ -9,4 +9,5 @@ mod lifecycle;
 mod mqtt_features;
 mod protocol;
 mod quickstart;
+mod sessions;
 mod webhook_retry;
