@@ -1,17 +1,16 @@
 //! The broker's shared state, its listeners and the task that keeps rule indexes current.
 
 use crate::auth::{Authenticator, Principal};
-use crate::connection;
 use crate::router::{Namespace, NamespaceRoutes, Router};
 use crate::rules::{RuleIndex, RuleSink};
 use crate::sessions::Sessions;
+use crate::transport;
 use crate::{BrokerConfig, BrokerError};
 use iotcore_store::notify::{Change, ChangeListener};
 use iotcore_store::{Store, TenantId};
 use iotcore_topic::TopicLimits;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -105,15 +104,16 @@ pub async fn run(
     });
 
     let tracker = TaskTracker::new();
-    if let Some(addr) = shared.config.tcp_listen.clone().filter(|a| !a.is_empty()) {
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| BrokerError::Listen {
-                addr: addr.clone(),
-                source,
-            })?;
-        tracing::info!(%addr, "MQTT over TCP listening");
-        tracker.spawn(accept_tcp(listener, shared.clone(), tracker.clone()));
+    // One limit for the whole process, whichever listener a client comes through.
+    let permits = Arc::new(Semaphore::new(shared.config.max_connections));
+    for listener in transport::bind(&shared.config).await? {
+        tracing::info!(addr = %listener.addr, transport = %listener.transport, "listening");
+        tracker.spawn(accept(
+            listener,
+            shared.clone(),
+            permits.clone(),
+            tracker.clone(),
+        ));
     }
     shutdown.cancelled().await;
     tracker.close();
@@ -122,10 +122,15 @@ pub async fn run(
     Ok(())
 }
 
-/// Accepts TCP connections. Each connection runs in its own task, holding one permit of
-/// the connection limit; the accept loop itself never waits on a client.
-async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
-    let permits = Arc::new(Semaphore::new(shared.config.max_connections));
+/// Accepts connections on one listener. Each connection runs in its own task, holding one
+/// permit of the connection limit, and does its TLS or WebSocket handshake there; the
+/// accept loop itself never waits on a client.
+async fn accept(
+    listener: transport::Listener,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
     let mut backoff = Duration::from_millis(10);
     loop {
         let permit = tokio::select! {
@@ -133,22 +138,22 @@ async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTra
             _ = shared.shutdown.cancelled() => return,
         };
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = listener.socket.accept() => accepted,
             _ = shared.shutdown.cancelled() => return,
         };
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
                 let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
+                let (transport, shared) = (listener.transport.clone(), shared.clone());
                 tracker.spawn(async move {
-                    connection::serve(stream, peer, shared).await;
+                    transport::serve(transport, stream, peer, shared).await;
                     drop(permit);
                 });
             }
             Err(e) => {
                 // Typically EMFILE: wait instead of spinning, then carry on.
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(addr = %listener.addr, error = %e, "accept failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }

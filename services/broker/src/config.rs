@@ -31,6 +31,18 @@ pub struct BrokerConfig {
     pub rule_commit_max_wait_ms: u64,
     /// Largest number of rule matches written in one transaction.
     pub rule_commit_max_batch: usize,
+
+    /// MQTT over TLS; started only when `tls_cert_file` is set (empty to disable).
+    pub tls_listen: Option<String>,
+    /// MQTT over WebSocket on `/mqtt`, subprotocol `mqtt` (empty to disable).
+    pub ws_listen: Option<String>,
+    /// MQTT over WebSocket over TLS on `/mqtt`; started only when `tls_cert_file` is set
+    /// (empty to disable).
+    pub wss_listen: Option<String>,
+    /// PEM file with the server's certificate chain, leaf first, for both TLS listeners.
+    pub tls_cert_file: Option<String>,
+    /// PEM file with the private key of the leaf certificate (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key_file: Option<String>,
 }
 
 impl Default for BrokerConfig {
@@ -50,6 +62,12 @@ impl Default for BrokerConfig {
             max_keep_alive_secs: 3600,
             rule_commit_max_wait_ms: 2,
             rule_commit_max_batch: 512,
+
+            tls_listen: Some("0.0.0.0:8883".into()),
+            ws_listen: Some("0.0.0.0:8083".into()),
+            wss_listen: Some("0.0.0.0:8084".into()),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }

@@ -20,6 +20,7 @@ mod rules;
 mod sessions;
 mod status;
 mod subscriptions;
+mod transport;
 mod wills;
 
 pub use broker::run;
@@ -32,6 +33,9 @@ pub enum BrokerError {
         addr: String,
         source: std::io::Error,
     },
+    /// A setting that cannot be used, such as an unreadable certificate file.
+    #[error("{key}: {message}")]
+    Config { key: &'static str, message: String },
     #[error(transparent)]
     Store(#[from] iotcore_store::StoreError),
 }

@@ -7,6 +7,7 @@
 
 pub mod mqtt;
 pub mod raw;
+pub mod tls;
 pub mod webhook;
 
 use anyhow::{bail, Context, Result};
@@ -95,6 +96,8 @@ impl TestApp {
                 "IOTCORE_MQTT_TCP_LISTEN".into(),
                 format!("127.0.0.1:{mqtt_port}"),
             ),
+            // Off unless a test asks: the default port would be shared by every test.
+            ("IOTCORE_MQTT_WS_LISTEN".into(), String::new()),
             ("IOTCORE_RULES_RETRY_INITIAL_MS".into(), "100".into()),
             ("IOTCORE_RULES_RETRY_MAX_MS".into(), "1000".into()),
             ("IOTCORE_LOG_LEVEL".into(), "info,iotcore=debug".into()),
@@ -327,7 +330,7 @@ async fn create_database() -> Result<String> {
     Ok(format!("{base}/{name}"))
 }
 
-fn rand_u64() -> u64 {
+pub(crate) fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(

@@ -1,0 +1,298 @@
+//! The ways a client's bytes reach the MQTT connection: plain TCP, TLS, WebSocket and
+//! WebSocket over TLS (SPEC §3.1). Every transport ends in the same
+//! [`connection::serve`], so MQTT behaves the same on all of them.
+//!
+//! Handshakes (TLS, the HTTP upgrade) run inside the connection's own task under the CONNECT
+//! timeout, never in the accept loop, so a slow or silent client delays nobody else.
+
+pub mod tls;
+pub mod websocket;
+
+use crate::broker::Shared;
+use crate::{connection, BrokerConfig, BrokerError};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tls::{ClientCertificate, TlsAcceptors};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// How long a connection that has ended may take to say goodbye (TLS close_notify, the
+/// WebSocket close frame) before its socket is dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// What a listener speaks on top of TCP.
+#[derive(Clone)]
+pub enum Transport {
+    Tcp,
+    Tls(tokio_rustls::TlsAcceptor),
+    WebSocket(WebSocketConfig),
+    WebSocketTls(tokio_rustls::TlsAcceptor, WebSocketConfig),
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "MQTT over TCP",
+            Transport::Tls(_) => "MQTT over TLS",
+            Transport::WebSocket(_) => "MQTT over WebSocket",
+            Transport::WebSocketTls(..) => "MQTT over WebSocket over TLS",
+        })
+    }
+}
+
+/// A bound listening socket and what it speaks.
+pub struct Listener {
+    pub addr: String,
+    pub socket: TcpListener,
+    pub transport: Transport,
+}
+
+/// Binds every configured listener, or fails naming the first address that cannot be bound
+/// or the TLS setting that cannot be used. Nothing is accepted until all are bound, so a
+/// client that reaches one listener can rely on the others.
+pub async fn bind(config: &BrokerConfig) -> Result<Vec<Listener>, BrokerError> {
+    let tls = tls_acceptors(config)?;
+    let ws = websocket::config(config.max_packet_size);
+    let mut wanted = vec![
+        (config.tcp_listen.as_deref(), Transport::Tcp),
+        (config.ws_listen.as_deref(), Transport::WebSocket(ws)),
+    ];
+    // The TLS listeners exist only with a certificate: their default addresses must not
+    // turn into an error on a machine that has none.
+    if let Some(tls) = tls {
+        wanted.push((config.tls_listen.as_deref(), Transport::Tls(tls.mqtt)));
+        wanted.push((
+            config.wss_listen.as_deref(),
+            Transport::WebSocketTls(tls.websocket, ws),
+        ));
+    }
+    let mut listeners = Vec::new();
+    for (addr, transport) in wanted {
+        let Some(addr) = configured(addr) else {
+            continue;
+        };
+        let socket = TcpListener::bind(addr)
+            .await
+            .map_err(|source| BrokerError::Listen {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        listeners.push(Listener {
+            addr: addr.to_owned(),
+            socket,
+            transport,
+        });
+    }
+    Ok(listeners)
+}
+
+/// An address setting that is set and not blank; blank is how a file or variable says "off".
+fn configured(setting: Option<&str>) -> Option<&str> {
+    setting.map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn tls_acceptors(config: &BrokerConfig) -> Result<Option<TlsAcceptors>, BrokerError> {
+    let cert = configured(config.tls_cert_file.as_deref());
+    let key = configured(config.tls_key_file.as_deref());
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => TlsAcceptors::from_pem_files(cert, key).map(Some),
+        (Some(_), None) => Err(BrokerError::Config {
+            key: "mqtt.tls_key_file",
+            message: "required when mqtt.tls_cert_file is set".into(),
+        }),
+        (None, Some(_)) => Err(BrokerError::Config {
+            key: "mqtt.tls_cert_file",
+            message: "required when mqtt.tls_key_file is set".into(),
+        }),
+    }
+}
+
+/// Serves one accepted TCP connection over `transport` until it ends.
+pub async fn serve(transport: Transport, tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    // The handshake counts against the same budget as the CONNECT that follows it.
+    let deadline = Duration::from_secs(shared.config.connect_timeout_secs);
+    match transport {
+        Transport::Tcp => run(tcp, peer, None, shared).await,
+        Transport::Tls(acceptor) => {
+            match tokio::time::timeout(deadline, tls::accept(&acceptor, tcp)).await {
+                Ok(Ok((stream, client_certificate))) => {
+                    let alpn = tls::alpn(&stream).map(String::from_utf8_lossy);
+                    tracing::debug!(%peer, alpn = ?alpn, "TLS established");
+                    run(stream, peer, client_certificate, shared).await
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+        Transport::WebSocket(config) => {
+            match tokio::time::timeout(deadline, websocket::accept(tcp, config)).await {
+                Ok(Ok(stream)) => run(stream, peer, None, shared).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket upgrade failed"),
+                Err(_) => tracing::debug!(%peer, "WebSocket upgrade timed out"),
+            }
+        }
+        Transport::WebSocketTls(acceptor, config) => {
+            let handshake = async {
+                let (stream, client_certificate) = tls::accept(&acceptor, tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                let stream = websocket::accept(stream, config)
+                    .await
+                    .map_err(|e| format!("WebSocket: {e}"))?;
+                Ok::<_, String>((stream, client_certificate))
+            };
+            match tokio::time::timeout(deadline, handshake).await {
+                Ok(Ok((stream, client_certificate))) => {
+                    run(stream, peer, client_certificate, shared).await
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WSS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "WSS handshake timed out"),
+            }
+        }
+    }
+}
+
+/// Runs MQTT over an established stream, then closes the transport politely.
+async fn run<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    client_certificate: Option<ClientCertificate>,
+    shared: Arc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    // Certificate authentication (SPEC §4.1, item 1) resolves the principal from this leaf
+    // certificate at CONNECT: it is to be passed to `connection::serve` and on to the
+    // authenticator. Until then it is only logged, and password authentication applies.
+    if let Some(certificate) = &client_certificate {
+        tracing::debug!(%peer, bytes = certificate.len(), "client presented a certificate");
+    }
+    connection::serve(&mut stream, peer, shared).await;
+    // Sends TLS close_notify or the WebSocket close frame; a peer that is already gone or
+    // does not read cannot hold the task past the grace period.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, stream.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// Plain TCP on an ephemeral port and nothing else, whatever the defaults say.
+    fn only_tcp() -> BrokerConfig {
+        BrokerConfig {
+            tcp_listen: Some("127.0.0.1:0".into()),
+            tls_listen: Some("127.0.0.1:0".into()),
+            ws_listen: None,
+            wss_listen: Some("127.0.0.1:0".into()),
+            ..BrokerConfig::default()
+        }
+    }
+
+    /// A self-signed certificate and its key in PEM files under a fresh folder.
+    fn certificate_files(name: &str) -> (PathBuf, PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("iotcore-broker-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp folder");
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("certificate");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+        std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+        (cert, key)
+    }
+
+    fn kinds(listeners: &[Listener]) -> Vec<String> {
+        listeners.iter().map(|l| l.transport.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn an_address_in_use_is_named_in_the_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("address").to_string();
+        let config = BrokerConfig {
+            ws_listen: Some(addr.clone()),
+            ..only_tcp()
+        };
+        match bind(&config).await {
+            Err(e @ BrokerError::Listen { .. }) => {
+                assert!(e.to_string().contains(&addr), "{e}");
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(listeners) => panic!("bound {:?}", kinds(&listeners)),
+        }
+    }
+
+    #[tokio::test]
+    async fn blank_or_missing_addresses_turn_listeners_off() {
+        let config = BrokerConfig {
+            tcp_listen: Some("  ".into()),
+            ws_listen: None,
+            ..only_tcp()
+        };
+        let listeners = bind(&config).await.expect("bind");
+        assert!(listeners.is_empty(), "{:?}", kinds(&listeners));
+    }
+
+    #[tokio::test]
+    async fn tls_listeners_start_only_with_a_certificate() {
+        let listeners = bind(&only_tcp()).await.expect("bind");
+        assert_eq!(kinds(&listeners), ["MQTT over TCP"]);
+
+        let (cert, key) = certificate_files("start");
+        let config = BrokerConfig {
+            ws_listen: Some("127.0.0.1:0".into()),
+            tls_cert_file: Some(cert.display().to_string()),
+            tls_key_file: Some(key.display().to_string()),
+            ..only_tcp()
+        };
+        let listeners = bind(&config).await.expect("bind");
+        assert_eq!(
+            kinds(&listeners),
+            [
+                "MQTT over TCP",
+                "MQTT over WebSocket",
+                "MQTT over TLS",
+                "MQTT over WebSocket over TLS"
+            ]
+        );
+    }
+
+    fn tls_error(cert: Option<String>, key: Option<String>) -> String {
+        let config = BrokerConfig {
+            tls_cert_file: cert,
+            tls_key_file: key,
+            ..only_tcp()
+        };
+        match tls_acceptors(&config) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_work_are_refused_naming_the_key() {
+        let (cert, key) = certificate_files("refused");
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let e = tls_error(Some(cert.clone()), None);
+        assert!(e.starts_with("mqtt.tls_key_file: required"), "{e}");
+        let e = tls_error(None, Some(key.clone()));
+        assert!(e.starts_with("mqtt.tls_cert_file: required"), "{e}");
+        let e = tls_error(Some("/nonexistent/cert.pem".into()), Some(key.clone()));
+        assert!(
+            e.starts_with("mqtt.tls_cert_file: /nonexistent/cert.pem"),
+            "{e}"
+        );
+        // A key file holding a certificate has no key in it.
+        let e = tls_error(Some(cert.clone()), Some(cert.clone()));
+        assert!(e.starts_with("mqtt.tls_key_file: "), "{e}");
+        // The key of another certificate does not match this one.
+        let (_, other_key) = certificate_files("other");
+        let e = tls_error(Some(cert), Some(other_key.display().to_string()));
+        assert!(e.starts_with("mqtt.tls_key_file: "), "{e}");
+    }
+}
