@@ -31,7 +31,11 @@ async fn invalid_condition_is_refused_with_its_position(pool: sqlx::PgPool) {
     let url = "http://127.0.0.1:9/hook";
 
     let response = app
-        .post(&editor, "/v1/rules", rule_body("bad", url, json!("payload.celsius >")))
+        .post(
+            &editor,
+            "/v1/rules",
+            rule_body("bad", url, json!("payload.celsius >")),
+        )
         .await;
     let problem = response.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem["errors"][0]["field"], "condition");
@@ -39,7 +43,11 @@ async fn invalid_condition_is_refused_with_its_position(pool: sqlx::PgPool) {
     assert!(message.contains("position 17"), "{message}");
 
     let created = app
-        .post(&editor, "/v1/rules", rule_body("hot", url, json!("payload.celsius > 30")))
+        .post(
+            &editor,
+            "/v1/rules",
+            rule_body("hot", url, json!("payload.celsius > 30")),
+        )
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{:#?}", created.body);
     assert_eq!(created.body["condition"], "payload.celsius > 30");
@@ -82,20 +90,32 @@ async fn private_destinations_are_refused_unless_allowed(pool: sqlx::PgPool) {
     .enumerate()
     {
         let response = guarded
-            .post(&editor, "/v1/rules", rule_body(&format!("r{i}"), url, Value::Null))
+            .post(
+                &editor,
+                "/v1/rules",
+                rule_body(&format!("r{i}"), url, Value::Null),
+            )
             .await;
         let problem = response.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(problem["errors"][0]["field"], "webhook.url", "{url}");
     }
     // A public address is accepted.
     let public = guarded
-        .post(&editor, "/v1/rules", rule_body("public", "https://8.8.8.8/hook", Value::Null))
+        .post(
+            &editor,
+            "/v1/rules",
+            rule_body("public", "https://8.8.8.8/hook", Value::Null),
+        )
         .await;
     assert_eq!(public.status, StatusCode::CREATED, "{:#?}", public.body);
 
     let open = TestApp::with_config(pool, |c| c.allow_private_destinations = true);
     let response = open
-        .post(&editor, "/v1/rules", rule_body("local", "http://127.0.0.1:9/hook", Value::Null))
+        .post(
+            &editor,
+            "/v1/rules",
+            rule_body("local", "http://127.0.0.1:9/hook", Value::Null),
+        )
         .await;
     assert_eq!(response.status, StatusCode::CREATED, "{:#?}", response.body);
 }
@@ -158,7 +178,10 @@ async fn dead_letters_are_listed_and_replayed_with_stats(pool: sqlx::PgPool) {
     assert_eq!(stats.body["last_error"], "HTTP 410 Gone");
 
     let page = app
-        .get(&viewer, &format!("/v1/rules/{rule_id}/dead-letters?page_size=2"))
+        .get(
+            &viewer,
+            &format!("/v1/rules/{rule_id}/dead-letters?page_size=2"),
+        )
         .await;
     assert_eq!(page.status, StatusCode::OK, "{:#?}", page.body);
     assert_eq!(page.body["items"].as_array().map(Vec::len), Some(2));
