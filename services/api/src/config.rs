@@ -12,6 +12,11 @@ pub struct ApiConfig {
     /// Largest payload of a message published through the API, in bytes.
     pub max_publish_payload_bytes: usize,
     pub auth: AuthConfig,
+    /// Accept rule webhooks on loopback, private, link-local and metadata addresses. Not a
+    /// key of its own: the binary copies `rules.allow_private_destinations` here, so the
+    /// API refuses at creation exactly what the rules service would refuse at delivery.
+    #[serde(skip)]
+    pub allow_private_destinations: bool,
 }
 
 /// How bearer tokens are verified (SPEC §6.1).
@@ -37,6 +42,7 @@ impl Default for ApiConfig {
             max_body_bytes: 1024 * 1024,
             max_publish_payload_bytes: 256 * 1024,
             auth: AuthConfig::default(),
+            allow_private_destinations: false,
         }
     }
 }

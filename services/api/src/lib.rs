@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod input;
 pub mod keys;
 pub mod openapi;
@@ -33,7 +34,7 @@ use tower_http::trace::TraceLayer;
 pub struct ApiState {
     pub(crate) store: Store,
     pub(crate) verifier: Arc<auth::Verifier>,
-    max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     pub(crate) max_publish_payload_bytes: usize,
 }
 
@@ -63,6 +64,10 @@ pub fn router(state: ApiState) -> Router {
         .merge(routes::health::router())
         .fallback(|| async { Error::NoRoute })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::layer,
+        ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)

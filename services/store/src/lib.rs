@@ -13,6 +13,7 @@ pub mod deliveries;
 pub mod devices;
 pub mod error;
 pub mod filters;
+pub mod idempotency;
 pub mod ids;
 pub mod notify;
 pub mod passwords;

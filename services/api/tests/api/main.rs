@@ -5,6 +5,7 @@ mod access;
 mod errors;
 mod flow;
 mod helpers;
+mod idempotency;
 mod openapi;
 mod publish;
 mod resources;
