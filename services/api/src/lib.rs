@@ -16,7 +16,7 @@ pub mod keys;
 pub mod openapi;
 pub mod routes;
 
-pub use config::{ApiConfig, AuthConfig};
+pub use config::{ApiConfig, AuthConfig, QuotaConfig};
 pub use error::Error;
 
 use axum::body::Body;
@@ -36,6 +36,8 @@ pub struct ApiState {
     pub(crate) verifier: Arc<auth::Verifier>,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_publish_payload_bytes: usize,
+    pub(crate) quotas: config::QuotaConfig,
+    pub(crate) allow_private_destinations: bool,
 }
 
 impl ApiState {
@@ -46,6 +48,8 @@ impl ApiState {
             verifier: Arc::new(auth::Verifier::new(&config.auth)?),
             max_body_bytes: config.max_body_bytes,
             max_publish_payload_bytes: config.max_publish_payload_bytes,
+            quotas: config.quotas.clone(),
+            allow_private_destinations: config.allow_private_destinations,
         })
     }
 }
@@ -59,6 +63,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(routes::devices::router())
         .merge(routes::brokers::router())
         .merge(routes::publish::router())
+        .merge(routes::quotas::router())
         .merge(routes::passwords::router())
         .merge(routes::rules::router())
         .merge(routes::health::router())

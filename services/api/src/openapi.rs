@@ -1,7 +1,9 @@
 //! The OpenAPI 3.1 document of the control plane, generated from the handlers and types.
 
 use crate::error::{FieldError, Problem};
-use crate::routes::{brokers, devices, health, passwords, publish, registries, rules, tenants};
+use crate::routes::{
+    brokers, devices, health, passwords, publish, quotas, registries, rules, tenants,
+};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -18,6 +20,7 @@ by naming it in the `X-Iotcore-Tenant` header. Errors are RFC 9457 problem detai
     paths(
         tenants::create_tenant, tenants::list_tenants, tenants::get_tenant,
         tenants::update_tenant, tenants::delete_tenant,
+        quotas::get_quotas, quotas::update_quotas,
         registries::create_registry, registries::list_registries, registries::get_registry,
         registries::update_registry, registries::delete_registry,
         devices::create_device, devices::list_devices, devices::get_device,
@@ -31,6 +34,7 @@ by naming it in the `X-Iotcore-Tenant` header. Errors are RFC 9457 problem detai
         passwords::delete_broker_password,
         publish::command_device, publish::command_registry, publish::publish,
         rules::create_rule, rules::list_rules, rules::get_rule, rules::update_rule, rules::delete_rule,
+        rules::get_rule_stats, rules::list_dead_letters, rules::replay_dead_letters,
         health::healthz, health::readyz, health::openapi_json,
     ),
     components(schemas(Problem, FieldError)),

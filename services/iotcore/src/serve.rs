@@ -81,7 +81,9 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
                 )
             }
             Service::Api => {
-                let config = config.api.clone();
+                let mut api = config.api.clone();
+                api.allow_private_destinations = config.rules.allow_private_destinations;
+                let config = api;
                 tasks.spawn(
                     async move { Ok(iotcore_api::run(config, store, token).await?) }
                         .instrument(span),

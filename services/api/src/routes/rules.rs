@@ -8,13 +8,18 @@ use crate::ApiState;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use chrono::{DateTime, Utc};
-use iotcore_store::rules::{NewRule, NewWebhook, Rule};
-use iotcore_store::{RegistryId, RuleId};
+use iotcore_condition::Condition;
+use iotcore_rules::destination::{self, DestinationError};
+use iotcore_store::dead_letters::{DeadLetter, RuleStats};
+use iotcore_store::rules::{NewRule, NewWebhook, Rule, RuleChanges};
+use iotcore_store::{MessageId, RegistryId, RuleId};
 use iotcore_topic::{TopicFilter, TopicLimits};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
@@ -26,6 +31,8 @@ const DEFAULT_TIMEOUT_MS: i64 = 5000;
 const MAX_TIMEOUT_MS: i64 = 60_000;
 const DEFAULT_MAX_IN_FLIGHT: i64 = 64;
 const MAX_MAX_IN_FLIGHT: i64 = 1024;
+/// Most ids one replay request may name.
+const MAX_REPLAY_IDS: usize = 1000;
 
 /// Headers the rules service sets itself, which a rule must not override.
 fn is_reserved_header(name: &HeaderName) -> bool {
@@ -48,6 +55,12 @@ pub fn router() -> Router<ApiState> {
             "/v1/rules/{id}",
             get(get_rule).patch(update_rule).delete(delete_rule),
         )
+        .route("/v1/rules/{id}/stats", get(get_rule_stats))
+        .route("/v1/rules/{id}/dead-letters", get(list_dead_letters))
+        .route(
+            "/v1/rules/{id}/dead-letters/replay",
+            post(replay_dead_letters),
+        )
 }
 
 /// A new rule.
@@ -65,9 +78,11 @@ pub struct CreateRule {
     pub topic_filter: String,
     /// Only messages of devices of this registry match.
     pub registry_id: Option<String>,
-    /// Reserved: conditions are not supported yet, only `null` is accepted.
-    #[schema(value_type = Option<String>)]
-    pub condition: Option<serde_json::Value>,
+    /// Only messages for which this expression is true match (see the README's rules
+    /// section): e.g. `payload.celsius > 30 and startswith(topic, "$devices/")`. An
+    /// invalid expression is a 422 whose message gives the position of the error.
+    #[schema(example = "payload.celsius > 30")]
+    pub condition: Option<String>,
     pub webhook: CreateWebhook,
     /// True when absent.
     pub enabled: Option<bool>,
@@ -92,12 +107,21 @@ pub struct CreateWebhook {
     pub max_in_flight: Option<i64>,
 }
 
-/// A change to a rule.
+/// A change to a rule; absent fields are left as they are.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
-#[schema(example = json!({"enabled": false}))]
+#[schema(example = json!({"enabled": false, "condition": "payload.celsius > 35"}))]
 pub struct UpdateRule {
     /// Enables or disables the rule.
     pub enabled: Option<bool>,
+    /// A new condition, or `null` to remove it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub condition: Option<Option<String>>,
+}
+
+/// Tells an explicit `null` (`Some(None)`) from an absent field (`None`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 /// A rule's webhook; its secret is never shown, only whether there is one.
@@ -161,6 +185,48 @@ fn parse_topic_filter(s: String) -> Result<String, FieldError> {
     TopicFilter::parse(&s, TopicLimits::default())
         .map_err(|e| FieldError::new("topic_filter", e.to_string()))?;
     Ok(s)
+}
+
+/// Checks a condition; the text is kept as written.
+fn parse_condition(s: Option<String>) -> Result<Option<String>, FieldError> {
+    match s {
+        None => Ok(None),
+        Some(text) => match Condition::parse(&text) {
+            Ok(_) => Ok(Some(text)),
+            Err(e) => Err(FieldError::new(
+                "condition",
+                format!("invalid at position {}: {}", e.position, e.message),
+            )),
+        },
+    }
+}
+
+/// The SSRF guard at creation (SPEC §5): a webhook whose host is, or resolves to, a
+/// non-public address is refused unless private destinations are allowed. A name that does
+/// not resolve now is accepted: the rules service checks every address again at delivery.
+async fn check_destination(state: &ApiState, url: &str) -> Result<(), Error> {
+    if state.allow_private_destinations {
+        return Ok(());
+    }
+    let Ok(uri) = url.parse::<Uri>() else {
+        return Ok(());
+    };
+    let host = uri.host().unwrap_or_default();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    match destination::resolve_checked(host, port).await {
+        Err(DestinationError::Forbidden(_)) => Err(Error::invalid([FieldError::new(
+            "webhook.url",
+            "resolves to a loopback, private, link-local or otherwise non-public address, \
+             which this service does not deliver to",
+        )])),
+        Ok(_) | Err(DestinationError::Unresolved) => Ok(()),
+    }
 }
 
 fn parse_registry_id(s: Option<String>) -> Result<Option<RegistryId>, FieldError> {
@@ -246,12 +312,7 @@ fn parse_rule(body: CreateRule) -> Result<NewRule, Error> {
     let name = fields.take(ResourceName::parse("name", body.name));
     let topic_filter = fields.take(parse_topic_filter(body.topic_filter));
     let registry_id = fields.take(parse_registry_id(body.registry_id));
-    if body.condition.is_some() {
-        fields.push(FieldError::new(
-            "condition",
-            "conditions are not supported yet",
-        ));
-    }
+    let condition = fields.take(parse_condition(body.condition));
     let url = fields.take(parse_url(body.webhook.url));
     let headers = fields.take(parse_headers(body.webhook.headers));
     let secret = fields.take(parse_secret(body.webhook.secret));
@@ -271,6 +332,7 @@ fn parse_rule(body: CreateRule) -> Result<NewRule, Error> {
         Some(name),
         Some(topic_filter),
         Some(registry_id),
+        Some(condition),
         Some(url),
         Some(headers),
         Some(secret),
@@ -280,6 +342,7 @@ fn parse_rule(body: CreateRule) -> Result<NewRule, Error> {
         name,
         topic_filter,
         registry_id,
+        condition,
         url,
         headers,
         secret,
@@ -294,7 +357,7 @@ fn parse_rule(body: CreateRule) -> Result<NewRule, Error> {
         name: name.into_inner(),
         topic_filter,
         registry_id,
-        condition: None,
+        condition,
         webhook: NewWebhook {
             url,
             headers,
@@ -327,6 +390,7 @@ pub async fn create_rule(
     ApiJson(body): ApiJson<CreateRule>,
 ) -> Result<Response, Error> {
     let new = parse_rule(body)?;
+    check_destination(&state, &new.webhook.url).await?;
     let rule = state
         .store
         .create_rule(scope.tenant_id(), &new)
@@ -391,7 +455,7 @@ pub async fn get_rule(
     Ok(Json(rule.into()))
 }
 
-/// Change a rule: enable or disable it.
+/// Change a rule: enable or disable it, set or remove its condition.
 #[utoipa::path(
     patch, path = "/v1/rules/{id}", tag = "rules",
     params(
@@ -414,14 +478,21 @@ pub async fn update_rule(
     PathId(id): PathId<RuleId>,
     ApiJson(body): ApiJson<UpdateRule>,
 ) -> Result<Json<RuleView>, Error> {
-    let rule = match body.enabled {
-        Some(enabled) => {
-            state
-                .store
-                .set_rule_enabled(scope.tenant_id(), &id, enabled)
-                .await
-        }
-        None => state.store.get_rule(scope.tenant_id(), &id).await,
+    let condition = match body.condition {
+        None => None,
+        Some(text) => Some(parse_condition(text).map_err(|e| Error::invalid([e]))?),
+    };
+    let changes = RuleChanges {
+        enabled: body.enabled,
+        condition,
+    };
+    let rule = if changes == RuleChanges::default() {
+        state.store.get_rule(scope.tenant_id(), &id).await
+    } else {
+        state
+            .store
+            .update_rule(scope.tenant_id(), &id, &changes)
+            .await
     }
     .map_err(Error::store("rule"))?;
     Ok(Json(rule.into()))
@@ -453,6 +524,221 @@ pub async fn delete_rule(
         .await
         .map_err(Error::store("rule"))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// What became of a rule's matches so far, and what is still waiting.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "delivered": 1200, "retried": 4, "dead_lettered": 1, "last_error": "HTTP 404 Not Found",
+    "last_error_at": "2026-01-01T12:00:00Z", "last_success_at": "2026-01-01T12:05:00Z",
+    "queue_depth": 3, "dead_letters": 1
+}))]
+pub struct RuleStatsView {
+    /// Messages the webhook accepted (2xx).
+    pub delivered: i64,
+    /// Failed attempts that were scheduled to be tried again.
+    pub retried: i64,
+    /// Messages given up on (a 4xx, or too old).
+    pub dead_lettered: i64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// Messages waiting in the delivery queue.
+    pub queue_depth: i64,
+    /// Dead letters kept now (replayed ones are no longer among them).
+    pub dead_letters: i64,
+}
+
+impl From<RuleStats> for RuleStatsView {
+    fn from(s: RuleStats) -> RuleStatsView {
+        RuleStatsView {
+            delivered: s.delivered,
+            retried: s.retried,
+            dead_lettered: s.dead_lettered,
+            last_error: s.last_error,
+            last_error_at: s.last_error_at,
+            last_success_at: s.last_success_at,
+            queue_depth: s.queue_depth,
+            dead_letters: s.dead_letters,
+        }
+    }
+}
+
+/// A message that was not delivered, with why.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeadLetterView {
+    /// The envelope id; a replay delivers the message again under this id.
+    pub id: String,
+    pub rule_id: String,
+    pub registry_id: Option<String>,
+    pub device_id: Option<String>,
+    pub topic: String,
+    pub qos: i16,
+    pub retain: bool,
+    pub payload_base64: String,
+    pub content_type: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub attempts: i32,
+    pub last_error: String,
+    pub dead_at: DateTime<Utc>,
+}
+
+impl From<DeadLetter> for DeadLetterView {
+    fn from(d: DeadLetter) -> DeadLetterView {
+        DeadLetterView {
+            id: d.id.to_string(),
+            rule_id: d.rule_id.to_string(),
+            registry_id: d.registry_id.map(|r| r.to_string()),
+            device_id: d.device_id.map(|r| r.to_string()),
+            topic: d.topic,
+            qos: d.qos,
+            retain: d.retain,
+            payload_base64: BASE64.encode(&d.payload),
+            content_type: d.content_type,
+            received_at: d.received_at,
+            attempts: d.attempts,
+            last_error: d.last_error,
+            dead_at: d.dead_at,
+        }
+    }
+}
+
+list_type!(
+    /// A page of dead letters.
+    DeadLetterList,
+    DeadLetterView
+);
+
+/// Which dead letters to replay.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[schema(example = json!({"ids": ["msg_0123456789abcdefghij"]}))]
+pub struct ReplayRequest {
+    /// At most 1000 dead letter ids; absent (`{}`) replays them all. Ids that
+    /// are not dead letters of the rule are ignored.
+    pub ids: Option<Vec<String>>,
+}
+
+/// How many dead letters went back into the delivery queue.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReplayResult {
+    pub replayed: u64,
+}
+
+fn parse_replay_ids(ids: Option<Vec<String>>) -> Result<Option<Vec<MessageId>>, Error> {
+    let Some(ids) = ids else { return Ok(None) };
+    if ids.len() > MAX_REPLAY_IDS {
+        return Err(Error::invalid([FieldError::new(
+            "ids",
+            "at most 1000 ids are allowed",
+        )]));
+    }
+    let mut parsed = Vec::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        match MessageId::parse(id) {
+            Some(id) => parsed.push(id),
+            None => {
+                return Err(Error::invalid([FieldError::new(
+                    format!("ids[{i}]"),
+                    "is not a message id",
+                )]))
+            }
+        }
+    }
+    Ok(Some(parsed))
+}
+
+/// Get a rule's delivery statistics.
+#[utoipa::path(
+    get, path = "/v1/rules/{id}/stats", tag = "rules",
+    params(
+        ("id" = String, Path, description = "Rule id", example = "rul_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    responses(
+        (status = 200, description = "Counters, the last error and the queue depth", body = RuleStatsView),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such rule in this tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_rule_stats(
+    scope: TenantScope,
+    State(state): State<ApiState>,
+    PathId(id): PathId<RuleId>,
+) -> Result<Json<RuleStatsView>, Error> {
+    let stats = state
+        .store
+        .rule_stats(&scope.tenant_id, &id)
+        .await
+        .map_err(Error::store("rule"))?;
+    Ok(Json(stats.into()))
+}
+
+/// List a rule's dead letters.
+#[utoipa::path(
+    get, path = "/v1/rules/{id}/dead-letters", tag = "rules",
+    params(
+        ("id" = String, Path, description = "Rule id", example = "rul_0123456789abcdefghij"),
+        PageParams,
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    responses(
+        (status = 200, description = "A page of dead letters, ordered by id", body = DeadLetterList),
+        (status = 400, description = "Malformed id or page parameters", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such rule in this tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_dead_letters(
+    scope: TenantScope,
+    State(state): State<ApiState>,
+    PathId(id): PathId<RuleId>,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<DeadLetterList>, Error> {
+    let page = state
+        .store
+        .list_dead_letters(&scope.tenant_id, &id, &params.request()?)
+        .await
+        .map_err(Error::store("rule"))?;
+    Ok(Json(DeadLetterList {
+        items: page.items.into_iter().map(DeadLetterView::from).collect(),
+        next_page_token: next_page_token(page.next_after),
+    }))
+}
+
+/// Replay dead letters.
+///
+/// The messages go back into the delivery queue, due at once, with their attempts reset
+/// and their ids unchanged.
+#[utoipa::path(
+    post, path = "/v1/rules/{id}/dead-letters/replay", tag = "rules",
+    params(
+        ("id" = String, Path, description = "Rule id", example = "rul_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+    ),
+    request_body = ReplayRequest,
+    responses(
+        (status = 200, description = "How many were queued again", body = ReplayResult),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such rule in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid ids", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn replay_dead_letters(
+    scope: TenantWriter,
+    State(state): State<ApiState>,
+    PathId(id): PathId<RuleId>,
+    ApiJson(body): ApiJson<ReplayRequest>,
+) -> Result<Json<ReplayResult>, Error> {
+    let ids = parse_replay_ids(body.ids)?;
+    let replayed = state
+        .store
+        .replay_dead_letters(scope.tenant_id(), &id, ids.as_deref())
+        .await
+        .map_err(Error::store("rule"))?;
+    Ok(Json(ReplayResult { replayed }))
 }
 
 #[cfg(test)]
@@ -497,5 +783,22 @@ mod tests {
             "line\nbreak".into()
         )])))
         .is_err());
+    }
+
+    #[test]
+    fn condition_errors_name_their_position() {
+        assert_eq!(
+            parse_condition(Some("payload.celsius > 30".into())),
+            Ok(Some("payload.celsius > 30".into()))
+        );
+        assert_eq!(parse_condition(None), Ok(None));
+        let err = parse_condition(Some("payload.celsius >".into()));
+        assert_eq!(
+            err,
+            Err(FieldError::new(
+                "condition",
+                "invalid at position 17: expected a value"
+            ))
+        );
     }
 }
