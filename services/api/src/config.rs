@@ -12,6 +12,8 @@ pub struct ApiConfig {
     /// Largest payload of a message published through the API, in bytes.
     pub max_publish_payload_bytes: usize,
     pub auth: AuthConfig,
+    /// Per-tenant limits unless a tenant's own override says otherwise (SPEC §7.3).
+    pub quotas: QuotaConfig,
     /// Accept rule webhooks on loopback, private, link-local and metadata addresses. Not a
     /// key of its own: the binary copies `rules.allow_private_destinations` here, so the
     /// API refuses at creation exactly what the rules service would refuse at delivery.
@@ -42,6 +44,7 @@ impl Default for ApiConfig {
             max_body_bytes: 1024 * 1024,
             max_publish_payload_bytes: 256 * 1024,
             auth: AuthConfig::default(),
+            quotas: QuotaConfig::default(),
             allow_private_destinations: false,
         }
     }
@@ -55,6 +58,31 @@ impl Default for AuthConfig {
             jwks_file: None,
             issuer: "iotcore".into(),
             audience: "iotcore".into(),
+        }
+    }
+}
+
+/// The default quotas of every tenant (`[api.quotas]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaConfig {
+    pub max_devices: u64,
+    pub max_connections: u64,
+    pub max_messages_per_second: u64,
+    pub max_bytes_per_second: u64,
+    pub max_retained_messages: u64,
+    pub max_rules: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig {
+            max_devices: 100_000,
+            max_connections: 100_000,
+            max_messages_per_second: 10_000,
+            max_bytes_per_second: 64 * 1024 * 1024,
+            max_retained_messages: 100_000,
+            max_rules: 1000,
         }
     }
 }

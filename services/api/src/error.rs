@@ -68,6 +68,9 @@ pub enum Error {
     MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
+    /// A tenant quota (SPEC §7.3) forbids the request.
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("the request body is larger than allowed")]
     PayloadTooLarge,
     #[error("{0}")]
@@ -93,6 +96,9 @@ impl Error {
             StoreError::Conflict { field: "name" } => {
                 Error::Conflict(format!("a {what} with this name already exists"))
             }
+            StoreError::Conflict {
+                field: field @ ("max_devices" | "max_rules"),
+            } => Error::QuotaExceeded(format!("the tenant has reached its {field} quota")),
             StoreError::Conflict { field: "passwords" } => Error::Conflict(format!(
                 "the {what} holds the maximum number of passwords; delete one first"
             )),
@@ -114,7 +120,7 @@ impl Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) | Error::NoRoute => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Conflict(_) | Error::QuotaExceeded(_) => StatusCode::CONFLICT,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -131,6 +137,7 @@ impl Error {
             Error::NotFound(_) | Error::NoRoute => "not-found",
             Error::MethodNotAllowed => "method-not-allowed",
             Error::Conflict(_) => "conflict",
+            Error::QuotaExceeded(_) => "quota-exceeded",
             Error::PayloadTooLarge => "payload-too-large",
             Error::UnsupportedMediaType(_) => "unsupported-media-type",
             Error::Unprocessable(_) => "validation",

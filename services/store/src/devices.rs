@@ -114,8 +114,36 @@ impl Store {
         registry: &RegistryId,
         new: &NewDevice,
     ) -> Result<Device> {
+        self.create_device_within(tenant, registry, new, None).await
+    }
+
+    /// [`Store::create_device`], refused with `Conflict { field: "max_devices" }` when the
+    /// tenant already has `max_devices` devices. The tenant row is locked while counting,
+    /// so concurrent creations cannot overshoot the limit together.
+    pub async fn create_device_within(
+        &self,
+        tenant: &TenantId,
+        registry: &RegistryId,
+        new: &NewDevice,
+        max_devices: Option<u64>,
+    ) -> Result<Device> {
         let id = DeviceId::generate();
         let mut tx = self.pool.begin().await?;
+        if let Some(max) = max_devices {
+            let count: Option<i64> = sqlx::query_scalar(
+                "SELECT (SELECT count(*) FROM devices d WHERE d.tenant_id = t.id)
+                   FROM tenants t WHERE t.id = $1 FOR UPDATE",
+            )
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let count = count.ok_or(StoreError::NotFound)?;
+            if u64::try_from(count).unwrap_or(0) >= max {
+                return Err(StoreError::Conflict {
+                    field: "max_devices",
+                });
+            }
+        }
         let row: DeviceRow = sqlx::query_as(&format!(
             "INSERT INTO devices (id, tenant_id, registry_id, name, description, labels)
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
@@ -501,5 +529,27 @@ pub(crate) mod tests {
             store.get_device_with_connection(&b, &two.id).await,
             Err(StoreError::NotFound)
         ));
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_tenant_at_its_device_quota_gets_no_more(pool: sqlx::PgPool) {
+        let store = Store::from_pool(pool);
+        let (a, reg) = tenant_with_registry(&store, "a").await;
+        store
+            .create_device_within(&a, &reg, &device("one"), Some(1))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .create_device_within(&a, &reg, &device("two"), Some(1))
+                .await,
+            Err(StoreError::Conflict {
+                field: "max_devices"
+            })
+        ));
+        store
+            .create_device_within(&a, &reg, &device("two"), Some(2))
+            .await
+            .unwrap();
     }
 }

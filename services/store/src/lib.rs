@@ -18,6 +18,7 @@ pub mod ids;
 pub mod notify;
 pub mod passwords;
 pub mod publishes;
+pub mod quotas;
 pub mod registries;
 pub mod rules;
 pub mod tenants;

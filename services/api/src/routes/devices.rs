@@ -176,7 +176,7 @@ list_type!(
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such registry in this tenant", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A device with this name exists in the registry", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A device with this name exists in the registry, or the tenant is at its device quota", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -198,9 +198,10 @@ pub async fn create_device(
         description,
         labels,
     };
+    let max_devices = state.quotas(scope.tenant_id()).await?.max_devices;
     let device = state
         .store
-        .create_device(scope.tenant_id(), &registry, &new)
+        .create_device_within(scope.tenant_id(), &registry, &new, Some(max_devices))
         .await
         .map_err(|e| match e {
             // The device does not exist yet, so what is missing is its registry.

@@ -5,6 +5,7 @@ pub mod devices;
 pub mod health;
 pub mod passwords;
 pub mod publish;
+pub mod quotas;
 pub mod registries;
 pub mod rules;
 pub mod tenants;

@@ -267,3 +267,55 @@ async fn virtual_brokers_have_a_lifecycle_and_passwords(pool: sqlx::PgPool) {
         .await
         .assert_problem(StatusCode::NOT_FOUND);
 }
+
+#[sqlx::test(migrator = "iotcore_store::MIGRATOR")]
+async fn quotas_default_from_configuration_and_are_enforced_per_tenant(pool: sqlx::PgPool) {
+    let app = TestApp::with_config(pool, |config| config.quotas.max_devices = 5);
+    let ops = app.operator();
+    let tenant = app.create_tenant("acme").await;
+    let other = app.create_tenant("other").await;
+    let admin = app.member(Role::Admin, &tenant);
+    let uri = format!("/v1/tenants/{tenant}/quotas");
+
+    let defaults = app.get(&admin, &uri).await;
+    assert_eq!(defaults.status, StatusCode::OK, "{:#?}", defaults.body);
+    assert_eq!(defaults.body["max_devices"], 5);
+    assert_eq!(defaults.body["overridden"], json!([]));
+    app.patch(&admin, &uri, json!({ "max_devices": 100 }))
+        .await
+        .assert_problem(StatusCode::FORBIDDEN);
+    app.get(&app.member(Role::Viewer, &other), &uri)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND);
+
+    let lowered = app.patch(&ops, &uri, json!({ "max_devices": 1 })).await;
+    assert_eq!(lowered.body["max_devices"], 1);
+    assert_eq!(lowered.body["overridden"], json!(["max_devices"]));
+    let registry = app.create_registry(&admin, "r").await;
+    app.create_device(&admin, &registry, "one").await;
+    let refused = app
+        .post(
+            &admin,
+            &format!(
+                "/v1/registries/{}/devices",
+                registry["id"].as_str().unwrap()
+            ),
+            json!({ "name": "two" }),
+        )
+        .await;
+    refused.assert_problem(StatusCode::CONFLICT);
+    assert_eq!(refused.body["type"], "urn:iotcore:problem:quota-exceeded");
+    // Another tenant is not held back by this one's limit.
+    let theirs = app.member(Role::Admin, &other);
+    let their_registry = app.create_registry(&theirs, "r").await;
+    app.create_device(&theirs, &their_registry, "one").await;
+    app.create_device(&theirs, &their_registry, "two").await;
+
+    let reset = app.patch(&ops, &uri, json!({ "max_devices": null })).await;
+    assert_eq!(reset.body["max_devices"], 5);
+    assert_eq!(reset.body["overridden"], json!([]));
+    app.create_device(&admin, &registry, "two").await;
+    app.patch(&ops, &uri, json!({ "max_devices": -1 }))
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+}
