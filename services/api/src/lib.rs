@@ -67,6 +67,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(routes::passwords::router())
         .merge(routes::rules::router())
         .merge(routes::health::router())
+        .merge(routes::docs::router())
         .fallback(|| async { Error::NoRoute })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(

@@ -2,6 +2,7 @@
 
 pub mod brokers;
 pub mod devices;
+pub mod docs;
 pub mod health;
 pub mod passwords;
 pub mod publish;

@@ -1,6 +1,7 @@
 //! The committed `openapi/openapi.json` is what the code generates.
 
 use std::path::PathBuf;
+use tower::ServiceExt;
 
 #[test]
 fn committed_openapi_document_is_current() {
@@ -44,4 +45,50 @@ fn every_v1_operation_requires_the_bearer_scheme() {
         doc["paths"]["/healthz"]["get"]["security"],
         serde_json::json!([{}])
     );
+}
+
+#[sqlx::test(migrator = "iotcore_store::MIGRATOR")]
+async fn docs_page_and_its_assets_are_served_by_iotcore(pool: sqlx::PgPool) {
+    use axum::http::StatusCode;
+    let app = crate::helpers::TestApp::new(pool);
+    let raw = |uri: &str| {
+        axum::http::Request::get(uri)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let response = app.router.clone().oneshot(raw("/docs")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let html = String::from_utf8(html.to_vec()).unwrap();
+    // Every asset the page loads is local: nothing from a CDN.
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    for asset in [
+        "/docs/swagger-ui-bundle.js",
+        "/docs/swagger-ui.css",
+        "/docs/init.js",
+    ] {
+        assert!(html.contains(asset), "{asset}");
+        let response = app.router.clone().oneshot(raw(asset)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert!(!body.is_empty(), "{asset}");
+    }
+    let init = app
+        .router
+        .clone()
+        .oneshot(raw("/docs/init.js"))
+        .await
+        .unwrap();
+    let init = axum::body::to_bytes(init.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&init).contains("/openapi.json"));
 }
