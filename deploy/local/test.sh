@@ -107,6 +107,9 @@ step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build -p iotcore" cargo build -p iotcore
 step "deploy files" "$IOTCORE_ROOT/deploy/local/check-deploy.sh"
 step "tests" run_tests "$@"
+# Property-based fuzzing of the control plane against the built binary (no 5xx, every
+# response as documented).
+step "schemathesis" "$IOTCORE_ROOT/deploy/local/schemathesis.sh"
 
 section "Summary"
 if ((${#failed[@]})); then
