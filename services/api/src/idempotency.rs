@@ -23,7 +23,7 @@ pub const IDEMPOTENCY_REPLAYED: &str = "idempotency-replayed";
 /// How long a key and its response are kept.
 pub const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest key accepted.
-const MAX_KEY_LEN: usize = 255;
+pub(crate) const MAX_KEY_LEN: usize = 255;
 /// Largest response kept for replay; creations answer far less.
 const MAX_STORED_RESPONSE: usize = 1024 * 1024;
 

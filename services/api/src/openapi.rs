@@ -38,7 +38,7 @@ by naming it in the `X-Iotcore-Tenant` header. Errors are RFC 9457 problem detai
         health::healthz, health::readyz, health::openapi_json,
     ),
     components(schemas(Problem, FieldError)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &IdempotencyKey),
     security(("bearer" = [])),
     tags(
         (name = "tenants", description = "Tenants (operators only)"),
@@ -68,6 +68,44 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Documents the `Idempotency-Key` header on every POST, where the idempotency layer
+/// honours it.
+struct IdempotencyKey;
+
+impl Modify for IdempotencyKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ObjectBuilder, Required, Type};
+        for item in openapi.paths.paths.values_mut() {
+            let Some(operation) = item.post.as_mut() else {
+                continue;
+            };
+            let header = ParameterBuilder::new()
+                .name("Idempotency-Key")
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .description(Some(
+                    "Makes the request idempotent for 24 hours: a retry with the same key and \
+                     body gets the first response again (with `Idempotency-Replayed: true`); the \
+                     same key with another body is refused with 422.",
+                ))
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .min_length(Some(1))
+                        .max_length(Some(crate::idempotency::MAX_KEY_LEN))
+                        .pattern(Some("^[!-~]+$"))
+                        .examples(["3f7c2a9e-6b1d-4c8e-9a52-1f0d7e4b8c63"]),
+                ))
+                .build();
+            operation
+                .parameters
+                .get_or_insert_with(Vec::new)
+                .push(header);
+        }
     }
 }
 

@@ -40,6 +40,13 @@ fn every_v1_operation_requires_the_bearer_scheme() {
     ] {
         assert!(paths.contains_key(path), "{path} is documented");
     }
+    // Every creation documents the Idempotency-Key header.
+    let params = doc["paths"]["/v1/registries"]["post"]["parameters"]
+        .as_array()
+        .unwrap();
+    assert!(params
+        .iter()
+        .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header"));
     // Health endpoints opt out of authentication.
     assert_eq!(
         doc["paths"]["/healthz"]["get"]["security"],
