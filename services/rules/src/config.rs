@@ -25,6 +25,11 @@ pub struct RulesConfig {
     /// On shutdown, how long in-flight requests may still finish before they are dropped
     /// (their leases then expire and another worker delivers them).
     pub shutdown_grace_ms: u64,
+    /// Consecutive failed attempts (connection errors, timeouts, 408, 429, 5xx) at one
+    /// rule's endpoint after which this process stops sending to it for a while.
+    pub breaker_failures: u32,
+    /// How long an open circuit breaker waits before one probe delivery is let through.
+    pub breaker_open_ms: u64,
 }
 
 impl Default for RulesConfig {
@@ -39,6 +44,8 @@ impl Default for RulesConfig {
             poll_interval_ms: 500,
             max_in_flight_total: 1024,
             shutdown_grace_ms: 10_000,
+            breaker_failures: 5,
+            breaker_open_ms: 30_000,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! so a webhook that hangs only holds its own rule's slots.
 
 use crate::backoff::Backoff;
+use crate::breaker::{Attempt, Breakers};
 use crate::deliver::{Deliverer, Outcome};
 use crate::RulesConfig;
 use chrono::Utc;
@@ -40,6 +41,8 @@ pub(crate) struct Worker {
     max_in_flight_total: u32,
     poll_interval: Duration,
     shutdown_grace: Duration,
+    breaker_failures: u32,
+    breaker_open_for: Duration,
 }
 
 /// What the loop remembers about a running delivery task.
@@ -68,6 +71,8 @@ impl Worker {
             // Zero would turn an idle worker into a busy loop against the database.
             poll_interval: Duration::from_millis(config.poll_interval_ms.max(10)),
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+            breaker_failures: config.breaker_failures,
+            breaker_open_for: Duration::from_millis(config.breaker_open_ms),
         }
     }
 
@@ -76,7 +81,8 @@ impl Worker {
     pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(self.store.clone(), wake.clone(), shutdown.clone()));
-        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut tasks: JoinSet<Attempt> = JoinSet::new();
+        let mut breakers = Breakers::new(self.breaker_failures, self.breaker_open_for);
         let mut running: HashMap<Id, Running> = HashMap::new();
         let mut in_flight: HashMap<RuleId, u32> = HashMap::new();
         let mut claim_failures: u32 = 0;
@@ -88,7 +94,13 @@ impl Worker {
 
         while !shutdown.is_cancelled() {
             while let Some(done) = tasks.try_join_next_with_id() {
-                claim_now |= finished(done, &mut running, &mut in_flight, self.max_in_flight_total);
+                claim_now |= finished(
+                    done,
+                    &mut running,
+                    &mut in_flight,
+                    self.max_in_flight_total,
+                    &mut breakers,
+                );
             }
             let free = self
                 .max_in_flight_total
@@ -97,9 +109,10 @@ impl Worker {
             // claiming (or looping) before that would only spin.
             if claim_now && free > 0 {
                 let limit = free.min(self.claim_batch);
+                let (busy, probes) = claim_limits(&in_flight, &mut breakers);
                 let claim = self
                     .store
-                    .claim_deliveries(&self.id, limit, self.lease, &in_flight)
+                    .claim_deliveries(&self.id, limit, self.lease, &busy)
                     .await;
                 let mut pause = self.poll_interval;
                 match claim {
@@ -107,6 +120,11 @@ impl Worker {
                         claim_failures = 0;
                         // A full batch suggests more is due right now.
                         claim_now = len_u32(claimed.len()) == limit;
+                        for rule in &probes {
+                            if !claimed.iter().any(|d| &d.rule_id == rule) {
+                                breakers.probe_not_started(rule);
+                            }
+                        }
                         for delivery in claimed {
                             *in_flight.entry(delivery.rule_id.clone()).or_default() += 1;
                             let entry = Running {
@@ -135,7 +153,7 @@ impl Worker {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                    claim_now |= finished(done, &mut running, &mut in_flight, self.max_in_flight_total);
+                    claim_now |= finished(done, &mut running, &mut in_flight, self.max_in_flight_total, &mut breakers);
                 }
                 _ = wake.notified() => claim_now = true,
                 _ = tokio::time::sleep_until(next_poll), if free > 0 => claim_now = true,
@@ -163,7 +181,7 @@ impl Worker {
     }
 
     /// Makes one attempt at `delivery` and records what became of it.
-    async fn process(self: Arc<Self>, delivery: ClaimedDelivery) {
+    async fn process(self: Arc<Self>, delivery: ClaimedDelivery) -> Attempt {
         let span = tracing::info_span!(
             "delivery",
             tenant_id = %delivery.tenant_id,
@@ -173,9 +191,15 @@ impl Worker {
         );
         async move {
             let outcome = self.deliverer.deliver(&delivery).await;
+            let attempt = match &outcome {
+                Outcome::Delivered => Attempt::Delivered,
+                Outcome::Retry { .. } => Attempt::Failed,
+                Outcome::Reject { .. } => Attempt::Neutral,
+            };
             if let Err(err) = self.record(&delivery, outcome).await {
                 tracing::warn!(error = %err, "could not record the delivery outcome; it will be retried when its lease expires");
             }
+            attempt
         }
         .instrument(span)
         .await
@@ -233,13 +257,18 @@ impl Worker {
 /// Forgets a finished task; says whether its end freed capacity that claims were waiting
 /// for (its rule or the whole process was at its limit), so claiming again is worthwhile.
 fn finished(
-    done: Result<(Id, ()), JoinError>,
+    done: Result<(Id, Attempt), JoinError>,
     running: &mut HashMap<Id, Running>,
     in_flight: &mut HashMap<RuleId, u32>,
     max_in_flight_total: u32,
+    breakers: &mut Breakers,
 ) -> bool {
+    let attempt = match &done {
+        Ok((_, attempt)) => *attempt,
+        Err(_) => Attempt::Neutral,
+    };
     let id = match &done {
-        Ok((id, ())) => *id,
+        Ok((id, _)) => *id,
         Err(err) => {
             if err.is_panic() {
                 tracing::error!(
@@ -253,6 +282,7 @@ fn finished(
     let Some(entry) = running.remove(&id) else {
         return false;
     };
+    breakers.record(&entry.rule, attempt, entry.rule_limit, Instant::now());
     let mut rule_was_full = false;
     if let Some(count) = in_flight.get_mut(&entry.rule) {
         rule_was_full = *count >= entry.rule_limit;
@@ -262,6 +292,33 @@ fn finished(
         }
     }
     rule_was_full || process_was_full
+}
+
+/// What the claim query is told about each rule's deliveries in flight: the real counts,
+/// and for rules whose breaker is open a count that leaves no room (or, for the probe of a
+/// half-open breaker, room for one). Returns the map and the rules given a probe.
+fn claim_limits(
+    in_flight: &HashMap<RuleId, u32>,
+    breakers: &mut Breakers,
+) -> (HashMap<RuleId, u32>, Vec<RuleId>) {
+    let mut busy = in_flight.clone();
+    let mut probes = Vec::new();
+    let now = Instant::now();
+    for (rule, limit) in breakers.limited() {
+        let running = in_flight.get(&rule).copied().unwrap_or(0);
+        match breakers.allowance(&rule, now) {
+            Some(0) => {
+                // The claim subtracts this from the rule's max_in_flight (at most 1024).
+                busy.insert(rule, u32::MAX / 2);
+            }
+            Some(_) => {
+                busy.insert(rule.clone(), running.max(limit.saturating_sub(1)));
+                probes.push(rule);
+            }
+            None => {}
+        }
+    }
+    (busy, probes)
 }
 
 fn len_u32(len: usize) -> u32 {

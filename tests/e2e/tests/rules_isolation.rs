@@ -48,7 +48,8 @@ async fn collect(webhook: &mut Webhook, count: u64) -> BTreeMap<u64, usize> {
 
 #[tokio::test]
 async fn everything_is_delivered_once_a_down_webhook_comes_back() {
-    let app = TestApp::spawn().await;
+    // The circuit breaker opens during the outage; a short open period keeps the test quick.
+    let app = TestApp::spawn_with(&[("IOTCORE_RULES_BREAKER_OPEN_MS", "500")]).await;
     let registry = app.create_registry(&app.token, "meters").await;
     let device = app.create_device(&app.token, &registry, "m-1").await;
     // Nothing listens on this port yet: connections are refused.
@@ -206,5 +207,46 @@ async fn two_rules_processes_share_one_queue_and_deliver_each_message_once() {
         log.display()
     );
     let _ = second.kill().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_trips_its_circuit_breaker() {
+    let app = TestApp::spawn_with(&[
+        ("IOTCORE_RULES_BREAKER_FAILURES", "3"),
+        ("IOTCORE_RULES_BREAKER_OPEN_MS", "600000"),
+    ])
+    .await;
+    let registry = app.create_registry(&app.token, "meters").await;
+    let device = app.create_device(&app.token, &registry, "m-1").await;
+    let mut failing = Webhook::start().await;
+    failing.answer_with(&[503; 100]);
+    app.ok(
+        "POST",
+        "/v1/rules",
+        json!({ "name": "failing", "topic_filter": "$devices/+/events/#",
+                "webhook": { "url": failing.url, "max_in_flight": 1 } }),
+    )
+    .await;
+    let mut healthy = Webhook::start().await;
+    app.create_rule(&app.token, "healthy", "$devices/+/events/#", &healthy.url)
+        .await;
+
+    let mut mqtt = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
+        .await
+        .expect("device connects");
+    publish_readings(&mut mqtt, &device, 10).await;
+    assert_eq!(collect(&mut healthy, 10).await.len(), 10);
+
+    // One at a time (max_in_flight 1): three failures open the breaker, and then the
+    // endpoint is left alone although retries come due every second at most.
+    for _ in 0..3 {
+        let attempt = failing.next(PATIENCE).await.expect("an attempt");
+        assert_eq!(attempt.status, 503);
+    }
+    assert!(
+        failing.nothing_within(Duration::from_millis(3000)).await,
+        "no attempts while the breaker is open"
+    );
     app.stop().await;
 }
