@@ -3,7 +3,7 @@
 
 use crate::router::Namespace;
 use iotcore_store::auth::{decoy_hash, verify_password, PasswordPrincipal, PrincipalKind};
-use iotcore_store::{Store, TenantId};
+use iotcore_store::{BrokerId, Store, TenantId};
 
 /// Who a connection acts as, decided once at CONNECT from its credential and never from
 /// anything else the client sends.
@@ -32,11 +32,17 @@ pub enum AuthFailure {
 #[derive(Clone)]
 pub struct Authenticator {
     store: Store,
+    /// The virtual broker anonymous clients are mapped to (SPEC §3.6), if the operator
+    /// chose one.
+    anonymous_broker: Option<BrokerId>,
 }
 
 impl Authenticator {
-    pub fn new(store: Store) -> Authenticator {
-        Authenticator { store }
+    pub fn new(store: Store, anonymous_broker: Option<BrokerId>) -> Authenticator {
+        Authenticator {
+            store,
+            anonymous_broker,
+        }
     }
 
     pub async fn authenticate(
@@ -44,6 +50,9 @@ impl Authenticator {
         username: Option<&str>,
         password: Option<&[u8]>,
     ) -> Result<Principal, AuthFailure> {
+        if let (None, Some(broker)) = (username, &self.anonymous_broker) {
+            return self.anonymous(broker).await;
+        }
         let found = match username {
             Some(username) => self
                 .store
@@ -72,6 +81,24 @@ impl Authenticator {
             _ => return Err(AuthFailure::BadCredentials),
         };
         into_principal(principal)
+    }
+}
+
+impl Authenticator {
+    /// A client without a username, in the operator's anonymous virtual broker: that
+    /// broker's rights apply, nothing else.
+    async fn anonymous(&self, broker: &BrokerId) -> Result<Principal, AuthFailure> {
+        match self.store.find_password_principal(broker.as_str()).await {
+            Ok(Some(principal)) => into_principal(principal),
+            Ok(None) => {
+                tracing::warn!(broker_id = %broker, "mqtt.anonymous_broker names no virtual broker");
+                Err(AuthFailure::NotAuthorized)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "looking up the anonymous broker failed");
+                Err(AuthFailure::Unavailable)
+            }
+        }
     }
 }
 

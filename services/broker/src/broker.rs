@@ -7,7 +7,7 @@ use crate::sessions::Sessions;
 use crate::transport;
 use crate::{BrokerConfig, BrokerError};
 use iotcore_store::notify::{Change, ChangeListener};
-use iotcore_store::{Store, TenantId};
+use iotcore_store::{BrokerId, Store, TenantId};
 use iotcore_topic::TopicLimits;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +79,13 @@ pub async fn run(
         max_length: config.max_topic_length,
         max_levels: config.max_topic_levels,
     };
+    let anonymous_broker = match config.anonymous_broker.as_deref().filter(|b| !b.is_empty()) {
+        None => None,
+        Some(id) => Some(BrokerId::parse(id).ok_or_else(|| BrokerError::Config {
+            key: "mqtt.anonymous_broker",
+            message: format!("{id:?} is not a virtual broker id (brk_…)"),
+        })?),
+    };
     let rules = RuleSink::start(
         store.clone(),
         config.rule_commit_max_batch,
@@ -89,7 +96,7 @@ pub async fn run(
         limits,
         router: Router::default(),
         sessions: Sessions::default(),
-        auth: Authenticator::new(store.clone()),
+        auth: Authenticator::new(store.clone(), anonymous_broker),
         rules,
         status: crate::status::StatusWriter::start(store.clone(), shutdown.clone()),
         store,

@@ -23,6 +23,10 @@ pub struct BrokerConfig {
     /// Longest a persistent session is kept while its client is away, seconds: the cap on
     /// MQTT 5 Session Expiry Interval, and the expiry of MQTT 3.1.1 Clean Session 0 sessions.
     pub max_session_expiry_secs: u32,
+    /// A virtual broker id (`brk_…`) that clients connecting without a username are mapped
+    /// to (SPEC §3.6), for local development and third-party test suites. Unset: anonymous
+    /// clients are refused.
+    pub anonymous_broker: Option<String>,
     /// Subscriptions one session may hold.
     pub max_subscriptions: usize,
     /// Upper bound on the keep alive the broker accepts (MQTT 5 Server Keep Alive), seconds.
@@ -58,6 +62,7 @@ impl Default for BrokerConfig {
             max_connections: 100_000,
             topic_alias_maximum: 32,
             max_session_expiry_secs: 3600,
+            anonymous_broker: None,
             max_subscriptions: 100,
             max_keep_alive_secs: 3600,
             rule_commit_max_wait_ms: 2,

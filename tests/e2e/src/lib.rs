@@ -86,58 +86,14 @@ impl TestApp {
 
     async fn try_spawn(extra_env: &[(&str, &str)]) -> Result<TestApp> {
         let database_url = create_database().await?;
-        let api_port = free_port();
-        let mqtt_port = free_port();
-        let mut env: Vec<(String, String)> = vec![
-            ("IOTCORE_PROFILE".into(), "dev".into()),
-            ("IOTCORE_DATABASE_URL".into(), database_url.clone()),
-            ("IOTCORE_API_LISTEN".into(), format!("127.0.0.1:{api_port}")),
-            (
-                "IOTCORE_MQTT_TCP_LISTEN".into(),
-                format!("127.0.0.1:{mqtt_port}"),
-            ),
-            // Off unless a test asks: the default port would be shared by every test.
-            ("IOTCORE_MQTT_WS_LISTEN".into(), String::new()),
-            ("IOTCORE_RULES_RETRY_INITIAL_MS".into(), "100".into()),
-            ("IOTCORE_RULES_RETRY_MAX_MS".into(), "1000".into()),
-            ("IOTCORE_LOG_LEVEL".into(), "info,iotcore=debug".into()),
-        ];
-        for (k, v) in extra_env {
-            env.retain(|(key, _)| key != k);
-            env.push((k.to_string(), v.to_string()));
-        }
-        let log = std::env::temp_dir().join(format!("iotcore-e2e-{api_port}.log"));
-        let log_file = std::fs::File::create(&log)?;
-        let mut command = Command::new(binary());
-        command
-            .arg("serve")
-            .envs(env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("running {}", binary().display()))?;
-        let api = format!("http://127.0.0.1:{api_port}");
+        let running = Running::start(&database_url, extra_env).await?;
+        let Running {
+            child,
+            api,
+            mqtt,
+            env,
+        } = running;
         let http = reqwest::Client::new();
-        let mqtt: SocketAddr = format!("127.0.0.1:{mqtt_port}").parse()?;
-        // Ready when the API answers /readyz and the MQTT port accepts.
-        let mut ready = false;
-        for _ in 0..300 {
-            if let Some(status) = child.try_wait()? {
-                bail!("iotcore exited with {status}; log in {}", log.display());
-            }
-            let api_ready = matches!(http.get(format!("{api}/readyz")).send().await, Ok(r) if r.status().is_success());
-            if api_ready && tokio::net::TcpStream::connect(mqtt).await.is_ok() {
-                ready = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if !ready {
-            bail!("iotcore did not become ready; log in {}", log.display());
-        }
         let operator_token = mint_token(&env, &["--role", "operator"]).await?;
         let mut app = TestApp {
             api,
@@ -293,9 +249,102 @@ impl TestApp {
         rule["id"].as_str().unwrap_or_default().to_owned()
     }
 
+    /// Kills the process (SIGKILL: nothing is flushed) and starts a new one on the same
+    /// database, with `extra_env` added; tenants, tokens and credentials stay valid.
+    pub async fn restart_with(mut self, extra_env: &[(&str, &str)]) -> TestApp {
+        let _ = self.child.kill().await;
+        let running = match Running::start(&self.database_url, extra_env).await {
+            Ok(running) => running,
+            Err(e) => panic!("restarting iotcore failed: {e:#}"),
+        };
+        self.child = running.child;
+        self.api = running.api;
+        self.mqtt = running.mqtt;
+        self.env = running.env;
+        self
+    }
+
     /// Stops the process with SIGTERM-like semantics (kill) and waits for it.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+/// A started `iotcore serve` process.
+struct Running {
+    child: Child,
+    api: String,
+    mqtt: SocketAddr,
+    env: Vec<(String, String)>,
+}
+
+impl Running {
+    /// Starts `iotcore serve` on `database_url` and fresh loopback ports, and waits until
+    /// it is ready: the API answers `/readyz` and the MQTT port accepts.
+    async fn start(database_url: &str, extra_env: &[(&str, &str)]) -> Result<Running> {
+        // A port found free may be taken by a parallel test before iotcore binds it; such
+        // a start fails fast, and a second one picks other ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Running::start_once(database_url, extra_env).await {
+                Err(e) if attempt < 3 && e.to_string().contains("exited") => continue,
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(database_url: &str, extra_env: &[(&str, &str)]) -> Result<Running> {
+        let api_port = free_port();
+        let mqtt_port = free_port();
+        let mut env: Vec<(String, String)> = vec![
+            ("IOTCORE_PROFILE".into(), "dev".into()),
+            ("IOTCORE_DATABASE_URL".into(), database_url.to_owned()),
+            ("IOTCORE_API_LISTEN".into(), format!("127.0.0.1:{api_port}")),
+            (
+                "IOTCORE_MQTT_TCP_LISTEN".into(),
+                format!("127.0.0.1:{mqtt_port}"),
+            ),
+            // Off unless a test asks: the default port would be shared by every test.
+            ("IOTCORE_MQTT_WS_LISTEN".into(), String::new()),
+            ("IOTCORE_RULES_RETRY_INITIAL_MS".into(), "100".into()),
+            ("IOTCORE_RULES_RETRY_MAX_MS".into(), "1000".into()),
+            ("IOTCORE_LOG_LEVEL".into(), "info,iotcore=debug".into()),
+        ];
+        for (k, v) in extra_env {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let log = std::env::temp_dir().join(format!("iotcore-e2e-{api_port}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("running {}", binary().display()))?;
+        let api = format!("http://127.0.0.1:{api_port}");
+        let mqtt: SocketAddr = format!("127.0.0.1:{mqtt_port}").parse()?;
+        let http = reqwest::Client::new();
+        for _ in 0..300 {
+            if let Some(status) = child.try_wait()? {
+                bail!("iotcore exited with {status}; log in {}", log.display());
+            }
+            let api_ready = matches!(http.get(format!("{api}/readyz")).send().await, Ok(r) if r.status().is_success());
+            if api_ready && tokio::net::TcpStream::connect(mqtt).await.is_ok() {
+                return Ok(Running {
+                    child,
+                    api,
+                    mqtt,
+                    env,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("iotcore did not become ready; log in {}", log.display())
     }
 }
 

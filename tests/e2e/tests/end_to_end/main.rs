@@ -10,4 +10,5 @@ mod mqtt_features;
 mod protocol;
 mod quickstart;
 mod sessions;
+mod virtual_brokers;
 mod webhook_retry;
