@@ -391,6 +391,7 @@ pub async fn create_rule(
 ) -> Result<Response, Error> {
     let new = parse_rule(body)?;
     check_destination(&state, &new.webhook.url).await?;
+    state.check_rule_quota(scope.tenant_id()).await?;
     let rule = state
         .store
         .create_rule(scope.tenant_id(), &new)

@@ -319,3 +319,27 @@ async fn quotas_default_from_configuration_and_are_enforced_per_tenant(pool: sql
         .await
         .assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[sqlx::test(migrator = "iotcore_store::MIGRATOR")]
+async fn the_rules_quota_is_enforced_per_tenant(pool: sqlx::PgPool) {
+    let app = TestApp::with_config(pool, |config| config.quotas.max_rules = 1);
+    let tenant = app.create_tenant("acme").await;
+    let other = app.create_tenant("other").await;
+    let rule = |name: &str| {
+        json!({ "name": name, "topic_filter": "$devices/+/events/#",
+                "webhook": { "url": "http://127.0.0.1:9/hook" } })
+    };
+    let admin = app.member(Role::Admin, &tenant);
+    let first = app.post(&admin, "/v1/rules", rule("first")).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:#?}", first.body);
+    let refused = app.post(&admin, "/v1/rules", rule("second")).await;
+    refused.assert_problem(StatusCode::CONFLICT);
+    assert_eq!(refused.body["type"], "urn:iotcore:problem:quota-exceeded");
+    let theirs = app.member(Role::Admin, &other);
+    let created = app.post(&theirs, "/v1/rules", rule("first")).await;
+    assert_eq!(
+        created.status,
+        StatusCode::CREATED,
+        "another tenant is not held back"
+    );
+}
