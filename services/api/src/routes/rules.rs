@@ -380,7 +380,7 @@ fn parse_rule(body: CreateRule) -> Result<NewRule, Error> {
         (status = 201, description = "The new rule", body = RuleView),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A rule with this name exists", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A rule with this name exists, or the tenant is at its rules quota", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
     )
 )]
