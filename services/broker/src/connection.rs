@@ -14,7 +14,7 @@ use crate::status;
 use crate::wills;
 use bytes::BytesMut;
 use iotcore_codec::{decode, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode};
-use iotcore_topic::TopicFilter;
+use iotcore_topic::Subscription;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -337,7 +337,7 @@ pub struct Session {
     /// Our own mailbox, for retained messages sent on subscribe.
     pub mailbox: Mailbox,
     /// Filters as the client wrote them → parsed, for UNSUBSCRIBE and clean-up.
-    pub subscriptions: HashMap<String, TopicFilter>,
+    pub subscriptions: HashMap<String, Subscription>,
     pub outbound: Outbound,
     /// Inbound QoS 2 packet ids between PUBREC and PUBREL; a PUBLISH that repeats one is
     /// not routed again (MQTT-4.3.3-9).

@@ -215,7 +215,7 @@ pub fn connack(
         properties.retain_available = Some(1);
         properties.wildcard_subscription_available = Some(1);
         properties.subscription_identifier_available = Some(1);
-        properties.shared_subscription_available = Some(0);
+        properties.shared_subscription_available = Some(1);
     }
     Packet::ConnAck(ConnAck {
         session_present,

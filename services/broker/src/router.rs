@@ -9,7 +9,9 @@ use crate::rules::RuleIndex;
 use bytes::Bytes;
 use iotcore_codec::QoS;
 use iotcore_store::{BrokerId, RegistryId, TenantId};
-use iotcore_topic::{matches, TopicFilter, TopicTrie};
+#[cfg(test)]
+use iotcore_topic::TopicFilter;
+use iotcore_topic::{matches, Subscription, TopicTrie};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -117,10 +119,19 @@ impl Subscriber {
     }
 }
 
+/// A member of a shared subscription: its group and its session.
+type SharedKey = (Arc<str>, ConnectionId);
+
 /// The routing state of one namespace.
 pub struct NamespaceRoutes {
     namespace: Namespace,
     subscriptions: RwLock<TopicTrie<ConnectionId, Subscriber>>,
+    /// Shared subscriptions (`$share/{group}/{filter}`), keyed by group and session; the
+    /// value carries the filter, since a message goes to one member of each
+    /// (group, filter) pair.
+    shared: RwLock<TopicTrie<SharedKey, (Arc<str>, Subscriber)>>,
+    /// Picks the member of a shared subscription that gets the next message.
+    round_robin: AtomicU64,
     retained: Mutex<HashMap<String, Arc<Message>>>,
     /// Rule filters of the tenant (only for [`Namespace::Tenant`]).
     pub rules: RwLock<Option<Arc<RuleIndex>>>,
@@ -139,6 +150,8 @@ impl NamespaceRoutes {
         NamespaceRoutes {
             namespace,
             subscriptions: RwLock::default(),
+            shared: RwLock::default(),
+            round_robin: AtomicU64::new(0),
             retained: Mutex::default(),
             rules: RwLock::default(),
         }
@@ -153,19 +166,39 @@ impl NamespaceRoutes {
         }
     }
 
+    /// Adds or replaces a subscription of `connection`; `share` is the group of a shared
+    /// subscription.
     pub fn subscribe(
         &self,
-        filter: &TopicFilter,
+        subscription: &Subscription,
         connection: ConnectionId,
         subscriber: Subscriber,
     ) {
-        write(&self.subscriptions).insert(filter, connection, subscriber);
+        match &subscription.share_group {
+            None => {
+                write(&self.subscriptions).insert(&subscription.filter, connection, subscriber);
+            }
+            Some(group) => {
+                let filter: Arc<str> = subscription.filter.as_str().into();
+                write(&self.shared).insert(
+                    &subscription.filter,
+                    (group.as_str().into(), connection),
+                    (filter, subscriber),
+                );
+            }
+        }
     }
 
-    pub fn unsubscribe(&self, filter: &str, connection: ConnectionId) -> bool {
-        write(&self.subscriptions)
-            .remove(filter, &connection)
-            .is_some()
+    pub fn unsubscribe(&self, subscription: &Subscription, connection: ConnectionId) -> bool {
+        let filter = subscription.filter.as_str();
+        match &subscription.share_group {
+            None => write(&self.subscriptions)
+                .remove(filter, &connection)
+                .is_some(),
+            Some(group) => write(&self.shared)
+                .remove(filter, &(group.as_str().into(), connection))
+                .is_some(),
+        }
     }
 
     /// Hands `message` to every matching subscriber's queue without waiting: a full queue
@@ -209,7 +242,68 @@ impl NamespaceRoutes {
             }
             i = j;
         }
+        self.route_shared(message, &mut outcome);
         outcome
+    }
+
+    /// MQTT-4.8.2: each (group, filter) pair of shared subscriptions that matches gets the
+    /// message once, delivered to one of its members in turn (skipping members whose queue
+    /// is full).
+    fn route_shared(&self, message: &Arc<Message>, outcome: &mut RouteOutcome) {
+        let mut groups: Vec<(Arc<str>, Arc<str>, ConnectionId, Subscriber)> = Vec::new();
+        {
+            let trie = read(&self.shared);
+            trie.for_each_match(
+                &message.topic,
+                |(group, connection), (filter, subscriber)| {
+                    if subscriber.in_scope(message) {
+                        groups.push((
+                            group.clone(),
+                            filter.clone(),
+                            *connection,
+                            subscriber.clone(),
+                        ));
+                    }
+                },
+            );
+        }
+        if groups.is_empty() {
+            return;
+        }
+        // Members in a stable order, so that the turn moves fairly from one to the next.
+        groups.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
+        let turn = self.round_robin.fetch_add(1, Ordering::Relaxed) as usize;
+        let mut start = 0;
+        while start < groups.len() {
+            let mut end = start;
+            while end < groups.len()
+                && groups[end].0 == groups[start].0
+                && groups[end].1 == groups[start].1
+            {
+                end += 1;
+            }
+            let members = &groups[start..end];
+            let mut delivered = false;
+            for k in 0..members.len() {
+                let (_, _, _, subscriber) = &members[(turn + k) % members.len()];
+                let outgoing = Outgoing {
+                    message: message.clone(),
+                    qos: message.qos.min(subscriber.qos),
+                    retain: message.retain && subscriber.retain_as_published,
+                    subscription_ids: subscriber.subscription_id.into_iter().collect(),
+                };
+                if subscriber.mailbox.try_send(outgoing).is_ok() {
+                    delivered = true;
+                    break;
+                }
+            }
+            if delivered {
+                outcome.delivered += 1;
+            } else {
+                outcome.dropped += 1;
+            }
+            start = end;
+        }
     }
 
     /// Stores, replaces or (with an empty payload) deletes the retained message of a topic.
@@ -311,8 +405,47 @@ mod tests {
         (subscriber, rx)
     }
 
-    fn filter(s: &str) -> TopicFilter {
-        TopicFilter::parse(s, TopicLimits::default()).expect("valid filter")
+    fn filter(s: &str) -> Subscription {
+        let filter = TopicFilter::parse(s, TopicLimits::default()).expect("valid filter");
+        Subscription {
+            share_group: None,
+            filter,
+        }
+    }
+
+    fn shared(group: &str, s: &str) -> Subscription {
+        Subscription {
+            share_group: Some(group.into()),
+            ..filter(s)
+        }
+    }
+
+    #[test]
+    fn a_shared_subscription_gets_each_message_once_in_turn() {
+        let routes = NamespaceRoutes::new(Namespace::Tenant(TenantId::generate()));
+        let (a, mut rx_a) = subscriber(QoS::AtMostOnce, None);
+        let (b, mut rx_b) = subscriber(QoS::AtMostOnce, None);
+        let (other_group, mut rx_other) = subscriber(QoS::AtMostOnce, None);
+        routes.subscribe(&shared("g", "t/#"), 1, a);
+        routes.subscribe(&shared("g", "t/#"), 2, b);
+        routes.subscribe(&shared("h", "t/#"), 3, other_group);
+        for _ in 0..2 {
+            assert_eq!(
+                routes
+                    .route(&message("t/x", QoS::AtMostOnce, None))
+                    .delivered,
+                2
+            );
+        }
+        // Each member of group g got one of the two; group h got both.
+        assert!(rx_a.try_recv().is_ok() && rx_b.try_recv().is_ok());
+        assert!(rx_a.try_recv().is_err() && rx_b.try_recv().is_err());
+        assert!(rx_other.try_recv().is_ok() && rx_other.try_recv().is_ok());
+        assert!(routes.unsubscribe(&shared("g", "t/#"), 1));
+        assert!(
+            !routes.unsubscribe(&filter("t/#"), 2),
+            "a shared subscription is not an ordinary one"
+        );
     }
 
     #[test]

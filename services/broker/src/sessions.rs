@@ -11,7 +11,7 @@
 
 use crate::outbound::Outbound;
 use crate::router::{ConnectionId, Mailbox, Namespace, NamespaceRoutes, Outgoing};
-use iotcore_topic::TopicFilter;
+use iotcore_topic::Subscription;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +31,7 @@ pub struct SessionState {
     pub mailbox: Mailbox,
     pub queue: mpsc::Receiver<Outgoing>,
     /// Filters as the client wrote them → parsed.
-    pub subscriptions: HashMap<String, TopicFilter>,
+    pub subscriptions: HashMap<String, Subscription>,
     pub outbound: Outbound,
     pub incoming_qos2: HashSet<u16>,
 }
@@ -40,8 +40,8 @@ impl SessionState {
     /// Removes the session's subscriptions from the router; what was queued is dropped
     /// with the state.
     pub fn discard(self) {
-        for filter in self.subscriptions.values() {
-            self.routes.unsubscribe(filter.as_str(), self.id);
+        for subscription in self.subscriptions.values() {
+            self.routes.unsubscribe(subscription, self.id);
         }
     }
 }

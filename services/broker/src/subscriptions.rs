@@ -27,10 +27,6 @@ impl Session {
         for (raw, options) in &subscribe.filters {
             let reason = match TopicFilter::parse_subscription(raw, self.shared.limits) {
                 Err(_) => failure(ReasonCode::TOPIC_FILTER_INVALID),
-                Ok(Subscription {
-                    share_group: Some(_),
-                    ..
-                }) => failure(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED),
                 Ok(Subscription { filter, .. })
                     if !self.accepted.acl.allows_subscribe(filter.as_str()) =>
                 {
@@ -42,24 +38,30 @@ impl Session {
                 {
                     failure(ReasonCode::QUOTA_EXCEEDED)
                 }
-                Ok(Subscription { filter, .. }) => {
+                Ok(subscription) => {
                     let subscriber = Subscriber {
                         mailbox: self.mailbox.clone(),
                         qos: options.qos,
-                        no_local: options.no_local,
+                        // MQTT-3.8.3-4 makes No Local on a shared subscription a protocol
+                        // error; it is ignored there instead.
+                        no_local: options.no_local && subscription.share_group.is_none(),
                         retain_as_published: options.retain_as_published,
                         subscription_id,
                         registry_scope: self.accepted.acl.registry_scope.clone(),
                     };
                     let existed = self
                         .subscriptions
-                        .insert(raw.clone(), filter.clone())
+                        .insert(raw.clone(), subscription.clone())
                         .is_some();
                     // MQTT-3.8.4-3: a subscription to the same filter replaces the old one.
-                    self.routes.subscribe(&filter, self.id, subscriber.clone());
-                    // Retain Handling: 0 always, 1 only for a new subscription, 2 never.
-                    if options.retain_handling == 0 || (options.retain_handling == 1 && !existed) {
-                        retained.push((filter, subscriber));
+                    self.routes
+                        .subscribe(&subscription, self.id, subscriber.clone());
+                    // Retain Handling: 0 always, 1 only for a new subscription, 2 never; and
+                    // never for a shared subscription (MQTT 5 §4.8.2).
+                    let wants_retained =
+                        options.retain_handling == 0 || (options.retain_handling == 1 && !existed);
+                    if wants_retained && subscription.share_group.is_none() {
+                        retained.push((subscription.filter, subscriber));
                     }
                     ReasonCode(options.qos as u8)
                 }
@@ -98,7 +100,7 @@ impl Session {
         let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
         for raw in &unsubscribe.filters {
             let existed = match self.subscriptions.remove(raw) {
-                Some(filter) => self.routes.unsubscribe(filter.as_str(), self.id),
+                Some(subscription) => self.routes.unsubscribe(&subscription, self.id),
                 None => false,
             };
             reasons.push(if existed {

@@ -325,3 +325,78 @@ async fn mosquitto_sub_receives_a_devices_retained_state() {
     );
     app.stop().await;
 }
+
+/// MQTT 5 §4.8.2 shared subscriptions: each message goes to one member of the group, and
+/// ordinary subscribers still get every message.
+#[tokio::test]
+async fn a_shared_subscription_spreads_messages_over_its_members() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let (user, pass) = app.create_registry_password(&app.token, &registry).await;
+    let mut members = Vec::new();
+    for name in ["a", "b"] {
+        let mut member = connect_v311(app.mqtt, &format!("{user}:{name}"), &user, &pass)
+            .await
+            .expect("member");
+        member
+            .client
+            .subscribe(
+                "$share/workers/$devices/+/events/#",
+                rumqttc::QoS::AtLeastOnce,
+            )
+            .await
+            .expect("sub");
+        assert_eq!(
+            member.suback().await.return_codes,
+            vec![rumqttc::SubscribeReasonCode::Success(
+                rumqttc::QoS::AtLeastOnce
+            )]
+        );
+        members.push(member);
+    }
+    let mut everything = connect_v311(app.mqtt, &format!("{user}:all"), &user, &pass)
+        .await
+        .expect("all");
+    everything
+        .client
+        .subscribe("$devices/+/events/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    everything.suback().await;
+
+    let mut publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
+        .await
+        .expect("device");
+    let topic = format!("$devices/{}/events", device.id);
+    for n in 0..6 {
+        publisher
+            .client
+            .publish(&topic, rumqttc::QoS::AtLeastOnce, false, n.to_string())
+            .await
+            .expect("publish");
+        publisher.puback().await;
+    }
+    let mut seen = Vec::new();
+    for member in &mut members {
+        let mut got = 0;
+        while let Some(publish) = member.next_publish(Duration::from_millis(700)).await {
+            seen.push(String::from_utf8_lossy(&publish.payload).into_owned());
+            got += 1;
+        }
+        assert!(got > 0, "every member gets a share");
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..6).map(|n| n.to_string()).collect::<Vec<_>>(),
+        "each message exactly once"
+    );
+    for _ in 0..6 {
+        everything
+            .next_publish(WAIT)
+            .await
+            .expect("the ordinary subscriber gets every message");
+    }
+    app.stop().await;
+}
