@@ -400,3 +400,67 @@ async fn a_shared_subscription_spreads_messages_over_its_members() {
     }
     app.stop().await;
 }
+
+/// MQTT 3.1 (protocol name MQIsdp, level 3) clients work too: `mosquitto_pub -V mqttv31`
+/// publishes, a raw 3.1 client subscribes.
+#[tokio::test]
+async fn mqtt_3_1_clients_publish_and_subscribe() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let (user, password) = app.create_registry_password(&app.token, &registry).await;
+    let backend = Device {
+        id: user.clone(),
+        registry_id: registry.clone(),
+        password,
+    };
+    let mut raw = Raw::connect(app.mqtt, ProtocolVersion::V3_1, &backend, 60).await;
+    assert_eq!(
+        raw.subscribe_qos1("$devices/+/events/#").await,
+        ReasonCode::GRANTED_QOS_1
+    );
+
+    let topic = format!("$devices/{}/events/legacy", device.id);
+    let status = tokio::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &app.mqtt.port().to_string(),
+            "-V",
+            "mqttv31",
+            "-q",
+            "1",
+        ])
+        .args([
+            "-i",
+            &device.id,
+            "-u",
+            &device.id,
+            "-P",
+            &device.password,
+            "-t",
+            &topic,
+            "-m",
+            "from 3.1",
+        ])
+        .status()
+        .await
+        .expect("mosquitto_pub is installed");
+    assert!(
+        status.success(),
+        "mosquitto_pub -V mqttv31 exited with {status}"
+    );
+    loop {
+        match raw.packet().await {
+            Some(Packet::Publish(publish)) => {
+                assert_eq!(publish.topic, topic);
+                assert_eq!(publish.payload.as_ref(), b"from 3.1");
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("the 3.1 subscriber was disconnected"),
+        }
+    }
+    app.stop().await;
+}
