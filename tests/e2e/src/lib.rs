@@ -249,6 +249,14 @@ impl TestApp {
         rule["id"].as_str().unwrap_or_default().to_owned()
     }
 
+    /// The resident memory of the iotcore process, in KiB (from `/proc`).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// Kills the process (SIGKILL: nothing is flushed) and starts a new one on the same
     /// database, with `extra_env` added; tenants, tokens and credentials stay valid.
     pub async fn restart_with(mut self, extra_env: &[(&str, &str)]) -> TestApp {

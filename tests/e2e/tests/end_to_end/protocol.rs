@@ -230,3 +230,75 @@ async fn a_second_connection_with_the_same_client_id_takes_over() {
     assert!(matches!(second.packet().await, Some(Packet::PingResp)));
     app.stop().await;
 }
+
+/// SPEC §3.1 slow consumers: a subscriber that never reads costs a bounded amount of memory
+/// (its queue of `mqtt.outbound_queue` messages and the socket's buffers), however much is
+/// published, and other subscribers carry on.
+#[tokio::test]
+async fn a_subscriber_that_never_reads_does_not_grow_memory() {
+    let app = TestApp::spawn_with(&[("IOTCORE_MQTT_OUTBOUND_QUEUE", "16")]).await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let (user, password) = app.create_registry_password(&app.token, &registry).await;
+    let backend = iotcore_e2e::Device {
+        id: user.clone(),
+        registry_id: registry.clone(),
+        password,
+    };
+    // Subscribes, then never reads its socket again.
+    let mut stalled = Raw::connect_as(
+        app.mqtt,
+        ProtocolVersion::V3_1_1,
+        &format!("{user}:stalled"),
+        &backend,
+        0,
+    )
+    .await;
+    assert_eq!(
+        stalled.subscribe_qos1("$devices/+/events/#").await,
+        ReasonCode::GRANTED_QOS_1
+    );
+    let mut healthy = connect_v311(
+        app.mqtt,
+        &format!("{user}:healthy"),
+        &backend.id,
+        &backend.password,
+    )
+    .await
+    .expect("healthy");
+    healthy
+        .client
+        .subscribe("$devices/+/events/#", rumqttc::QoS::AtMostOnce)
+        .await
+        .expect("subscribe");
+    healthy.suback().await;
+
+    let publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
+        .await
+        .expect("device");
+    let topic = format!("$devices/{}/events/bulk", device.id);
+    // 8 KiB: under rumqttc's default packet size limit.
+    let payload = vec![0x5a_u8; 8 * 1024];
+    let before = app.rss_kib().expect("RSS of iotcore");
+    // 50 MiB in 6,400 messages, bounded in count.
+    for _ in 0..6400 {
+        publisher
+            .client
+            .publish(&topic, rumqttc::QoS::AtMostOnce, false, payload.clone())
+            .await
+            .expect("publish");
+        // The healthy subscriber keeps up; each message it gets shows the broker is serving.
+        healthy
+            .next_publish(WAIT)
+            .await
+            .expect("the healthy subscriber keeps receiving");
+    }
+    let after = app.rss_kib().expect("RSS of iotcore");
+    let growth_mib = after.saturating_sub(before) / 1024;
+    assert!(
+        growth_mib < 20,
+        "iotcore grew by {growth_mib} MiB while 50 MiB went to a stalled subscriber"
+    );
+    drop(stalled);
+    app.stop().await;
+}
