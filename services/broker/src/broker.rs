@@ -1,6 +1,7 @@
 //! The broker's shared state, its listeners and the task that keeps rule indexes current.
 
 use crate::auth::{Authenticator, Principal};
+use crate::retained_store::RetainedWriter;
 use crate::router::{Namespace, NamespaceRoutes, Router};
 use crate::rules::{RuleIndex, RuleSink};
 use crate::sessions::Sessions;
@@ -24,6 +25,7 @@ pub struct Shared {
     pub auth: Authenticator,
     pub rules: RuleSink,
     pub status: crate::status::StatusWriter,
+    pub retained: RetainedWriter,
     pub store: Store,
     pub shutdown: CancellationToken,
 }
@@ -34,6 +36,7 @@ impl Shared {
     /// applies to that device's first message).
     pub async fn routes_for(&self, principal: &Principal) -> Arc<NamespaceRoutes> {
         let routes = self.router.namespace(&principal.namespace);
+        self.load_retained(&routes).await;
         if let Namespace::Tenant(tenant) = &principal.namespace {
             let current = routes.rule_index().map(|index| index.version);
             if current.is_none_or(|version| version < principal.rules_version) {
@@ -47,12 +50,22 @@ impl Shared {
     /// client (the API).
     pub async fn routes_for_namespace(&self, namespace: &Namespace) -> Arc<NamespaceRoutes> {
         let routes = self.router.namespace(namespace);
+        self.load_retained(&routes).await;
         if let Namespace::Tenant(tenant) = namespace {
             if routes.rule_index().is_none() {
                 self.reload_rules(tenant, &routes).await;
             }
         }
         routes
+    }
+
+    /// Loads the namespace's retained messages the first time it is used; concurrent
+    /// first users wait for the one load.
+    async fn load_retained(&self, routes: &NamespaceRoutes) {
+        routes
+            .retained_loaded
+            .get_or_init(|| crate::retained_store::load(&self.store, routes.namespace(), routes))
+            .await;
     }
 
     async fn reload_rules(&self, tenant: &TenantId, routes: &NamespaceRoutes) {
@@ -79,6 +92,7 @@ pub async fn run(
         max_length: config.max_topic_length,
         max_levels: config.max_topic_levels,
     };
+    let (retained, retained_writer) = RetainedWriter::start(store.clone(), shutdown.clone());
     let anonymous_broker = match config.anonymous_broker.as_deref().filter(|b| !b.is_empty()) {
         None => None,
         Some(id) => Some(BrokerId::parse(id).ok_or_else(|| BrokerError::Config {
@@ -99,6 +113,7 @@ pub async fn run(
         auth: Authenticator::new(store.clone(), anonymous_broker),
         rules,
         status: crate::status::StatusWriter::start(store.clone(), shutdown.clone()),
+        retained,
         store,
         shutdown: shutdown.clone(),
         config,
@@ -126,6 +141,8 @@ pub async fn run(
     tracker.close();
     // Connections send their DISCONNECT and end on the same token; give them a bounded time.
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    // Retained messages set until now (wills included) are written before the process ends.
+    let _ = tokio::time::timeout(Duration::from_secs(5), retained_writer).await;
     Ok(())
 }
 

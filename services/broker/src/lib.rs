@@ -15,6 +15,7 @@ mod handshake;
 mod inbound;
 mod outbound;
 mod publish;
+mod retained_store;
 mod router;
 mod rules;
 mod sessions;

@@ -22,6 +22,7 @@ pub async fn publish(
     enqueue_rule_matches(shared, routes, principal, &message).await?;
     if message.retain {
         routes.retain(&message);
+        shared.retained.record(routes.namespace(), &message);
     }
     Ok(routes.route(&message))
 }

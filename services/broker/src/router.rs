@@ -133,6 +133,8 @@ pub struct NamespaceRoutes {
     /// Picks the member of a shared subscription that gets the next message.
     round_robin: AtomicU64,
     retained: Mutex<HashMap<String, Arc<Message>>>,
+    /// Set once the namespace's retained messages were loaded from the store.
+    pub retained_loaded: tokio::sync::OnceCell<()>,
     /// Rule filters of the tenant (only for [`Namespace::Tenant`]).
     pub rules: RwLock<Option<Arc<RuleIndex>>>,
 }
@@ -153,8 +155,13 @@ impl NamespaceRoutes {
             shared: RwLock::default(),
             round_robin: AtomicU64::new(0),
             retained: Mutex::default(),
+            retained_loaded: tokio::sync::OnceCell::new(),
             rules: RwLock::default(),
         }
+    }
+
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
     }
 
     /// The tenant whose rules apply to this namespace: only a tenant's registry namespace

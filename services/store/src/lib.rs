@@ -20,6 +20,7 @@ pub mod passwords;
 pub mod publishes;
 pub mod quotas;
 pub mod registries;
+pub mod retained;
 pub mod rules;
 pub mod tenants;
 

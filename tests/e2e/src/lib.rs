@@ -257,6 +257,19 @@ impl TestApp {
         line.split_whitespace().nth(1)?.parse().ok()
     }
 
+    /// Stops the process with SIGTERM (a graceful shutdown that writes what it holds) and
+    /// starts a new one on the same database.
+    pub async fn restart_gracefully(mut self) -> TestApp {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        self.restart_with(&[]).await
+    }
+
     /// Kills the process (SIGKILL: nothing is flushed) and starts a new one on the same
     /// database, with `extra_env` added; tenants, tokens and credentials stay valid.
     pub async fn restart_with(mut self, extra_env: &[(&str, &str)]) -> TestApp {

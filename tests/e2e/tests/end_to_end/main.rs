@@ -4,6 +4,7 @@
 mod acl;
 mod api_publish;
 mod authentication;
+mod durability;
 mod isolation;
 mod lifecycle;
 mod mqtt_features;

@@ -1,0 +1,174 @@
+//! Retained messages in PostgreSQL, so that they survive a restart. The router keeps them
+//! in memory; changes are written by one task in batches (the last change of a topic in a
+//! batch wins), off the publish path; a namespace's retained messages are loaded when the
+//! namespace is first used, before any client of it can publish or subscribe.
+//!
+//! A retained message set in the last moments before a crash (kill -9) may be lost: what
+//! was not yet written, at most `MAX_WAIT` of changes. A graceful shutdown writes them all.
+
+use crate::router::{Message, MessageProperties, Namespace, NamespaceRoutes};
+use chrono::Utc;
+use iotcore_codec::QoS;
+use iotcore_store::retained::{Json, RetainedChange, RetainedMessage, RetainedProperties};
+use iotcore_store::{RegistryId, Store, TenantId};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const QUEUE: usize = 64 * 1024;
+const MAX_BATCH: usize = 1024;
+const MAX_WAIT: Duration = Duration::from_millis(50);
+
+#[derive(Clone)]
+pub struct RetainedWriter {
+    changes: mpsc::Sender<RetainedChange>,
+}
+
+fn broker_key(namespace: &Namespace) -> (TenantId, String) {
+    match namespace {
+        Namespace::Tenant(tenant) => (tenant.clone(), String::new()),
+        Namespace::Broker(tenant, broker) => (tenant.clone(), broker.to_string()),
+    }
+}
+
+impl RetainedWriter {
+    /// Starts the writer; the handle finishes once everything queued before `shutdown`
+    /// has been written.
+    pub fn start(store: Store, shutdown: CancellationToken) -> (RetainedWriter, JoinHandle<()>) {
+        let (changes, rx) = mpsc::channel(QUEUE);
+        let handle = tokio::spawn(write_batches(store, rx, shutdown));
+        (RetainedWriter { changes }, handle)
+    }
+
+    /// Records that `message` was retained (or, with an empty payload, deleted).
+    pub fn record(&self, namespace: &Namespace, message: &Message) {
+        let (tenant_id, broker_id) = broker_key(namespace);
+        let change = if message.payload.is_empty() {
+            RetainedChange::Delete {
+                tenant_id,
+                broker_id,
+                topic: message.topic.clone(),
+            }
+        } else {
+            let properties = &message.properties;
+            let expires_at = properties.expires_at.map(|at| {
+                let left = at.saturating_duration_since(Instant::now());
+                Utc::now() + chrono::Duration::from_std(left).unwrap_or(chrono::Duration::MAX)
+            });
+            RetainedChange::Set {
+                tenant_id,
+                broker_id,
+                message: RetainedMessage {
+                    topic: message.topic.clone(),
+                    payload: message.payload.to_vec(),
+                    qos: i16::from(message.qos as u8),
+                    properties: Json(RetainedProperties {
+                        payload_format_indicator: properties.payload_format_indicator,
+                        content_type: properties.content_type.clone(),
+                        response_topic: properties.response_topic.clone(),
+                        correlation_data: properties.correlation_data.as_ref().map(|d| d.to_vec()),
+                        user_properties: properties.user_properties.clone(),
+                    }),
+                    origin_registry: message.origin_registry.as_ref().map(|r| r.to_string()),
+                    expires_at,
+                },
+            }
+        };
+        if self.changes.try_send(change).is_err() {
+            // Memory stays right; only a restart before the next change of this topic
+            // would lose it.
+            tracing::warn!("retained message writer saturated; change not persisted");
+        }
+    }
+}
+
+async fn write_batches(
+    store: Store,
+    mut rx: mpsc::Receiver<RetainedChange>,
+    shutdown: CancellationToken,
+) {
+    let mut batch: Vec<RetainedChange> = Vec::new();
+    loop {
+        let first = tokio::select! {
+            first = rx.recv() => first,
+            _ = shutdown.cancelled(), if rx.is_empty() => None,
+        };
+        let Some(first) = first else { return };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + MAX_WAIT;
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(change)) => batch.push(change),
+                _ => break,
+            }
+        }
+        let batch_changes = last_per_topic(std::mem::take(&mut batch));
+        if let Err(e) = store.apply_retained_changes(&batch_changes).await {
+            tracing::warn!(error = %e, changes = batch_changes.len(), "writing retained messages failed");
+        }
+    }
+}
+
+/// Keeps only the last change of each topic, in the order of those last changes.
+fn last_per_topic(changes: Vec<RetainedChange>) -> Vec<RetainedChange> {
+    let key = |c: &RetainedChange| match c {
+        RetainedChange::Set {
+            tenant_id,
+            broker_id,
+            message,
+        } => (tenant_id.clone(), broker_id.clone(), message.topic.clone()),
+        RetainedChange::Delete {
+            tenant_id,
+            broker_id,
+            topic,
+        } => (tenant_id.clone(), broker_id.clone(), topic.clone()),
+    };
+    let mut last: HashMap<_, usize> = HashMap::new();
+    for (i, change) in changes.iter().enumerate() {
+        last.insert(key(change), i);
+    }
+    changes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, c)| last.get(&key(c)) == Some(i))
+        .map(|(_, c)| c)
+        .collect()
+}
+
+/// Loads a namespace's retained messages into its routes.
+pub async fn load(store: &Store, namespace: &Namespace, routes: &NamespaceRoutes) {
+    let (tenant, broker) = broker_key(namespace);
+    let rows = match store.load_retained(&tenant, &broker).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(error = %e, tenant_id = %tenant, "loading retained messages failed");
+            return;
+        }
+    };
+    for row in rows {
+        let properties = row.properties.0;
+        let expires_at = row
+            .expires_at
+            .map(|at| Instant::now() + (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+        let message = Message {
+            topic: row.topic,
+            payload: row.payload.into(),
+            qos: QoS::from_u8(u8::try_from(row.qos).unwrap_or(0)).unwrap_or(QoS::AtMostOnce),
+            retain: true,
+            properties: MessageProperties {
+                payload_format_indicator: properties.payload_format_indicator,
+                content_type: properties.content_type,
+                response_topic: properties.response_topic,
+                correlation_data: properties.correlation_data.map(Into::into),
+                user_properties: properties.user_properties,
+                expires_at,
+            },
+            origin: None,
+            origin_registry: row.origin_registry.as_deref().and_then(RegistryId::parse),
+        };
+        routes.retain(&Arc::new(message));
+    }
+}
