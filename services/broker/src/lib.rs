@@ -8,6 +8,7 @@
 mod acl;
 mod api_publishes;
 mod auth;
+mod batch;
 mod broker;
 pub mod config;
 mod connection;

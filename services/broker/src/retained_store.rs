@@ -90,24 +90,10 @@ async fn write_batches(
     mut rx: mpsc::Receiver<RetainedChange>,
     shutdown: CancellationToken,
 ) {
-    let mut batch: Vec<RetainedChange> = Vec::new();
-    loop {
-        let first = tokio::select! {
-            first = rx.recv() => first,
-            _ = shutdown.cancelled(), if rx.is_empty() => None,
-        };
-        let Some(first) = first else { return };
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + MAX_WAIT;
-        while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(change)) => batch.push(change),
-                _ => break,
-            }
-        }
-        let batch_changes = last_per_topic(std::mem::take(&mut batch));
-        if let Err(e) = store.apply_retained_changes(&batch_changes).await {
-            tracing::warn!(error = %e, changes = batch_changes.len(), "writing retained messages failed");
+    while let Some(batch) = crate::batch::next(&mut rx, &shutdown, MAX_BATCH, MAX_WAIT).await {
+        let changes = last_per_topic(batch);
+        if let Err(e) = store.apply_retained_changes(&changes).await {
+            tracing::warn!(error = %e, changes = changes.len(), "writing retained messages failed");
         }
     }
 }

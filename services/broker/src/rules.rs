@@ -213,42 +213,22 @@ async fn write_batches(
     max_wait: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut batch: Vec<NewDelivery> = Vec::new();
-    let mut waiters: Vec<oneshot::Sender<Result<(), EnqueueError>>> = Vec::new();
-    loop {
-        // Wait for the first request of a batch (the writer drains what is queued on
-        // shutdown, because connections stop before the channel closes).
-        let first = tokio::select! {
-            first = rx.recv() => first,
-            _ = shutdown.cancelled(), if rx.is_empty() => None,
-        };
-        let Some(first) = first else { return };
-        add(&mut batch, &mut waiters, first);
-        let deadline = tokio::time::Instant::now() + max_wait;
-        while batch.len() < max_batch {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(request)) => add(&mut batch, &mut waiters, request),
-                Ok(None) | Err(_) => break,
-            }
+    // Requests are counted, not matches: a request holds the matches of one message.
+    while let Some(requests) = crate::batch::next(&mut rx, &shutdown, max_batch, max_wait).await {
+        let mut batch: Vec<NewDelivery> = Vec::new();
+        let mut waiters = Vec::with_capacity(requests.len());
+        for request in requests {
+            batch.extend(request.deliveries);
+            waiters.extend(request.done);
         }
         let result = store.enqueue_deliveries(&batch).await.map_err(|e: StoreError| {
             tracing::error!(error = %e, matches = batch.len(), "enqueueing rule matches failed");
             EnqueueError(e.to_string())
         });
-        for waiter in waiters.drain(..) {
+        for waiter in waiters {
             let _ = waiter.send(result.clone());
         }
-        batch.clear();
     }
-}
-
-fn add(
-    batch: &mut Vec<NewDelivery>,
-    waiters: &mut Vec<oneshot::Sender<Result<(), EnqueueError>>>,
-    request: Request,
-) {
-    batch.extend(request.deliveries);
-    waiters.extend(request.done);
 }
 
 #[cfg(test)]

@@ -47,25 +47,10 @@ async fn write_batches(
     mut rx: mpsc::Receiver<ConnectionEvent>,
     shutdown: CancellationToken,
 ) {
-    let mut batch = Vec::new();
-    loop {
-        let first = tokio::select! {
-            first = rx.recv() => first,
-            _ = shutdown.cancelled(), if rx.is_empty() => None,
-        };
-        let Some(first) = first else { return };
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + MAX_WAIT;
-        while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(event)) => batch.push(event),
-                _ => break,
-            }
-        }
+    while let Some(batch) = crate::batch::next(&mut rx, &shutdown, MAX_BATCH, MAX_WAIT).await {
         if let Err(e) = store.record_connection_events(&batch).await {
             tracing::warn!(error = %e, events = batch.len(), "writing connection status failed");
         }
-        batch.clear();
     }
 }
 
