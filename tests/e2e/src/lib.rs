@@ -286,8 +286,25 @@ impl TestApp {
     }
 
     /// Stops the process with SIGTERM-like semantics (kill) and waits for it.
+    /// Kills the process (SIGKILL) and keeps its database, for tests that go on with
+    /// other processes on it.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+        let _ = self.child.wait().await;
+    }
+
+    /// Ends the test: stops the process and drops its database (a test that fails before
+    /// this leaves its database behind, to look at).
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+        let _ = self.child.wait().await;
+        if let Some(name) = self.database_url.rsplit('/').next() {
+            if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
+                let _ = admin
+                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                    .await;
+            }
+        }
     }
 }
 

@@ -337,7 +337,7 @@ async fn every_acknowledged_publish_survives_a_kill_9() {
     while acked.load(Ordering::SeqCst) < 60 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    app.stop().await; // SIGKILL, while the device is publishing.
+    app.kill().await; // SIGKILL, while the device is publishing.
     let acknowledged = publisher.await.expect("publisher");
     assert!(acknowledged.len() >= 60);
 
