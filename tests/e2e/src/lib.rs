@@ -39,12 +39,19 @@ pub fn binary() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, for iotcore to listen on.
+///
+/// Chosen at random below Linux's ephemeral range (32768 and up): ports from that range
+/// are also handed to outgoing connections (to PostgreSQL, say) of tests running in
+/// parallel, which could take the port before iotcore binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    for _ in 0..200 {
+        let port = 20_000 + (rand_u64() % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    0
 }
 
 /// A running iotcore process with its own database.
