@@ -217,7 +217,9 @@ async fn follow_rule_changes(shared: Arc<Shared>) {
                         shared.reload_rules(&tenant_id, &routes).await;
                     }
                 }
-                Ok(Some(Change::Principals { .. })) => {}
+                Ok(Some(Change::Principals { tenant_id })) => {
+                    recheck_principals(&shared, &tenant_id).await;
+                }
                 // Notifications may have been missed: reload every loaded index.
                 Ok(None) => {
                     for (namespace, routes) in shared.router.loaded() {
@@ -231,6 +233,34 @@ async fn follow_rule_changes(shared: Arc<Shared>) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Disconnects the live connections of `tenant` whose principal is gone, disabled or out
+/// of passwords, or whose tenant is suspended (SPEC §4.1). A principal that still has
+/// other passwords stays connected: which password a connection used is not kept.
+async fn recheck_principals(shared: &Shared, tenant: &TenantId) {
+    for principal in shared.sessions.live_principals(tenant) {
+        let valid = match shared.store.find_password_principal(&principal).await {
+            Ok(Some(found)) => {
+                found.tenant_active
+                    && !matches!(
+                        found.kind,
+                        iotcore_store::auth::PrincipalKind::Device { enabled: false, .. }
+                    )
+                    && (!found.hashes.is_empty()
+                        || shared.config.anonymous_broker.as_deref() == Some(principal.as_str()))
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "re-checking a principal failed; left connected");
+                true
+            }
+        };
+        if !valid {
+            tracing::info!(tenant_id = %tenant, principal, "credential no longer valid; disconnecting");
+            shared.sessions.revoke(tenant, &principal);
         }
     }
 }

@@ -109,10 +109,13 @@ where
         let routes = shared.routes_for(&accepted.principal).await;
         let namespace = accepted.principal.namespace.clone();
         let client_id = accepted.client_id.clone();
-        let claim =
-            shared
-                .sessions
-                .claim(&namespace, &client_id, connection_id, connect.clean_start);
+        let claim = shared.sessions.claim(
+            &namespace,
+            &client_id,
+            connection_id,
+            Some(principal_id(&accepted)),
+            connect.clean_start,
+        );
         if let Some(previous) = claim.previous {
             // Let the connection we take over finish, so that its session is parked and
             // can be resumed below.
@@ -196,7 +199,9 @@ where
                 return;
             }
         }
-        let close = session.run(&mut io, &mut queue, claim.takeover).await;
+        let close = session
+            .run(&mut io, &mut queue, claim.takeover, claim.revoked)
+            .await;
         tracing::info!(why = close.why, "disconnected");
         if version == ProtocolVersion::V5 {
             if let Some(reason) = close.reason {
@@ -353,6 +358,7 @@ impl Session {
         io: &mut Io<R, W>,
         outbound: &mut mpsc::Receiver<Outgoing>,
         takeover: CancellationToken,
+        revoked: CancellationToken,
     ) -> Close
     where
         R: AsyncRead + Unpin,
@@ -409,6 +415,11 @@ impl Session {
                 }
                 _ = sleep_until(deadline), if keep_alive.is_some() => {
                     return Close::with(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                }
+                // SPEC §4.1: a disabled or deleted principal, or a suspended tenant, is
+                // disconnected (MQTT 5: 0x87).
+                _ = revoked.cancelled() => {
+                    return Close::with(ReasonCode::NOT_AUTHORIZED, "credential no longer valid");
                 }
                 _ = takeover.cancelled() => {
                     return Close::with(ReasonCode::SESSION_TAKEN_OVER, "session taken over");
@@ -501,6 +512,16 @@ impl Session {
                 .sessions
                 .park(namespace, client_id, state, expiry);
         }
+    }
+}
+
+/// The id the connection authenticated as (a device, registry or virtual broker id).
+fn principal_id(accepted: &Accepted) -> &str {
+    use iotcore_store::auth::PrincipalKind;
+    match &accepted.principal.kind {
+        PrincipalKind::Device { device_id, .. } => device_id.as_str(),
+        PrincipalKind::Registry { registry_id } => registry_id.as_str(),
+        PrincipalKind::Broker { broker_id } => broker_id.as_str(),
     }
 }
 

@@ -27,6 +27,14 @@ pub enum Namespace {
     Broker(TenantId, BrokerId),
 }
 
+impl Namespace {
+    pub fn tenant_id(&self) -> &TenantId {
+        match self {
+            Namespace::Tenant(tenant) | Namespace::Broker(tenant, _) => tenant,
+        }
+    }
+}
+
 /// Identifies one live connection within the process.
 pub type ConnectionId = u64;
 

@@ -48,7 +48,12 @@ impl SessionState {
 
 struct Live {
     connection: ConnectionId,
+    /// The username the connection authenticated with (a device, registry or virtual
+    /// broker id), to re-check when the control plane changes.
+    principal: Option<String>,
     takeover: CancellationToken,
+    /// Cancelled when the connection's credential is no longer valid.
+    revoked: CancellationToken,
     /// Cancelled when the connection has finished (and parked its session, if any).
     ended: CancellationToken,
 }
@@ -57,6 +62,8 @@ struct Live {
 pub struct Claim {
     /// Cancelled when a later connection takes the session over.
     pub takeover: CancellationToken,
+    /// Cancelled when the connection's principal is disabled, deleted or suspended.
+    pub revoked: CancellationToken,
     /// The connection cancels this when it has finished.
     pub ended: CancellationToken,
     /// The connection this one takes over, to wait for.
@@ -84,14 +91,18 @@ impl Sessions {
         namespace: &Namespace,
         client_id: &str,
         connection: ConnectionId,
+        principal: Option<&str>,
         clean_start: bool,
     ) -> Claim {
         let key = (namespace.clone(), client_id.to_owned());
         let takeover = CancellationToken::new();
+        let revoked = CancellationToken::new();
         let ended = CancellationToken::new();
         let live = Live {
             connection,
+            principal: principal.map(str::to_owned),
             takeover: takeover.clone(),
+            revoked: revoked.clone(),
             ended: ended.clone(),
         };
         let previous = lock(&self.live).insert(key.clone(), live).map(|previous| {
@@ -103,8 +114,30 @@ impl Sessions {
         }
         Claim {
             takeover,
+            revoked,
             ended,
             previous,
+        }
+    }
+
+    /// The principals (usernames) of `tenant`'s live connections.
+    pub fn live_principals(&self, tenant: &iotcore_store::TenantId) -> Vec<String> {
+        let mut principals: Vec<String> = lock(&self.live)
+            .iter()
+            .filter(|((namespace, _), _)| namespace.tenant_id() == tenant)
+            .filter_map(|(_, live)| live.principal.clone())
+            .collect();
+        principals.sort();
+        principals.dedup();
+        principals
+    }
+
+    /// Disconnects every live connection of `tenant` that authenticated as `principal`.
+    pub fn revoke(&self, tenant: &iotcore_store::TenantId, principal: &str) {
+        for ((namespace, _), live) in lock(&self.live).iter() {
+            if namespace.tenant_id() == tenant && live.principal.as_deref() == Some(principal) {
+                live.revoked.cancel();
+            }
         }
     }
 

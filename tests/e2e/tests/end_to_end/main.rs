@@ -10,6 +10,7 @@ mod lifecycle;
 mod mqtt_features;
 mod protocol;
 mod quickstart;
+mod revocation;
 mod sessions;
 mod virtual_brokers;
 mod webhook_retry;
