@@ -27,6 +27,9 @@ pub struct BrokerConfig {
     /// to (SPEC §3.6), for local development and third-party test suites. Unset: anonymous
     /// clients are refused.
     pub anonymous_broker: Option<String>,
+    /// Topics with a retained message one namespace (a tenant's registries, or a virtual
+    /// broker) may hold; beyond it, messages for new topics are delivered but not retained.
+    pub max_retained_per_namespace: usize,
     /// Subscriptions one session may hold.
     pub max_subscriptions: usize,
     /// Upper bound on the keep alive the broker accepts (MQTT 5 Server Keep Alive), seconds.
@@ -63,6 +66,7 @@ impl Default for BrokerConfig {
             topic_alias_maximum: 32,
             max_session_expiry_secs: 3600,
             anonymous_broker: None,
+            max_retained_per_namespace: 100_000,
             max_subscriptions: 100,
             max_keep_alive_secs: 3600,
             rule_commit_max_wait_ms: 2,

@@ -21,8 +21,14 @@ pub async fn publish(
 ) -> Result<RouteOutcome, EnqueueError> {
     enqueue_rule_matches(shared, routes, principal, &message).await?;
     if message.retain {
-        routes.retain(&message);
-        shared.retained.record(routes.namespace(), &message);
+        if routes.retain(&message, shared.config.max_retained_per_namespace) {
+            shared.retained.record(routes.namespace(), &message);
+        } else if !message.payload.is_empty() {
+            tracing::warn!(
+                topic = message.topic,
+                "retained message limit reached; not retained"
+            );
+        }
     }
     Ok(routes.route(&message))
 }

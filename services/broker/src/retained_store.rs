@@ -155,6 +155,8 @@ pub async fn load(store: &Store, namespace: &Namespace, routes: &NamespaceRoutes
             origin: None,
             origin_registry: row.origin_registry.as_deref().and_then(RegistryId::parse),
         };
-        routes.retain(&Arc::new(message));
+        // Loaded rows were within the limit when written; a lower limit since is not
+        // applied to them.
+        routes.retain(&Arc::new(message), usize::MAX);
     }
 }

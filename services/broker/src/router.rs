@@ -322,12 +322,20 @@ impl NamespaceRoutes {
     }
 
     /// Stores, replaces or (with an empty payload) deletes the retained message of a topic.
-    pub fn retain(&self, message: &Arc<Message>) {
+    ///
+    /// At most `max` topics are retained per namespace, so that no client can grow the
+    /// broker's memory (or the database) without bound: beyond it a message for a new topic
+    /// is not retained (it is still delivered), while retained topics can still be replaced
+    /// or deleted. Returns whether the retained store changed.
+    pub fn retain(&self, message: &Arc<Message>, max: usize) -> bool {
         let mut retained = lock(&self.retained);
         if message.payload.is_empty() {
-            retained.remove(&message.topic);
+            retained.remove(&message.topic).is_some()
+        } else if retained.len() >= max && !retained.contains_key(&message.topic) {
+            false
         } else {
             retained.insert(message.topic.clone(), message.clone());
+            true
         }
     }
 
@@ -535,14 +543,14 @@ mod tests {
     #[test]
     fn retained_messages_are_replaced_and_deleted_by_an_empty_payload() {
         let routes = NamespaceRoutes::new(Namespace::Tenant(TenantId::generate()));
-        routes.retain(&message("s/1", QoS::AtMostOnce, None));
-        routes.retain(&message("s/2", QoS::AtMostOnce, None));
+        routes.retain(&message("s/1", QoS::AtMostOnce, None), usize::MAX);
+        routes.retain(&message("s/2", QoS::AtMostOnce, None), usize::MAX);
         assert_eq!(routes.retained_matching("s/#").len(), 2);
         let empty = Arc::new(Message {
             payload: Bytes::new(),
             ..(*message("s/1", QoS::AtMostOnce, None)).clone()
         });
-        routes.retain(&empty);
+        routes.retain(&empty, usize::MAX);
         let left: Vec<_> = routes
             .retained_matching("#")
             .iter()
@@ -560,7 +568,7 @@ mod tests {
         router.namespace(&a).subscribe(&filter("#"), 1, sub);
         router
             .namespace(&a)
-            .retain(&message("r", QoS::AtMostOnce, None));
+            .retain(&message("r", QoS::AtMostOnce, None), usize::MAX);
         assert_eq!(
             router
                 .namespace(&b)
@@ -570,5 +578,30 @@ mod tests {
         );
         assert!(router.namespace(&b).retained_matching("#").is_empty());
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_retained_store_of_a_namespace_is_bounded() {
+        let routes = NamespaceRoutes::new(Namespace::Tenant(TenantId::generate()));
+        assert!(routes.retain(&message("a", QoS::AtMostOnce, None), 2));
+        assert!(routes.retain(&message("b", QoS::AtMostOnce, None), 2));
+        assert!(
+            !routes.retain(&message("c", QoS::AtMostOnce, None), 2),
+            "a third topic is refused"
+        );
+        assert!(
+            routes.retain(&message("a", QoS::AtMostOnce, None), 2),
+            "a retained topic is replaced"
+        );
+        let empty = Arc::new(Message {
+            payload: Bytes::new(),
+            ..(*message("b", QoS::AtMostOnce, None)).clone()
+        });
+        assert!(routes.retain(&empty, 2), "and deleted");
+        assert!(
+            routes.retain(&message("c", QoS::AtMostOnce, None), 2),
+            "which makes room"
+        );
+        assert_eq!(routes.retained_matching("#").len(), 2);
     }
 }

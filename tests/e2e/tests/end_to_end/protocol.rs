@@ -302,3 +302,45 @@ async fn a_subscriber_that_never_reads_does_not_grow_memory() {
     drop(stalled);
     app.stop().await;
 }
+
+/// SPEC §3.5: retained messages per namespace are bounded; beyond the limit a message for a
+/// new topic is delivered but not retained.
+#[tokio::test]
+async fn retained_messages_beyond_the_limit_are_not_kept() {
+    let app = TestApp::spawn_with(&[("IOTCORE_MQTT_MAX_RETAINED_PER_NAMESPACE", "1")]).await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let (user, pass) = app.create_registry_password(&app.token, &registry).await;
+    let mut publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
+        .await
+        .expect("device");
+    for (topic, payload) in [("first", "kept"), ("second", "over the limit")] {
+        let topic = format!("$devices/{}/state/{topic}", device.id);
+        publisher
+            .client
+            .publish(&topic, rumqttc::QoS::AtLeastOnce, true, payload)
+            .await
+            .expect("publish");
+        publisher.puback().await;
+    }
+    let mut late = connect_v311(app.mqtt, &format!("{user}:late"), &user, &pass)
+        .await
+        .expect("subscriber");
+    late.client
+        .subscribe("$devices/+/state/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    late.suback().await;
+    let retained = late
+        .next_publish(WAIT)
+        .await
+        .expect("the first retained message");
+    assert_eq!(retained.payload.as_ref(), b"kept");
+    assert!(
+        late.next_publish(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "the second was retained"
+    );
+    app.stop().await;
+}
