@@ -8,13 +8,22 @@ use crate::sessions::Sessions;
 use crate::transport;
 use crate::{BrokerConfig, BrokerError};
 use iotcore_store::notify::{Change, ChangeListener};
-use iotcore_store::{BrokerId, Store, TenantId};
+use iotcore_store::{BrokerId, DeviceId, RegistryId, Store, TenantId};
 use iotcore_topic::TopicLimits;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// Devices whose registry is remembered at most, per process.
+const DEVICE_REGISTRY_CACHE: usize = 100_000;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Everything connection tasks share.
 pub struct Shared {
@@ -27,6 +36,10 @@ pub struct Shared {
     pub status: crate::status::StatusWriter,
     pub retained: RetainedWriter,
     pub store: Store,
+    /// Which registry a device belongs to, for the registry scope of registry clients'
+    /// publishes (SPEC §3.4), so that it is not a query per message. Only answers found are
+    /// kept: a device never changes registry and ids are never reused.
+    device_registries: Mutex<HashMap<(TenantId, DeviceId), RegistryId>>,
     pub shutdown: CancellationToken,
 }
 
@@ -57,6 +70,32 @@ impl Shared {
             }
         }
         routes
+    }
+
+    /// The registry of `device` in `tenant`, or `None` when there is no such device (or the
+    /// store cannot say).
+    pub async fn device_registry(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceId,
+    ) -> Option<RegistryId> {
+        let key = (tenant.clone(), device.clone());
+        if let Some(registry) = lock(&self.device_registries).get(&key) {
+            return Some(registry.clone());
+        }
+        let registry = self
+            .store
+            .device_registry(tenant, device)
+            .await
+            .ok()
+            .flatten()?;
+        let mut cache = lock(&self.device_registries);
+        // Bounded: start over rather than grow past the limit.
+        if cache.len() >= DEVICE_REGISTRY_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, registry.clone());
+        Some(registry)
     }
 
     /// Loads the namespace's retained messages the first time it is used; concurrent
@@ -115,6 +154,7 @@ pub async fn run(
         status: crate::status::StatusWriter::start(store.clone(), shutdown.clone()),
         retained,
         store,
+        device_registries: Mutex::default(),
         shutdown: shutdown.clone(),
         config,
     });

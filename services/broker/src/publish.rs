@@ -79,11 +79,8 @@ pub async fn allowed(
         None => true,
         Some(Err(())) => false,
         Some(Ok(device)) => {
-            let registry = shared
-                .store
-                .device_registry(&principal.tenant_id, &device)
-                .await;
-            matches!(registry, Ok(Some(r)) if Some(&r) == acl.registry_scope.as_ref())
+            let registry = shared.device_registry(&principal.tenant_id, &device).await;
+            registry.is_some() && registry.as_ref() == acl.registry_scope.as_ref()
         }
     }
 }
