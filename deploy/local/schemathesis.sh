@@ -56,25 +56,30 @@ db="iotcore_schemathesis_$$_$RANDOM"
 # The database URL with its path replaced by the new database.
 db_url="$(printf '%s' "$DATABASE_URL" | sed -E "s#^(postgres(ql)?://[^/]*)(/[^?]*)?#\\1/$db#")"
 
-port=""
-for _ in $(seq 1 50); do
-  candidate=$((20000 + RANDOM % 40000))
-  if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
-    port="$candidate"
-    break
-  fi
-done
-[[ -n $port ]] || die "no free TCP port found"
+# Ports are drawn below the kernel's ephemeral range (32768 and up by default), where no
+# outgoing connection can be holding them; a port taken in the meantime is retried.
+free_port() {
+  local candidate
+  for _ in $(seq 1 50); do
+    candidate=$((20000 + RANDOM % 12000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
+      printf '%s' "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
 
-export IOTCORE_PROFILE=dev IOTCORE_DATABASE_URL="$db_url" IOTCORE_API_LISTEN="127.0.0.1:$port"
+export IOTCORE_PROFILE=dev IOTCORE_DATABASE_URL="$db_url"
 export IOTCORE_API_AUTH_HS256_SECRET="schemathesis-secret-$RANDOM$RANDOM$RANDOM"
 log="$(mktemp "${TMPDIR:-/tmp}/iotcore-schemathesis.XXXXXX")"
-"$IOTCORE_BIN" serve --only api >"$log" 2>&1 &
-server=$!
+server=""
 stop() {
   local status=$?
-  kill "$server" 2>/dev/null || true
-  wait "$server" 2>/dev/null || true
+  if [[ -n $server ]]; then
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+  fi
   "$psql_bin" -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
   if ((status != 0)); then
     say "iotcore's log:"
@@ -85,13 +90,28 @@ stop() {
 }
 trap stop EXIT
 
-base="http://127.0.0.1:$port"
-for _ in $(seq 1 100); do
-  http "$base/readyz" "" >/dev/null 2>&1 && break
-  kill -0 "$server" 2>/dev/null || die "iotcore exited early"
-  sleep 0.2
+ready=""
+for _attempt in 1 2 3 4 5; do
+  port="$(free_port)" || die "no free TCP port found"
+  IOTCORE_API_LISTEN="127.0.0.1:$port" "$IOTCORE_BIN" serve --only api >"$log" 2>&1 &
+  server=$!
+  base="http://127.0.0.1:$port"
+  for _ in $(seq 1 100); do
+    if http "$base/readyz" "" >/dev/null 2>&1; then
+      ready=1
+      break
+    fi
+    kill -0 "$server" 2>/dev/null || break
+    sleep 0.2
+  done
+  [[ -n $ready ]] && break
+  kill "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
+  server=""
+  grep -q "Address already in use" "$log" || die "iotcore did not become ready"
+  say "port $port was taken; trying another"
 done
-http "$base/readyz" "" >/dev/null || die "iotcore did not become ready"
+[[ -n $ready ]] || die "iotcore did not become ready"
 
 operator="$("$IOTCORE_BIN" token --role operator --ttl-secs 7200)"
 tenant="$(http "$base/v1/tenants" "$operator" '{"name":"schemathesis"}' |
