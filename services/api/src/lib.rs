@@ -13,6 +13,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod input;
 pub mod keys;
+mod metrics;
 pub mod openapi;
 pub mod routes;
 
@@ -75,6 +76,7 @@ pub fn router(state: ApiState) -> Router {
             idempotency::layer,
         ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(metrics::record))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
 }

@@ -35,7 +35,7 @@ by naming it in the `X-Iotcore-Tenant` header. Errors are RFC 9457 problem detai
         publish::command_device, publish::command_registry, publish::publish,
         rules::create_rule, rules::list_rules, rules::get_rule, rules::update_rule, rules::delete_rule,
         rules::get_rule_stats, rules::list_dead_letters, rules::replay_dead_letters,
-        health::healthz, health::readyz, health::openapi_json,
+        health::healthz, health::readyz, health::metrics, health::openapi_json,
     ),
     components(schemas(Problem, FieldError)),
     modifiers(&BearerAuth, &IdempotencyKey),
@@ -48,7 +48,7 @@ by naming it in the `X-Iotcore-Tenant` header. Errors are RFC 9457 problem detai
         (name = "passwords", description = "Passwords of devices, registry clients and virtual brokers"),
         (name = "publish", description = "Commands and messages published from the API"),
         (name = "rules", description = "Rules forwarding device messages to webhooks"),
-        (name = "operations", description = "Health, readiness and this document"),
+        (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]
 struct ApiDoc;

@@ -44,6 +44,7 @@ pub struct Config {
     pub mqtt: BrokerConfig,
     pub rules: RulesConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 /// Which set of defaults applies to what the operator left unset.
@@ -89,6 +90,31 @@ impl fmt::Debug for DatabaseConfig {
     }
 }
 
+/// Where a process without the API serves its probes and metrics unless told otherwise.
+pub const DEFAULT_TELEMETRY_LISTEN: &str = "0.0.0.0:9090";
+
+/// The `[telemetry]` section: metrics and traces (SPEC §7.1).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Where a process that runs without the API (`serve --only broker`, `--only rules`)
+    /// serves `/healthz`, `/readyz` and `/metrics`; empty turns it off. With the API they
+    /// are on `api.listen`.
+    pub listen: String,
+    /// The OTLP/HTTP endpoint traces and metrics are exported to, such as
+    /// `http://otel-collector:4318`; unset (or empty) exports nothing.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            listen: DEFAULT_TELEMETRY_LISTEN.into(),
+            otlp_endpoint: None,
+        }
+    }
+}
+
 /// PostgreSQL's notices (such as "relation already exists, skipping" on every migration
 /// run) are noise at `info`.
 pub const DEFAULT_LOG_LEVEL: &str = "info,sqlx::postgres::notice=warn";
@@ -131,6 +157,7 @@ impl fmt::Debug for Config {
             .field("mqtt", &shown.mqtt)
             .field("rules", &shown.rules)
             .field("log", &shown.log)
+            .field("telemetry", &shown.telemetry)
             .finish()
     }
 }
@@ -256,6 +283,14 @@ impl Config {
         {
             self.mqtt.tcp_listen = None;
         }
+        if self
+            .telemetry
+            .otlp_endpoint
+            .as_deref()
+            .is_some_and(|endpoint| endpoint.trim().is_empty())
+        {
+            self.telemetry.otlp_endpoint = None;
+        }
         let secret_len = self.api.auth.hs256_secret.as_deref().map_or(0, str::len);
         match self.profile {
             Profile::Dev => {
@@ -331,6 +366,14 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(invalid(
+                    "telemetry.otlp_endpoint",
+                    "expected an http:// or https:// URL (OTLP over HTTP)".into(),
+                ));
+            }
+        }
         if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             return Err(invalid(
                 "log.level",
@@ -344,6 +387,8 @@ impl Config {
     pub fn redacted(&self) -> Config {
         let mut shown = self.clone();
         shown.database.url = redact_url(&self.database.url);
+        // A collector's URL may carry credentials in its user info.
+        shown.telemetry.otlp_endpoint = self.telemetry.otlp_endpoint.as_deref().map(redact_url);
         if shown.api.auth.hs256_secret.is_some() {
             shown.api.auth.hs256_secret = Some(REDACTED.into());
         }

@@ -6,6 +6,7 @@
 
 mod config;
 mod logging;
+mod probes;
 mod serve;
 mod token;
 

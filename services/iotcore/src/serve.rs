@@ -66,6 +66,14 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     if options.migrate {
         migrate(&store).await?;
     }
+    count_pool_connections(&store);
+    // With the API, its port serves the probes and metrics; without it, this one does.
+    let probes = match config.telemetry.listen.trim() {
+        listen if !listen.is_empty() && !options.services.contains(&Service::Api) => {
+            Some(crate::probes::bind(listen).await?)
+        }
+        _ => None,
+    };
 
     let mut tasks = JoinSet::new();
     let mut running = BTreeMap::new();
@@ -97,7 +105,13 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
                 )
             }
         };
-        running.insert(handle.id(), *service);
+        running.insert(handle.id(), service.to_string());
+    }
+    if let Some(listener) = probes {
+        let (store, token) = (store.clone(), shutdown.clone());
+        let span = tracing::info_span!("service", name = "telemetry");
+        let handle = tasks.spawn(crate::probes::serve(listener, store, token).instrument(span));
+        running.insert(handle.id(), "telemetry".to_owned());
     }
     let names: Vec<String> = options.services.iter().map(Service::to_string).collect();
     info!(services = %names.join(","), profile = ?config.profile, "iotcore is running");
@@ -118,7 +132,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     })
     .await;
     if drained.is_err() {
-        let stuck: Vec<String> = running.values().map(Service::to_string).collect();
+        let stuck: Vec<String> = running.values().cloned().collect();
         tasks.abort_all();
         failures.push(anyhow!(
             "{} did not stop within {} s",
@@ -149,7 +163,7 @@ type Joined = Result<(tokio::task::Id, anyhow::Result<()>), JoinError>;
 /// Accounts for a service task that ended, returning its failure if it failed.
 fn finished(
     joined: Joined,
-    running: &mut BTreeMap<tokio::task::Id, Service>,
+    running: &mut BTreeMap<tokio::task::Id, String>,
     unexpected: bool,
 ) -> Option<anyhow::Error> {
     let (id, outcome) = match joined {
@@ -165,7 +179,7 @@ fn finished(
     };
     let name = running
         .remove(&id)
-        .map_or_else(|| "a service".to_owned(), |service| service.to_string());
+        .unwrap_or_else(|| "a service".to_owned());
     match outcome {
         Ok(()) if unexpected => Some(anyhow!("{name} stopped unexpectedly")),
         Ok(()) => {
@@ -174,6 +188,21 @@ fn finished(
         }
         Err(err) => Some(err.context(format!("{name} failed"))),
     }
+}
+
+/// Keeps `iotcore_db_pool_connections` current: read from the pool at each scrape, which
+/// costs nothing between scrapes.
+fn count_pool_connections(store: &Store) {
+    use iotcore_telemetry::metrics::db::POOL_CONNECTIONS;
+    let pool = store.pool().clone();
+    let idle = POOL_CONNECTIONS.with(&["idle"]);
+    let in_use = POOL_CONNECTIONS.with(&["in_use"]);
+    iotcore_telemetry::registry().on_collect(move || {
+        let size = i64::from(pool.size());
+        let free = i64::try_from(pool.num_idle()).unwrap_or(size);
+        idle.set(free);
+        in_use.set((size - free).max(0));
+    });
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one ends the process without

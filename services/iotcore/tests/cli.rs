@@ -268,11 +268,13 @@ async fn missing_database_exits_1_naming_database_url_without_password() {
 #[tokio::test]
 async fn serve_migrates_then_stops_cleanly_on_sigterm() {
     let db = TestDatabase::create().await;
+    let probes = free_loopback_addr();
     let mut child = iotcore(
         &["serve", "--only", "rules"],
         &[
             ("IOTCORE_PROFILE", "dev"),
             ("IOTCORE_DATABASE_URL", &db.url),
+            ("IOTCORE_TELEMETRY_LISTEN", &probes),
         ],
     )
     .stderr(Stdio::piped())
@@ -292,6 +294,28 @@ async fn serve_migrates_then_stops_cleanly_on_sigterm() {
     })
     .await;
     assert_eq!(started.ok(), Some(true), "iotcore did not start:\n{log}");
+
+    // Without the API, the rules process answers probes and scrapes on telemetry.listen.
+    let health = http_get(&probes, "/healthz").await;
+    assert!(
+        health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
+        "{health}"
+    );
+    let ready = http_get(&probes, "/readyz").await;
+    assert!(
+        ready.contains(" 200 ") && ready.contains(r#""status":"ok""#),
+        "{ready}"
+    );
+    let metrics = http_get(&probes, "/metrics").await;
+    assert!(metrics.contains("text/plain; version=0.0.4"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE iotcore_rules_deliveries_total counter"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("iotcore_db_pool_connections{state=\"idle\"}"),
+        "{metrics}"
+    );
 
     let pid = child.id().expect("running").to_string();
     let killed = std::process::Command::new("kill")
@@ -335,6 +359,7 @@ async fn a_service_that_cannot_bind_makes_serve_exit_1() {
         &[
             ("IOTCORE_PROFILE", "dev"),
             ("IOTCORE_DATABASE_URL", &db.url),
+            ("IOTCORE_TELEMETRY_LISTEN", ""),
         ],
     )
     .await;
@@ -345,4 +370,26 @@ async fn a_service_that_cannot_bind_makes_serve_exit_1() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// A loopback address that was free a moment ago.
+fn free_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+/// The whole response to `GET path` over HTTP/1.0 (the server closes the connection).
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.expect("read");
+        String::from_utf8_lossy(&response).into_owned()
+    };
+    tokio::time::timeout(HANG_GUARD, exchange)
+        .await
+        .expect("no answer")
 }

@@ -180,6 +180,7 @@ async fn two_rules_processes_share_one_queue_and_deliver_each_message_once() {
         .env("IOTCORE_PROFILE", "dev")
         .env("IOTCORE_DATABASE_URL", &app.database_url)
         .env("IOTCORE_MQTT_TCP_LISTEN", "")
+        .env("IOTCORE_TELEMETRY_LISTEN", "")
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().expect("log file"))
         .stderr(log_file)

@@ -1,9 +1,11 @@
-//! Liveness, readiness and the OpenAPI document: unauthenticated, for orchestrators and
-//! tooling.
+//! Liveness, readiness, metrics and the OpenAPI document: unauthenticated, for
+//! orchestrators, Prometheus and tooling.
 
 use crate::error::{Error, Problem};
 use crate::ApiState;
 use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -17,6 +19,7 @@ pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
 }
 
@@ -60,6 +63,19 @@ pub async fn readyz(State(state): State<ApiState>) -> Result<Json<Health>, Error
             Err(Error::Unavailable("the database does not answer"))
         }
     }
+}
+
+/// The process's metrics in the Prometheus text format. They hold no secrets and no
+/// payloads; label values are tenant ids, route templates and fixed reasons.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain"))
+)]
+pub async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, iotcore_telemetry::TEXT_CONTENT_TYPE)],
+        iotcore_telemetry::render(),
+    )
 }
 
 /// This API's OpenAPI 3.1 document.

@@ -299,6 +299,47 @@ async fn health_and_readiness(pool: sqlx::PgPool) {
     assert_eq!(doc.body["openapi"], "3.1.0");
 }
 
+/// Requests are counted by route template, so ids in paths never become label values.
+#[sqlx::test(migrator = "iotcore_store::MIGRATOR")]
+async fn metrics_count_requests_by_route_template_not_raw_path(pool: sqlx::PgPool) {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    let app = TestApp::new(pool);
+    let tenant = app.create_tenant("acme").await;
+    let viewer = app.member(Role::Viewer, &tenant);
+    let missing = app
+        .get(&viewer, "/v1/devices/dev_metricsmissing000000")
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let scrape = app
+        .router
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(scrape.status(), StatusCode::OK);
+    assert_eq!(
+        scrape.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = axum::body::to_bytes(scrape.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    let route = "route=\"/v1/devices/{id}\"";
+    assert!(
+        text.contains(&format!(
+            "iotcore_http_requests_total{{{route},status=\"404\"}}"
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!("iotcore_http_request_seconds_count{{{route}}}")));
+    assert!(!text.contains("dev_metricsmissing"), "{text}");
+    assert!(text.contains("# TYPE iotcore_mqtt_connections gauge"));
+}
+
 #[sqlx::test(migrator = "iotcore_store::MIGRATOR")]
 async fn readiness_fails_when_the_database_is_gone(pool: sqlx::PgPool) {
     let app = TestApp::new(pool.clone());

@@ -53,6 +53,8 @@ fn env_names_cover_every_key_without_ambiguity() {
         "IOTCORE_RULES_ALLOW_PRIVATE_DESTINATIONS",
         "IOTCORE_LOG_FORMAT",
         "IOTCORE_LOG_LEVEL",
+        "IOTCORE_TELEMETRY_LISTEN",
+        "IOTCORE_TELEMETRY_OTLP_ENDPOINT",
     ] {
         assert!(
             names.contains(&expected),
@@ -348,4 +350,21 @@ fn printed_and_debugged_configuration_hides_secrets() {
     // What is printed is a valid configuration file again.
     let reparsed: Config = toml::from_str(&printed).unwrap();
     assert_eq!(reparsed.database.url, "postgres://u:<redacted>@db/iotcore");
+}
+
+#[test]
+fn otlp_endpoint_must_be_http_and_is_shown_without_its_password() {
+    let loaded = dev(&[(
+        "IOTCORE_TELEMETRY_OTLP_ENDPOINT",
+        "https://user:collector-secret@otel.example:4318",
+    )]);
+    let shown = loaded.config.to_redacted_toml().unwrap();
+    assert!(!shown.contains("collector-secret"), "{shown}");
+    assert!(format!("{:?}", loaded.config).contains("user:<redacted>@otel.example"));
+    let empty = dev(&[("IOTCORE_TELEMETRY_OTLP_ENDPOINT", "")]);
+    assert_eq!(empty.config.telemetry.otlp_endpoint, None);
+    let mut vars = vec![("IOTCORE_PROFILE", "dev")];
+    vars.push(("IOTCORE_TELEMETRY_OTLP_ENDPOINT", "otel.example:4317"));
+    let err = load(&Flags::default(), &vars).unwrap_err().to_string();
+    assert!(err.starts_with("telemetry.otlp_endpoint:"), "{err}");
 }
