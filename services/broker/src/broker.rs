@@ -4,6 +4,7 @@ use crate::auth::{Authenticator, Principal};
 use crate::retained_store::RetainedWriter;
 use crate::router::{Namespace, NamespaceRoutes, Router};
 use crate::rules::{RuleIndex, RuleSink};
+use crate::session_store::SessionWriter;
 use crate::sessions::Sessions;
 use crate::transport;
 use crate::{BrokerConfig, BrokerError};
@@ -35,6 +36,7 @@ pub struct Shared {
     pub rules: RuleSink,
     pub status: crate::status::StatusWriter,
     pub retained: RetainedWriter,
+    pub sessions_writer: SessionWriter,
     pub store: Store,
     /// Which registry a device belongs to, for the registry scope of registry clients'
     /// publishes (SPEC §3.4), so that it is not a query per message. Only answers found are
@@ -132,6 +134,10 @@ pub async fn run(
         max_levels: config.max_topic_levels,
     };
     let (retained, retained_writer) = RetainedWriter::start(store.clone(), shutdown.clone());
+    // Stopped only after every connection has ended and parked its session.
+    let sessions_stop = CancellationToken::new();
+    let (sessions_writer, sessions_written) =
+        SessionWriter::start(store.clone(), sessions_stop.clone());
     let anonymous_broker = match config.anonymous_broker.as_deref().filter(|b| !b.is_empty()) {
         None => None,
         Some(id) => Some(BrokerId::parse(id).ok_or_else(|| BrokerError::Config {
@@ -148,11 +154,12 @@ pub async fn run(
     let shared = Arc::new(Shared {
         limits,
         router: Router::default(),
-        sessions: Sessions::default(),
+        sessions: Sessions::new(config.max_parked_sessions_per_namespace),
         auth: Authenticator::new(store.clone(), anonymous_broker),
         rules,
         status: crate::status::StatusWriter::start(store.clone(), shutdown.clone()),
         retained,
+        sessions_writer,
         store,
         device_registries: Mutex::default(),
         shutdown: shutdown.clone(),
@@ -164,6 +171,9 @@ pub async fn run(
         let shared = shared.clone();
         async move { shared.sessions.expire(shared.shutdown.clone()).await }
     });
+
+    // Before any client can connect, so that a returning client finds its session.
+    crate::session_store::restore(&shared).await?;
 
     let tracker = TaskTracker::new();
     // One limit for the whole process, whichever listener a client comes through.
@@ -181,8 +191,11 @@ pub async fn run(
     tracker.close();
     // Connections send their DISCONNECT and end on the same token; give them a bounded time.
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
-    // Retained messages set until now (wills included) are written before the process ends.
+    // Retained messages set until now (wills included) and the sessions parked as their
+    // connections ended are written before the process ends.
+    sessions_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), retained_writer).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), sessions_written).await;
     Ok(())
 }
 

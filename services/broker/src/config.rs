@@ -30,6 +30,9 @@ pub struct BrokerConfig {
     /// Topics with a retained message one namespace (a tenant's registries, or a virtual
     /// broker) may hold; beyond it, messages for new topics are delivered but not retained.
     pub max_retained_per_namespace: usize,
+    /// Sessions of absent clients one namespace (a tenant's registries, or a virtual
+    /// broker) keeps; beyond it the one that would expire first ends early.
+    pub max_parked_sessions_per_namespace: usize,
     /// Subscriptions one session may hold.
     pub max_subscriptions: usize,
     /// Upper bound on the keep alive the broker accepts (MQTT 5 Server Keep Alive), seconds.
@@ -67,6 +70,7 @@ impl Default for BrokerConfig {
             max_session_expiry_secs: 3600,
             anonymous_broker: None,
             max_retained_per_namespace: 100_000,
+            max_parked_sessions_per_namespace: 10_000,
             max_subscriptions: 100,
             max_keep_alive_secs: 3600,
             rule_commit_max_wait_ms: 2,

@@ -7,8 +7,10 @@
 
 use crate::broker::Shared;
 use crate::handshake::{self, Accepted};
+use crate::mailbox::{self, Queue};
 use crate::outbound::Outbound;
-use crate::router::{ConnectionId, Mailbox, NamespaceRoutes, Outgoing};
+use crate::router::{ConnectionId, Mailbox, NamespaceRoutes};
+use crate::session_store::Journal;
 use crate::sessions::SessionState;
 use crate::status;
 use crate::wills;
@@ -20,7 +22,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -156,7 +157,16 @@ where
                 state
             }
             None => {
-                let (mailbox, queue) = mpsc::channel(shared.config.outbound_queue.max(1));
+                // Only a session that outlives its connection is stored.
+                let journal = (accepted.session_expiry > 0).then(|| {
+                    Journal::start(
+                        &shared.sessions_writer,
+                        &namespace,
+                        &client_id,
+                        accepted.acl.registry_scope.as_ref(),
+                    )
+                });
+                let (mailbox, queue) = mailbox::channel(shared.config.outbound_queue, journal);
                 SessionState {
                     id: connection_id,
                     routes,
@@ -177,6 +187,9 @@ where
             outbound,
             incoming_qos2,
         } = state;
+        if let Some(journal) = mailbox.journal() {
+            journal.connected(accepted.session_expiry);
+        }
         let mut session = Session {
             id,
             version,
@@ -356,7 +369,7 @@ impl Session {
     async fn run<R, W>(
         &mut self,
         io: &mut Io<R, W>,
-        outbound: &mut mpsc::Receiver<Outgoing>,
+        outbound: &mut Queue,
         takeover: CancellationToken,
         revoked: CancellationToken,
     ) -> Close
@@ -489,7 +502,7 @@ impl Session {
 
     /// Parks a persistent session for its client to resume; otherwise removes every trace
     /// of it from the shared state.
-    fn end(self, queue: mpsc::Receiver<Outgoing>, connection: ConnectionId) {
+    fn end(self, queue: Queue, connection: ConnectionId) {
         let namespace = &self.accepted.principal.namespace;
         let client_id = &self.accepted.client_id;
         self.shared

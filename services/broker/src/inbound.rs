@@ -65,6 +65,7 @@ impl Session {
             Ok(_) => {
                 if qos == QoS::ExactlyOnce {
                     self.incoming_qos2.insert(packet_id);
+                    self.journal_incoming_qos2();
                 }
                 self.ack(qos, packet_id, ReasonCode::SUCCESS, io);
                 Ok(())
@@ -122,6 +123,7 @@ impl Session {
         W: AsyncWrite + Unpin,
     {
         let reason = if self.incoming_qos2.remove(&rel.packet_id) {
+            self.journal_incoming_qos2();
             ReasonCode::SUCCESS
         } else {
             ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
@@ -135,6 +137,14 @@ impl Session {
             }),
             io,
         );
+    }
+
+    /// A persistent session keeps its incoming QoS 2 packet ids across a restart, so a
+    /// retransmitted PUBLISH is still not routed twice (MQTT-4.3.3-9).
+    fn journal_incoming_qos2(&self) {
+        if let Some(journal) = self.mailbox.journal() {
+            journal.incoming_qos2(&self.incoming_qos2);
+        }
     }
 
     /// PUBACK or PUBREC for an inbound publish. MQTT 3.x has no reason codes: a denied

@@ -3,25 +3,13 @@
 
 use crate::connection::{Close, Io, Session};
 use crate::router::Outgoing;
+pub use crate::session_store::Awaiting;
 use iotcore_codec::{
     Packet, Properties, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
 };
 use std::collections::HashMap;
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
-
-/// Where an outbound QoS 1/2 message stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-// The variants are named for the MQTT packets they wait for.
-#[allow(clippy::enum_variant_names)]
-enum Awaiting {
-    /// QoS 1, PUBLISH sent.
-    PubAck,
-    /// QoS 2, PUBLISH sent.
-    PubRec,
-    /// QoS 2, PUBREL sent.
-    PubComp,
-}
 
 /// The outbound in-flight window of one connection.
 pub struct Outbound {
@@ -37,6 +25,11 @@ impl Outbound {
             next_packet_id: 0,
             window: window.max(1),
         }
+    }
+
+    /// Puts back an in-flight message of a session read from the store.
+    pub fn restore(&mut self, packet_id: u16, awaiting: Awaiting, outgoing: Outgoing) {
+        self.inflight.insert(packet_id, (awaiting, outgoing));
     }
 
     /// A resumed session's new client may accept a different number of messages.
@@ -96,6 +89,7 @@ impl Session {
         let message = &outgoing.message;
         // MQTT-3.3.2-5: an expired message is not delivered.
         if message.expired(now) {
+            self.journal_done(&outgoing);
             return;
         }
         let packet_id = match outgoing.qos {
@@ -112,6 +106,7 @@ impl Session {
                 topic = message.topic,
                 "message larger than the client accepts; dropped"
             );
+            self.journal_done(&outgoing);
             return;
         }
         if let Some(packet_id) = packet_id {
@@ -119,7 +114,17 @@ impl Session {
                 QoS::ExactlyOnce => Awaiting::PubRec,
                 _ => Awaiting::PubAck,
             };
+            if let Some(journal) = self.mailbox.journal() {
+                journal.sent(&outgoing, packet_id, stage);
+            }
             self.outbound.inflight.insert(packet_id, (stage, outgoing));
+        }
+    }
+
+    /// Records in a persistent session's journal that a message is no longer held.
+    fn journal_done(&self, outgoing: &Outgoing) {
+        if let Some(journal) = self.mailbox.journal() {
+            journal.done(outgoing);
         }
     }
 
@@ -156,7 +161,9 @@ impl Session {
     pub fn on_puback(&mut self, ack: PubAck) -> Result<(), Close> {
         match self.outbound.inflight.get(&ack.packet_id) {
             Some((Awaiting::PubAck, _)) => {
-                self.outbound.inflight.remove(&ack.packet_id);
+                if let Some((_, outgoing)) = self.outbound.inflight.remove(&ack.packet_id) {
+                    self.journal_done(&outgoing);
+                }
                 Ok(())
             }
             // A PUBACK for a QoS 2 message, or for nothing we sent.
@@ -175,11 +182,18 @@ impl Session {
     {
         let properties = Properties::default();
         match self.outbound.inflight.get_mut(&rec.packet_id) {
-            Some((stage @ (Awaiting::PubRec | Awaiting::PubComp), _)) => {
+            Some((stage @ (Awaiting::PubRec | Awaiting::PubComp), outgoing)) => {
                 // MQTT 5: a PUBREC with an error code ends the exchange (MQTT-4.3.3-4).
                 if rec.reason.is_error() {
-                    self.outbound.inflight.remove(&rec.packet_id);
+                    if let Some((_, outgoing)) = self.outbound.inflight.remove(&rec.packet_id) {
+                        self.journal_done(&outgoing);
+                    }
                     return Ok(());
+                }
+                if *stage == Awaiting::PubRec {
+                    if let Some(journal) = self.mailbox.journal() {
+                        journal.sent(outgoing, rec.packet_id, Awaiting::PubComp);
+                    }
                 }
                 *stage = Awaiting::PubComp;
                 let rel = PubRel {
@@ -208,7 +222,9 @@ impl Session {
 
     pub fn on_pubcomp(&mut self, comp: PubComp) -> Result<(), Close> {
         if let Some((Awaiting::PubComp, _)) = self.outbound.inflight.get(&comp.packet_id) {
-            self.outbound.inflight.remove(&comp.packet_id);
+            if let Some((_, outgoing)) = self.outbound.inflight.remove(&comp.packet_id) {
+                self.journal_done(&outgoing);
+            }
         }
         Ok(())
     }

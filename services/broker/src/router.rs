@@ -5,6 +5,8 @@
 //! no code path from one namespace's state to another's: tenant isolation (SPEC §3.2)
 //! follows from the data structure, not from checks that could be forgotten.
 
+pub use crate::mailbox::Mailbox;
+use crate::mailbox::Pushed;
 use crate::rules::RuleIndex;
 use bytes::Bytes;
 use iotcore_codec::QoS;
@@ -16,7 +18,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
-use tokio::sync::mpsc;
 
 /// An isolated topic space.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -91,10 +92,10 @@ pub struct Outgoing {
     pub retain: bool,
     /// MQTT 5 Subscription Identifiers of the matching subscriptions (MQTT-3.3.4-3).
     pub subscription_ids: Vec<u32>,
+    /// Its place in the session's queue, set by the [`Mailbox`] (persistent sessions store
+    /// messages under it).
+    pub seq: u64,
 }
-
-/// The sending side of a connection's bounded outbound queue.
-pub type Mailbox = mpsc::Sender<Outgoing>;
 
 /// A subscription as the router sees it.
 #[derive(Clone, Debug)]
@@ -248,12 +249,19 @@ impl NamespaceRoutes {
                 qos: message.qos.min(best.qos),
                 retain: message.retain && best.retain_as_published,
                 subscription_ids,
+                seq: 0,
             };
-            match best.mailbox.try_send(outgoing) {
-                Ok(()) => outcome.delivered += 1,
-                // A full mailbox is a slow consumer; a closed one belongs to a connection
-                // that is going away (its subscriptions are removed as it ends).
-                Err(_) => outcome.dropped += 1,
+            match best.mailbox.push(outgoing) {
+                Pushed::Queued => outcome.delivered += 1,
+                // A slow consumer or an absent client: the oldest message waiting for it
+                // made room (SPEC §3.1).
+                Pushed::QueuedDroppingOldest => {
+                    outcome.delivered += 1;
+                    outcome.dropped += 1;
+                }
+                // A full mailbox (QoS 0), or a closed one that belongs to a connection that
+                // is going away (its subscriptions are removed as it ends).
+                Pushed::Dropped => outcome.dropped += 1,
             }
             i = j;
         }
@@ -298,16 +306,17 @@ impl NamespaceRoutes {
                 end += 1;
             }
             let members = &groups[start..end];
+            let outgoing_to = |subscriber: &Subscriber| Outgoing {
+                message: message.clone(),
+                qos: message.qos.min(subscriber.qos),
+                retain: message.retain && subscriber.retain_as_published,
+                subscription_ids: subscriber.subscription_id.into_iter().collect(),
+                seq: 0,
+            };
             let mut delivered = false;
             for k in 0..members.len() {
                 let (_, _, _, subscriber) = &members[(turn + k) % members.len()];
-                let outgoing = Outgoing {
-                    message: message.clone(),
-                    qos: message.qos.min(subscriber.qos),
-                    retain: message.retain && subscriber.retain_as_published,
-                    subscription_ids: subscriber.subscription_id.into_iter().collect(),
-                };
-                if subscriber.mailbox.try_send(outgoing).is_ok() {
+                if subscriber.mailbox.try_push(outgoing_to(subscriber)).is_ok() {
                     delivered = true;
                     break;
                 }
@@ -315,6 +324,13 @@ impl NamespaceRoutes {
             if delivered {
                 outcome.delivered += 1;
             } else {
+                // Every member is full: the member whose turn it is drops its oldest
+                // message for a QoS 1/2 one (SPEC §3.1), and a QoS 0 one is dropped.
+                let (_, _, _, subscriber) = &members[turn % members.len()];
+                match subscriber.mailbox.push(outgoing_to(subscriber)) {
+                    Pushed::Dropped => {}
+                    _ => outcome.delivered += 1,
+                }
                 outcome.dropped += 1;
             }
             start = end;
@@ -415,8 +431,8 @@ mod tests {
         })
     }
 
-    fn subscriber(qos: QoS, scope: Option<RegistryId>) -> (Subscriber, mpsc::Receiver<Outgoing>) {
-        let (mailbox, rx) = mpsc::channel(2);
+    fn subscriber(qos: QoS, scope: Option<RegistryId>) -> (Subscriber, crate::mailbox::Queue) {
+        let (mailbox, rx) = crate::mailbox::channel(2, None);
         let subscriber = Subscriber {
             mailbox,
             qos,

@@ -8,16 +8,24 @@
 //!   mailbox keeps filling, until the client comes back or the session expires
 //!   (MQTT-3.1.2-23, MQTT-4.1.0-1).
 //! - Delayed wills wait here to learn whether their client comes back (MQTT-3.1.3-9).
+//! - Parked sessions are bounded per namespace (`mqtt.max_parked_sessions_per_namespace`):
+//!   clients choosing random client ids (virtual brokers allow any) could otherwise grow
+//!   memory and the session store without limit. Beyond the bound the session that would
+//!   expire first is ended early — it is the one its client cared least to keep, and the
+//!   newest sessions, whose clients are likely to come back, stay.
+//! - Every change of a persistent session is recorded in its journal
+//!   ([`crate::session_store`]), so the session survives a restart.
 
+use crate::mailbox::Queue;
 use crate::outbound::Outbound;
-use crate::router::{ConnectionId, Mailbox, Namespace, NamespaceRoutes, Outgoing};
+use crate::router::{ConnectionId, Mailbox, Namespace, NamespaceRoutes};
 use iotcore_topic::Subscription;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +37,7 @@ pub struct SessionState {
     pub id: ConnectionId,
     pub routes: Arc<NamespaceRoutes>,
     pub mailbox: Mailbox,
-    pub queue: mpsc::Receiver<Outgoing>,
+    pub queue: Queue,
     /// Filters as the client wrote them → parsed.
     pub subscriptions: HashMap<String, Subscription>,
     pub outbound: Outbound,
@@ -37,12 +45,45 @@ pub struct SessionState {
 }
 
 impl SessionState {
-    /// Removes the session's subscriptions from the router; what was queued is dropped
-    /// with the state.
+    /// Removes the session's subscriptions from the router and from the store; what was
+    /// queued is dropped with the state.
     pub fn discard(self) {
+        // Closed first, so that no message queued from now on is journaled after the
+        // session's deletion.
+        self.queue.close();
         for subscription in self.subscriptions.values() {
             self.routes.unsubscribe(subscription, self.id);
         }
+        if let Some(journal) = self.mailbox.journal() {
+            journal.ended();
+        }
+    }
+}
+
+/// A session whose client is away.
+struct Parked {
+    generation: u64,
+    expires: Instant,
+    state: SessionState,
+}
+
+/// Parked sessions, and per namespace the order in which they expire.
+#[derive(Default)]
+struct ParkedSessions {
+    sessions: HashMap<Key, Parked>,
+    by_namespace: HashMap<Namespace, BTreeSet<(Instant, u64, String)>>,
+}
+
+impl ParkedSessions {
+    fn remove(&mut self, key: &Key) -> Option<Parked> {
+        let parked = self.sessions.remove(key)?;
+        if let Some(order) = self.by_namespace.get_mut(&key.0) {
+            order.remove(&(parked.expires, parked.generation, key.1.clone()));
+            if order.is_empty() {
+                self.by_namespace.remove(&key.0);
+            }
+        }
+        Some(parked)
     }
 }
 
@@ -73,7 +114,8 @@ pub struct Claim {
 #[derive(Default)]
 pub struct Sessions {
     live: Mutex<HashMap<Key, Live>>,
-    parked: Mutex<HashMap<Key, (u64, SessionState)>>,
+    parked: Mutex<ParkedSessions>,
+    max_parked_per_namespace: usize,
     expiries: Mutex<BinaryHeap<Reverse<(Instant, u64, Key)>>>,
     expiry_changed: Notify,
     generation: AtomicU64,
@@ -84,6 +126,13 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    pub fn new(max_parked_per_namespace: usize) -> Sessions {
+        Sessions {
+            max_parked_per_namespace: max_parked_per_namespace.max(1),
+            ..Sessions::default()
+        }
+    }
+
     /// Registers `connection` as the holder of `client_id`, taking it over from a
     /// connection that holds it now.
     pub fn claim(
@@ -156,7 +205,7 @@ impl Sessions {
     /// The parked session of `client_id`, if any (it is no longer parked afterwards).
     pub fn take_parked(&self, namespace: &Namespace, client_id: &str) -> Option<SessionState> {
         let key = (namespace.clone(), client_id.to_owned());
-        lock(&self.parked).remove(&key).map(|(_, state)| state)
+        lock(&self.parked).remove(&key).map(|parked| parked.state)
     }
 
     /// Keeps `state` until `client_id` comes back or `expiry` passes.
@@ -167,12 +216,63 @@ impl Sessions {
         state: SessionState,
         expiry: Duration,
     ) {
+        if let Some(journal) = state.mailbox.journal() {
+            journal.parked(expiry);
+        }
+        self.keep(namespace, client_id, state, expiry);
+    }
+
+    /// Parks a session read back from the store (which has it as it is).
+    pub fn restore(
+        &self,
+        namespace: &Namespace,
+        client_id: &str,
+        state: SessionState,
+        expiry: Duration,
+    ) {
+        self.keep(namespace, client_id, state, expiry);
+    }
+
+    fn keep(&self, namespace: &Namespace, client_id: &str, state: SessionState, expiry: Duration) {
         let key = (namespace.clone(), client_id.to_owned());
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        if let Some((_, replaced)) = lock(&self.parked).insert(key.clone(), (generation, state)) {
-            replaced.discard();
-        }
         let at = Instant::now() + expiry;
+        let mut ended = Vec::new();
+        {
+            let parked = &mut *lock(&self.parked);
+            if let Some(replaced) = parked.remove(&key) {
+                ended.push(replaced.state);
+            }
+            let order = parked.by_namespace.entry(namespace.clone()).or_default();
+            order.insert((at, generation, client_id.to_owned()));
+            let mut evicted = Vec::new();
+            while order.len() > self.max_parked_per_namespace {
+                match order.pop_first() {
+                    Some((_, _, client)) => evicted.push(client),
+                    None => break,
+                }
+            }
+            parked.sessions.insert(
+                key.clone(),
+                Parked {
+                    generation,
+                    expires: at,
+                    state,
+                },
+            );
+            for client in evicted {
+                tracing::warn!(
+                    client_id = client,
+                    "too many parked sessions in the namespace (mqtt.max_parked_sessions_per_namespace); the one expiring first ended"
+                );
+                if let Some(gone) = parked.sessions.remove(&(namespace.clone(), client)) {
+                    ended.push(gone.state);
+                }
+            }
+        }
+        for state in ended {
+            state.discard();
+        }
         lock(&self.expiries).push(Reverse((at, generation, key)));
         self.expiry_changed.notify_one();
     }
@@ -201,11 +301,15 @@ impl Sessions {
                 };
                 let mut parked = lock(&self.parked);
                 // A session resumed and parked again since has a newer generation.
-                if parked.get(&key).is_some_and(|(g, _)| *g == generation) {
-                    if let Some((_, state)) = parked.remove(&key) {
+                if parked
+                    .sessions
+                    .get(&key)
+                    .is_some_and(|p| p.generation == generation)
+                {
+                    if let Some(gone) = parked.remove(&key) {
                         drop(parked);
                         tracing::debug!(client_id = key.1, "session expired");
-                        state.discard();
+                        gone.state.discard();
                     }
                 }
             }

@@ -6,6 +6,7 @@ use crate::router::{Outgoing, Subscriber};
 use iotcore_codec::{
     Packet, Properties, ProtocolVersion, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
+use iotcore_store::sessions::StoredSubscription;
 use iotcore_topic::{Subscription, TopicFilter};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -56,6 +57,15 @@ impl Session {
                     // MQTT-3.8.4-3: a subscription to the same filter replaces the old one.
                     self.routes
                         .subscribe(&subscription, self.id, subscriber.clone());
+                    if let Some(journal) = self.mailbox.journal() {
+                        journal.subscribed(StoredSubscription {
+                            filter: raw.clone(),
+                            qos: options.qos as u8,
+                            no_local: subscriber.no_local,
+                            retain_as_published: subscriber.retain_as_published,
+                            subscription_id,
+                        });
+                    }
                     // Retain Handling: 0 always, 1 only for a new subscription, 2 never; and
                     // never for a shared subscription (MQTT 5 §4.8.2).
                     let wants_retained =
@@ -85,9 +95,10 @@ impl Session {
                     message,
                     retain: true,
                     subscription_ids: subscriber.subscription_id.into_iter().collect(),
+                    seq: 0,
                 };
                 // Through our own bounded mailbox, so they obey the in-flight window.
-                let _ = self.mailbox.try_send(outgoing);
+                self.mailbox.push(outgoing);
             }
         }
     }
@@ -103,6 +114,9 @@ impl Session {
                 Some(subscription) => self.routes.unsubscribe(&subscription, self.id),
                 None => false,
             };
+            if let Some(journal) = self.mailbox.journal() {
+                journal.unsubscribed(raw);
+            }
             reasons.push(if existed {
                 ReasonCode::SUCCESS
             } else {

@@ -22,6 +22,7 @@ pub mod quotas;
 pub mod registries;
 pub mod retained;
 pub mod rules;
+pub mod sessions;
 pub mod tenants;
 
 pub use error::{Result, StoreError};

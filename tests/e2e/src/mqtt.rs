@@ -12,6 +12,21 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct V311 {
     pub client: rumqttc::AsyncClient,
     events: mpsc::UnboundedReceiver<Result<rumqttc::Packet, String>>,
+    /// The CONNACK's Session Present flag.
+    pub session_present: bool,
+}
+
+/// The options the connect helpers use: a credential and a 30 s keep alive.
+pub fn options_v311(
+    addr: SocketAddr,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> rumqttc::MqttOptions {
+    let mut options = rumqttc::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    options.set_credentials(username, password);
+    options.set_keep_alive(Duration::from_secs(30));
+    options
 }
 
 /// Connects with MQTT 3.1.1; `Err` carries the CONNACK return code of a refusal.
@@ -21,19 +36,25 @@ pub async fn connect_v311(
     username: &str,
     password: &str,
 ) -> Result<V311, rumqttc::ConnectReturnCode> {
-    let mut options = rumqttc::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
-    options.set_credentials(username, password);
-    options.set_keep_alive(Duration::from_secs(30));
+    connect_v311_with(options_v311(addr, client_id, username, password)).await
+}
+
+/// Connects with MQTT 3.1.1 and `options` (e.g. Clean Session 0).
+pub async fn connect_v311_with(
+    options: rumqttc::MqttOptions,
+) -> Result<V311, rumqttc::ConnectReturnCode> {
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
-    loop {
+    let session_present = loop {
         match tokio::time::timeout(WAIT, eventloop.poll()).await {
-            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => break,
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)))) => {
+                break ack.session_present
+            }
             Ok(Ok(_)) => continue,
             Ok(Err(rumqttc::ConnectionError::ConnectionRefused(code))) => return Err(code),
             Ok(Err(e)) => panic!("MQTT 3.1.1 connect failed: {e}"),
             Err(_) => panic!("MQTT 3.1.1 connect timed out"),
         }
-    }
+    };
     let (tx, events) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
@@ -51,7 +72,11 @@ pub async fn connect_v311(
             }
         }
     });
-    Ok(V311 { client, events })
+    Ok(V311 {
+        client,
+        events,
+        session_present,
+    })
 }
 
 impl V311 {
@@ -109,6 +134,19 @@ pub struct V5 {
     pub connack: v5packets::ConnAck,
 }
 
+/// The options the MQTT 5 connect helpers use: a credential and a 30 s keep alive.
+pub fn options_v5(
+    addr: SocketAddr,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> rumqttc::v5::MqttOptions {
+    let mut options = rumqttc::v5::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    options.set_credentials(username, password);
+    options.set_keep_alive(Duration::from_secs(30));
+    options
+}
+
 /// Connects with MQTT 5; `Err` carries the CONNACK reason code of a refusal.
 pub async fn connect_v5(
     addr: SocketAddr,
@@ -116,9 +154,13 @@ pub async fn connect_v5(
     username: &str,
     password: &str,
 ) -> Result<V5, v5packets::ConnectReturnCode> {
-    let mut options = rumqttc::v5::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
-    options.set_credentials(username, password);
-    options.set_keep_alive(Duration::from_secs(30));
+    connect_v5_with(options_v5(addr, client_id, username, password)).await
+}
+
+/// Connects with MQTT 5 and `options` (e.g. a Session Expiry Interval).
+pub async fn connect_v5_with(
+    options: rumqttc::v5::MqttOptions,
+) -> Result<V5, v5packets::ConnectReturnCode> {
     let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 64);
     let connack = loop {
         match tokio::time::timeout(WAIT, eventloop.poll()).await {

@@ -11,6 +11,7 @@ mod mqtt_features;
 mod protocol;
 mod quickstart;
 mod revocation;
+mod session_restarts;
 mod sessions;
 mod virtual_brokers;
 mod webhook_retry;

@@ -8,7 +8,7 @@ use iotcore_e2e::raw::Raw;
 use iotcore_e2e::{Device, TestApp};
 
 /// A registry client credential as a `Device` (id = registry id), for the raw client.
-async fn registry_client(app: &TestApp) -> (Device, Device) {
+pub(crate) async fn registry_client(app: &TestApp) -> (Device, Device) {
     let registry = app.create_registry(&app.token, "r").await;
     let device = app.create_device(&app.token, &registry, "d").await;
     let (user, password) = app.create_registry_password(&app.token, &registry).await;
@@ -22,7 +22,7 @@ async fn registry_client(app: &TestApp) -> (Device, Device) {
     )
 }
 
-async fn connect(
+pub(crate) async fn connect(
     app: &TestApp,
     version: ProtocolVersion,
     who: &Device,
@@ -38,7 +38,7 @@ async fn connect(
     }
 }
 
-async fn disconnect(mut raw: Raw) {
+pub(crate) async fn disconnect(mut raw: Raw) {
     let disconnect = iotcore_codec::Disconnect {
         reason: ReasonCode::SUCCESS,
         properties: Properties::default(),
@@ -47,7 +47,7 @@ async fn disconnect(mut raw: Raw) {
     assert!(raw.packet().await.is_none());
 }
 
-async fn next_publish(raw: &mut Raw) -> Publish {
+pub(crate) async fn next_publish(raw: &mut Raw) -> Publish {
     loop {
         match raw.packet().await {
             Some(Packet::Publish(publish)) => return publish,
@@ -57,7 +57,7 @@ async fn next_publish(raw: &mut Raw) -> Publish {
     }
 }
 
-async fn publish_events(app: &TestApp, device: &Device, payloads: &[&str]) {
+pub(crate) async fn publish_events(app: &TestApp, device: &Device, payloads: &[&str]) {
     let mut publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
         .await
         .expect("device");
@@ -183,5 +183,38 @@ async fn takeover_with_clean_start_0_resumes_the_session() {
         publish.payload,
         Bytes::from_static(b"to the new connection")
     );
+    app.stop().await;
+}
+
+/// Parked sessions are bounded per namespace (`mqtt.max_parked_sessions_per_namespace`):
+/// beyond it, the session that would expire first ends early and the newer one stays.
+#[tokio::test]
+async fn parked_sessions_beyond_the_namespace_limit_end_oldest_first() {
+    let app = TestApp::spawn_with(&[("IOTCORE_MQTT_MAX_PARKED_SESSIONS_PER_NAMESPACE", "1")]).await;
+    let (_, backend) = registry_client(&app).await;
+    let as_client = |suffix: &str| Device {
+        id: format!("{}:{suffix}", backend.id),
+        ..backend.clone()
+    };
+    let connect_as = |suffix: &str, clean: bool| {
+        let mut connect =
+            Raw::connect_packet(ProtocolVersion::V3_1_1, &as_client(suffix).id, &backend, 60);
+        connect.clean_start = clean;
+        Raw::handshake(app.mqtt, connect)
+    };
+    for suffix in ["first", "second"] {
+        let (mut raw, _) = connect_as(suffix, false).await;
+        assert_eq!(
+            raw.subscribe_qos1("$devices/+/events/#").await,
+            ReasonCode::GRANTED_QOS_1
+        );
+        disconnect(raw).await;
+    }
+    for (suffix, kept) in [("second", true), ("first", false)] {
+        match connect_as(suffix, false).await {
+            (_, Some(Packet::ConnAck(ack))) => assert_eq!(ack.session_present, kept, "{suffix}"),
+            (_, other) => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
     app.stop().await;
 }
