@@ -152,7 +152,10 @@ pub struct NamespaceRoutes {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RouteOutcome {
     pub delivered: usize,
-    /// Subscribers whose outbound queue was full.
+    /// Messages dropped because a subscriber's queue was full: this one (QoS 0, or every
+    /// member of a shared subscription full), or an older one it pushed out (QoS 1/2).
+    /// Counted in `iotcore_mqtt_dropped_total{reason="queue_full"}` by
+    /// [`crate::publish::publish`].
     pub dropped: usize,
 }
 

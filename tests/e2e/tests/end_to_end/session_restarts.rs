@@ -387,6 +387,24 @@ async fn an_absent_sessions_queue_keeps_the_newest_messages_across_a_restart() {
     assert_eq!(raw.subscribe_qos1(EVENTS).await, ReasonCode::GRANTED_QOS_1);
     disconnect(raw).await;
     publish_events(&app, &device, &["one", "two", "three"]).await;
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.api))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.lines().any(|line| {
+            line.starts_with("iotcore_mqtt_dropped_total{")
+                && line.contains(&app.tenant_id)
+                && line.contains("reason=\"queue_full\"")
+                && line.ends_with(" 1")
+        }),
+        "the dropped message is counted:\n{metrics}"
+    );
 
     let app = app.restart_gracefully().await;
     let (mut raw, present) = connect(&app, ProtocolVersion::V3_1_1, &backend, false, None).await;
