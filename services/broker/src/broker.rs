@@ -193,9 +193,12 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     // Retained messages set until now (wills included) and the sessions parked as their
     // connections ended are written before the process ends.
+    // Together within the process's stop grace (10 s, 5 of them for the connections above).
     sessions_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), retained_writer).await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), sessions_written).await;
+    let _ = tokio::time::timeout(Duration::from_secs(4), async {
+        let _ = tokio::join!(retained_writer, sessions_written);
+    })
+    .await;
     Ok(())
 }
 

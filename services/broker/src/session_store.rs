@@ -37,13 +37,14 @@ const MAX_BATCH: usize = 4096;
 const MAX_WAIT: Duration = Duration::from_millis(50);
 
 /// One change to a stored session.
+/// Keys are shared, so that recording a message costs no allocation.
 enum Change {
     Save(Box<StoredSession>),
-    IncomingQos2(SessionKey, Vec<i32>),
-    Delete(SessionKey),
-    Queued(SessionKey, Outgoing),
-    Sent(SessionKey, u64, u16, Awaiting),
-    Done(SessionKey, u64),
+    IncomingQos2(Arc<SessionKey>, Vec<i32>),
+    Delete(Arc<SessionKey>),
+    Queued(Arc<SessionKey>, Outgoing),
+    Sent(Arc<SessionKey>, u64, u16, Awaiting),
+    Done(Arc<SessionKey>, u64),
 }
 
 /// What an in-flight outgoing message waits for; stored as 0, 1, 2.
@@ -97,7 +98,7 @@ impl SessionWriter {
 
 /// The persistent picture of one session, and the handle that records its changes.
 pub struct Journal {
-    key: SessionKey,
+    key: Arc<SessionKey>,
     writer: SessionWriter,
     state: Mutex<JournalState>,
 }
@@ -132,7 +133,7 @@ impl Journal {
         registry_scope: Option<&RegistryId>,
     ) -> Arc<Journal> {
         let journal = Journal {
-            key: session_key(namespace, client_id),
+            key: Arc::new(session_key(namespace, client_id)),
             writer: writer.clone(),
             state: Mutex::new(JournalState {
                 expiry_secs: 0,
@@ -148,7 +149,7 @@ impl Journal {
 
     fn save(&self, state: &JournalState) {
         let session = StoredSession {
-            key: self.key.clone(),
+            key: (*self.key).clone(),
             expiry_secs: i64::from(state.expiry_secs),
             expires_at: state.expires_at,
             registry_scope: state.registry_scope.clone(),
@@ -258,17 +259,17 @@ struct KeyOps {
 /// Reduces changes to the final state of each row. The store applies deletes of sessions
 /// first, so everything recorded for a session before its delete is forgotten here.
 fn reduce(changes: Vec<Change>) -> SessionBatch {
-    let mut deletes = Vec::new();
-    let mut keys: HashMap<SessionKey, KeyOps> = HashMap::new();
+    let mut deletes: Vec<SessionKey> = Vec::new();
+    let mut keys: HashMap<Arc<SessionKey>, KeyOps> = HashMap::new();
     let now = Instant::now();
     for change in changes {
         match change {
             Change::Delete(key) => {
                 keys.remove(&key);
-                deletes.push(key);
+                deletes.push((*key).clone());
             }
             Change::Save(session) => {
-                let ops = keys.entry(session.key.clone()).or_default();
+                let ops = keys.entry(Arc::new(session.key.clone())).or_default();
                 // The save carries the current incoming ids.
                 ops.incoming_qos2 = None;
                 ops.save = Some(session);
@@ -315,6 +316,7 @@ fn reduce(changes: Vec<Change>) -> SessionBatch {
         ..SessionBatch::default()
     };
     for (key, ops) in keys {
+        let key = Arc::unwrap_or_clone(key);
         if let Some(save) = ops.save {
             batch.saves.push(*save);
         }
@@ -456,7 +458,7 @@ fn restore_one(shared: &Shared, stored: StoredSession, rows: Vec<SessionMessage>
     };
     let registry_scope = stored.registry_scope.as_deref().and_then(RegistryId::parse);
     let journal = Arc::new(Journal {
-        key: key.clone(),
+        key: Arc::new(key.clone()),
         writer: shared.sessions_writer.clone(),
         state: Mutex::new(JournalState {
             expiry_secs: u32::try_from(stored.expiry_secs).unwrap_or(0),
@@ -549,12 +551,12 @@ mod tests {
     use super::*;
     use iotcore_store::TenantId;
 
-    fn key(client: &str) -> SessionKey {
-        SessionKey {
+    fn key(client: &str) -> Arc<SessionKey> {
+        Arc::new(SessionKey {
             tenant_id: TenantId::generate(),
             broker_id: String::new(),
             client_id: client.into(),
-        }
+        })
     }
 
     fn outgoing(seq: u64) -> Outgoing {
@@ -593,15 +595,15 @@ mod tests {
             (row.seq, row.packet_id, row.awaiting),
             (2, Some(11), Some(1))
         );
-        assert_eq!(batch.message_updates, vec![(k.clone(), 3, 12, 2)]);
-        assert_eq!(batch.message_deletes, vec![(k, 4)]);
+        assert_eq!(batch.message_updates, vec![((*k).clone(), 3, 12, 2)]);
+        assert_eq!(batch.message_deletes, vec![((*k).clone(), 4)]);
     }
 
     #[test]
     fn a_delete_forgets_what_came_before_it_but_not_after() {
         let k = key("c");
         let mut save = StoredSession {
-            key: k.clone(),
+            key: (*k).clone(),
             expiry_secs: 60,
             expires_at: None,
             registry_scope: None,
@@ -615,7 +617,7 @@ mod tests {
             Change::Delete(k.clone()),
             Change::Delete(k.clone()),
         ]);
-        assert_eq!(batch.deletes, vec![k.clone()]);
+        assert_eq!(batch.deletes, vec![(*k).clone()]);
         assert!(batch.saves.is_empty() && batch.message_inserts.is_empty());
         assert!(batch.incoming_qos2.is_empty());
 

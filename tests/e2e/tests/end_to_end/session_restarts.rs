@@ -424,3 +424,86 @@ async fn an_absent_sessions_queue_keeps_the_newest_messages_across_a_restart() {
     }
     app.stop().await;
 }
+
+/// MQTT-4.3.3-9 across a restart: the packet id of an incoming QoS 2 message whose PUBREC
+/// was sent is kept with the session, so the PUBREL after the restart completes it
+/// (PUBCOMP 0x00, not 0x92 Packet Identifier not found) and a retransmitted PUBLISH is
+/// not routed a second time.
+#[tokio::test]
+async fn incoming_qos2_state_survives_a_restart() {
+    let app = TestApp::spawn().await;
+    let (device, backend) = registry_client(&app).await;
+    let (mut subscriber, _) = connect(&app, ProtocolVersion::V5, &backend, false, Some(300)).await;
+    assert_eq!(
+        subscriber.subscribe_qos1(EVENTS).await,
+        ReasonCode::GRANTED_QOS_1
+    );
+    disconnect(subscriber).await;
+
+    let publish = iotcore_codec::Publish {
+        dup: false,
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        topic: format!("$devices/{}/events", device.id),
+        packet_id: Some(7),
+        payload: "once".into(),
+        properties: Properties::default(),
+    };
+    let (mut publisher, _) = connect(&app, ProtocolVersion::V5, &device, false, Some(300)).await;
+    publisher.send(&Packet::Publish(publish.clone())).await;
+    match publisher.packet().await {
+        Some(Packet::PubRec(rec)) => {
+            assert_eq!((rec.packet_id, rec.reason), (7, ReasonCode::SUCCESS))
+        }
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    drop(publisher); // lost before its PUBREL
+
+    let app = app.restart_gracefully().await;
+    let (mut publisher, present) =
+        connect(&app, ProtocolVersion::V5, &device, false, Some(300)).await;
+    assert!(present);
+    publisher
+        .send(&Packet::Publish(iotcore_codec::Publish {
+            dup: true,
+            ..publish
+        }))
+        .await;
+    assert!(matches!(publisher.packet().await, Some(Packet::PubRec(rec)) if rec.packet_id == 7));
+    publisher
+        .send(&Packet::PubRel(iotcore_codec::PubRel {
+            packet_id: 7,
+            reason: ReasonCode::SUCCESS,
+            properties: Properties::default(),
+        }))
+        .await;
+    match publisher.packet().await {
+        Some(Packet::PubComp(comp)) => {
+            assert_eq!((comp.packet_id, comp.reason), (7, ReasonCode::SUCCESS))
+        }
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+
+    let (mut subscriber, present) =
+        connect(&app, ProtocolVersion::V5, &backend, false, Some(300)).await;
+    assert!(present);
+    let once = next_publish(&mut subscriber).await;
+    assert_eq!(once.payload.as_ref(), b"once");
+    subscriber
+        .send(&Packet::PubAck(iotcore_codec::PubAck {
+            packet_id: once.packet_id.unwrap_or(0),
+            reason: ReasonCode::SUCCESS,
+            properties: Properties::default(),
+        }))
+        .await;
+    subscriber.send(&Packet::PingReq).await;
+    loop {
+        match subscriber.packet().await {
+            Some(Packet::PingResp) => break,
+            Some(Packet::Publish(p)) => panic!("MQTT-4.3.3-9: routed twice: {p:?}"),
+            Some(_) => continue,
+            None => panic!("connection closed"),
+        }
+    }
+    app.stop().await;
+}
