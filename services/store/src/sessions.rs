@@ -295,3 +295,109 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(tenant: &TenantId, client: &str, expires_in: Option<i64>) -> StoredSession {
+        StoredSession {
+            key: SessionKey {
+                tenant_id: tenant.clone(),
+                broker_id: String::new(),
+                client_id: client.into(),
+            },
+            expiry_secs: 3600,
+            expires_at: expires_in.map(|secs| Utc::now() + chrono::Duration::seconds(secs)),
+            registry_scope: None,
+            subscriptions: Json(vec![StoredSubscription {
+                filter: "a/#".into(),
+                qos: 1,
+                no_local: false,
+                retain_as_published: true,
+                subscription_id: Some(9),
+            }]),
+            incoming_qos2: vec![3],
+        }
+    }
+
+    fn message(seq: i64, packet_id: Option<i32>) -> SessionMessage {
+        SessionMessage {
+            seq,
+            packet_id,
+            awaiting: packet_id.map(|_| 0),
+            topic: "a/b".into(),
+            payload: seq.to_string().into_bytes(),
+            qos: 1,
+            retain: false,
+            subscription_ids: vec![9],
+            properties: Json(RetainedProperties::default()),
+            expires_at: None,
+        }
+    }
+
+    /// Read back within the live bounds: expired sessions and the sessions of a namespace
+    /// beyond the bound that expire first are deleted, and the oldest queued messages
+    /// beyond the per-session bound are dropped; in-flight messages are kept.
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn loading_applies_the_bounds_and_deletes_what_it_drops(pool: sqlx::PgPool) {
+        let store = Store::from_pool(pool);
+        let tenant = store.create_tenant("t").await.unwrap().id;
+        let kept = session(&tenant, "kept", None);
+        let batch = SessionBatch {
+            saves: vec![
+                kept.clone(),
+                session(&tenant, "later", Some(600)),
+                session(&tenant, "sooner", Some(60)),
+                session(&tenant, "expired", Some(-1)),
+            ],
+            message_inserts: [
+                message(1, Some(5)),
+                message(2, None),
+                message(3, None),
+                message(4, None),
+            ]
+            .into_iter()
+            .map(|m| (kept.key.clone(), m))
+            .collect(),
+            ..SessionBatch::default()
+        };
+        store.apply_session_batch(&batch).await.unwrap();
+
+        let loaded = store.load_sessions(2, 2).await.unwrap();
+        let mut clients: Vec<&str> = loaded
+            .sessions
+            .iter()
+            .map(|s| s.key.client_id.as_str())
+            .collect();
+        clients.sort();
+        assert_eq!(clients, ["kept", "later"]);
+        assert_eq!(loaded.sessions_discarded, 2);
+        assert_eq!(loaded.messages_dropped, 1);
+        let seqs: Vec<i64> = loaded.messages.iter().map(|m| m.message.seq).collect();
+        assert_eq!(
+            seqs,
+            [1, 3, 4],
+            "the in-flight one and the two newest queued"
+        );
+        let stored = loaded
+            .sessions
+            .iter()
+            .find(|s| s.key.client_id == "kept")
+            .unwrap();
+        assert_eq!(stored, &kept);
+
+        let again = store.load_sessions(2, 2).await.unwrap();
+        assert_eq!((again.sessions.len(), again.messages.len()), (2, 3));
+        assert_eq!((again.sessions_discarded, again.messages_dropped), (0, 0));
+
+        // Deleting a session deletes its messages.
+        let batch = SessionBatch {
+            deletes: vec![kept.key.clone()],
+            ..SessionBatch::default()
+        };
+        store.apply_session_batch(&batch).await.unwrap();
+        let last = store.load_sessions(2, 2).await.unwrap();
+        assert_eq!((last.sessions.len(), last.messages.len()), (1, 0));
+    }
+}
