@@ -1,5 +1,5 @@
 //! Persistent sessions in PostgreSQL, so that a client resumes its session after a broker
-//! restart (SPEC §3.1, issue: durability).
+//! restart (SPEC §3.1).
 //!
 //! Sessions live in memory ([`crate::sessions`]); each persistent one has a [`Journal`]
 //! that records its changes (subscriptions, expiry, QoS 1/2 messages queued, sent,
@@ -11,6 +11,9 @@
 //!
 //! A crash (kill -9) loses the changes not yet written: at most `MAX_WAIT` of them. A
 //! graceful shutdown parks every session and writes everything.
+//!
+//! One broker process per database is assumed: every process loads every stored session at
+//! start, and nothing yet tells a process that another one took a session over (SPEC §8).
 
 use crate::broker::Shared;
 use crate::mailbox;
