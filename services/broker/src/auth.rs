@@ -1,9 +1,11 @@
 //! Authentication of MQTT clients at CONNECT (SPEC §4.1): username and password against
 //! the store's argon2id hashes.
 
+use crate::limits::{Limits, Refusal, TenantLimits};
 use crate::router::Namespace;
 use iotcore_store::auth::{decoy_hash, verify_password, PasswordPrincipal, PrincipalKind};
 use iotcore_store::{BrokerId, Store, TenantId};
+use std::sync::Arc;
 
 /// Who a connection acts as, decided once at CONNECT from its credential and never from
 /// anything else the client sends.
@@ -27,6 +29,8 @@ pub enum AuthFailure {
     NotAuthorized,
     /// The store could not be asked (3.1.1: 3; 5.0: 0x88).
     Unavailable,
+    /// The tenant's CONNECT rate or authentications in flight (SPEC §3.5; 3.1.1: 3).
+    Limited(Refusal),
 }
 
 #[derive(Clone)]
@@ -45,13 +49,20 @@ impl Authenticator {
         }
     }
 
+    /// Authenticates a CONNECT. Once the username has named a tenant, the tenant's CONNECT
+    /// rate and authentications in flight are checked before the (costly) password hash,
+    /// so that a reconnect storm of one tenant does not starve the others.
     pub async fn authenticate(
         &self,
         username: Option<&str>,
         password: Option<&[u8]>,
-    ) -> Result<Principal, AuthFailure> {
+        limits: &Limits,
+    ) -> Result<(Principal, Arc<TenantLimits>), AuthFailure> {
         if let (None, Some(broker)) = (username, &self.anonymous_broker) {
-            return self.anonymous(broker).await;
+            let principal = self.anonymous(broker).await?;
+            let tenant = limits.tenant(&self.store, &principal.tenant_id).await;
+            admit(limits, &tenant)?;
+            return Ok((principal, tenant));
         }
         let found = match username {
             Some(username) => self
@@ -62,6 +73,14 @@ impl Authenticator {
                     tracing::error!(error = %e, "looking up a principal failed");
                     AuthFailure::Unavailable
                 })?,
+            None => None,
+        };
+        let tenant = match &found {
+            Some(principal) => Some(limits.tenant(&self.store, &principal.tenant_id).await),
+            None => None,
+        };
+        let _permit = match &tenant {
+            Some(tenant) => Some(admit(limits, tenant)?),
             None => None,
         };
         let password = password.unwrap_or_default().to_vec();
@@ -76,12 +95,21 @@ impl Authenticator {
         })
         .await
         .unwrap_or(false);
-        let principal = match found {
-            Some(principal) if verified => principal,
-            _ => return Err(AuthFailure::BadCredentials),
-        };
-        into_principal(principal)
+        match (found, tenant) {
+            (Some(principal), Some(tenant)) if verified => Ok((into_principal(principal)?, tenant)),
+            _ => Err(AuthFailure::BadCredentials),
+        }
     }
+}
+
+fn admit(
+    limits: &Limits,
+    tenant: &Arc<TenantLimits>,
+) -> Result<crate::limits::AuthPermit, AuthFailure> {
+    limits.admit_connect(tenant).map_err(|refusal| {
+        limits.refused(refusal);
+        AuthFailure::Limited(refusal)
+    })
 }
 
 impl Authenticator {

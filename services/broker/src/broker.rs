@@ -1,6 +1,7 @@
 //! The broker's shared state, its listeners and the task that keeps rule indexes current.
 
 use crate::auth::{Authenticator, Principal};
+use crate::limits::{LimitSettings, Limits};
 use crate::retained_store::RetainedWriter;
 use crate::router::{Namespace, NamespaceRoutes, Router};
 use crate::rules::{RuleIndex, RuleSink};
@@ -33,6 +34,8 @@ pub struct Shared {
     pub router: Router,
     pub sessions: Sessions,
     pub auth: Authenticator,
+    /// Tenant quotas and rate limits (SPEC §3.5, §7.3).
+    pub quotas: Limits,
     pub rules: RuleSink,
     pub status: crate::status::StatusWriter,
     pub retained: RetainedWriter,
@@ -156,6 +159,11 @@ pub async fn run(
         router: Router::default(),
         sessions: Sessions::new(config.max_parked_sessions_per_namespace),
         auth: Authenticator::new(store.clone(), anonymous_broker),
+        quotas: Limits::new(LimitSettings {
+            defaults: config.tenant_quotas,
+            connects_per_second: config.max_connects_per_second_per_tenant,
+            auth_in_flight: config.max_auth_in_flight_per_tenant,
+        }),
         rules,
         status: crate::status::StatusWriter::start(store.clone(), shutdown.clone()),
         retained,
@@ -274,10 +282,13 @@ async fn follow_rule_changes(shared: Arc<Shared>) {
                     }
                 }
                 Ok(Some(Change::Principals { tenant_id })) => {
+                    // Quota changes come with this notification too.
+                    shared.quotas.refresh(&shared.store, Some(&tenant_id)).await;
                     recheck_principals(&shared, &tenant_id).await;
                 }
                 // Notifications may have been missed: reload every loaded index.
                 Ok(None) => {
+                    shared.quotas.refresh(&shared.store, None).await;
                     for (namespace, routes) in shared.router.loaded() {
                         if let Namespace::Tenant(tenant) = namespace {
                             shared.reload_rules(&tenant, &routes).await;

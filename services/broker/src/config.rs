@@ -1,3 +1,4 @@
+use crate::limits::TenantQuotaDefaults;
 use serde::{Deserialize, Serialize};
 
 /// The `[mqtt]` section of the configuration.
@@ -18,7 +19,8 @@ pub struct BrokerConfig {
     pub inflight_window: u16,
     /// Connections this process accepts at once; further clients wait in the backlog.
     pub max_connections: usize,
-    /// Topic aliases a client may set up towards the broker (MQTT 5 Topic Alias Maximum).
+    /// Topic aliases a client may set up towards the broker (MQTT 5 Topic Alias Maximum),
+    /// and the most the broker sets up towards a client that accepts them.
     pub topic_alias_maximum: u16,
     /// Longest a persistent session is kept while its client is away, seconds: the cap on
     /// MQTT 5 Session Expiry Interval, and the expiry of MQTT 3.1.1 Clean Session 0 sessions.
@@ -35,6 +37,19 @@ pub struct BrokerConfig {
     pub max_parked_sessions_per_namespace: usize,
     /// Subscriptions one session may hold.
     pub max_subscriptions: usize,
+    /// PUBLISH packets one client may send per second, with bursts of as many (0:
+    /// unlimited). A client beyond it is disconnected (MQTT 5: DISCONNECT 0x96).
+    pub max_publishes_per_second_per_client: u64,
+    /// CONNECTs one tenant's clients may make per second, counted before the password is
+    /// checked (0: unlimited); beyond it CONNACK 0x9F.
+    pub max_connects_per_second_per_tenant: u64,
+    /// CONNECTs of one tenant whose password is being checked at once (0: unlimited);
+    /// beyond it CONNACK 0x89, so that one tenant cannot hold every hashing thread.
+    pub max_auth_in_flight_per_tenant: usize,
+    /// The tenant quota defaults (`[api.quotas]`), copied here by the binary; each tenant's
+    /// own overrides are read from the store.
+    #[serde(skip)]
+    pub tenant_quotas: TenantQuotaDefaults,
     /// Upper bound on the keep alive the broker accepts (MQTT 5 Server Keep Alive), seconds.
     pub max_keep_alive_secs: u16,
     /// How long the broker waits to group rule matches into one transaction.
@@ -72,6 +87,10 @@ impl Default for BrokerConfig {
             max_retained_per_namespace: 100_000,
             max_parked_sessions_per_namespace: 10_000,
             max_subscriptions: 100,
+            max_publishes_per_second_per_client: 1000,
+            max_connects_per_second_per_tenant: 500,
+            max_auth_in_flight_per_tenant: 16,
+            tenant_quotas: TenantQuotaDefaults::default(),
             max_keep_alive_secs: 3600,
             rule_commit_max_wait_ms: 2,
             rule_commit_max_batch: 512,

@@ -7,12 +7,14 @@
 
 use crate::broker::Shared;
 use crate::handshake::{self, Accepted};
+use crate::limits::TokenBucket;
 use crate::mailbox::{self, Queue};
 use crate::outbound::Outbound;
 use crate::router::{ConnectionId, Mailbox, NamespaceRoutes};
 use crate::session_store::Journal;
 use crate::sessions::SessionState;
 use crate::status;
+use crate::topic_aliases::OutboundAliases;
 use crate::wills;
 use bytes::BytesMut;
 use iotcore_codec::{decode, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode};
@@ -202,6 +204,17 @@ where
             incoming_qos2,
             topic_aliases: HashMap::new(),
             client_max_packet: connect.properties.maximum_packet_size,
+            publish_rate: TokenBucket::new(shared.config.max_publishes_per_second_per_client),
+            outbound_aliases: OutboundAliases::new(match version {
+                // MQTT-3.1.2-26/27: no more aliases than the client's Topic Alias
+                // Maximum; bounded by ours too, since each one holds a topic in memory.
+                ProtocolVersion::V5 => connect
+                    .properties
+                    .topic_alias_maximum
+                    .unwrap_or(0)
+                    .min(shared.config.topic_alias_maximum),
+                _ => 0,
+            }),
         };
         if session_present {
             // MQTT-4.4.0-1: unacknowledged messages are sent again, with DUP set.
@@ -363,6 +376,10 @@ pub struct Session {
     /// Inbound MQTT 5 topic aliases (MQTT-3.3.2-10..12).
     pub topic_aliases: HashMap<u16, String>,
     pub client_max_packet: Option<u32>,
+    /// The client's own PUBLISH rate (`mqtt.max_publishes_per_second_per_client`).
+    pub publish_rate: TokenBucket,
+    /// Topic aliases of the messages sent to this client (MQTT 5).
+    pub outbound_aliases: OutboundAliases,
 }
 
 impl Session {

@@ -4,6 +4,7 @@
 use crate::acl::Acl;
 use crate::auth::{AuthFailure, Principal};
 use crate::broker::Shared;
+use crate::limits::{ConnectionSlot, Refusal};
 use crate::publish;
 use crate::router::Message;
 use iotcore_codec::{
@@ -31,6 +32,9 @@ pub struct Accepted {
     /// The will, checked against the ACL, and how long after an abnormal disconnect it is
     /// published (MQTT 5 Will Delay Interval, bounded by the session's life).
     pub will: Option<(Message, Duration)>,
+    /// This connection's place in its tenant's connection quota, held until it ends; also
+    /// the way to the tenant's message and byte rates.
+    pub slot: ConnectionSlot,
 }
 
 /// A refused CONNECT, with the return code (3.x) or reason code (5.0) to answer.
@@ -54,9 +58,21 @@ pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refu
             "enhanced authentication is not supported",
         ));
     }
-    let principal = shared
+    let limited = |refusal: Refusal| Refused {
+        code: if v5 {
+            refusal.reason_code().0
+        } else {
+            connack_v3::SERVER_UNAVAILABLE
+        },
+        reason: refusal.as_str(),
+    };
+    let (principal, tenant) = shared
         .auth
-        .authenticate(connect.username.as_deref(), connect.password.as_deref())
+        .authenticate(
+            connect.username.as_deref(),
+            connect.password.as_deref(),
+            &shared.quotas,
+        )
         .await
         .map_err(|failure| match failure {
             AuthFailure::BadCredentials => refuse(
@@ -74,6 +90,7 @@ pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refu
                 ReasonCode::SERVER_UNAVAILABLE,
                 "server unavailable",
             ),
+            AuthFailure::Limited(refusal) => limited(refusal),
         })?;
     let (client_id, assigned) = client_id_for(&principal, &connect.client_id).ok_or_else(|| {
         refuse(
@@ -106,6 +123,11 @@ pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refu
         _ => max_expiry,
     };
     let session_expiry = requested_expiry.min(max_expiry);
+    // A CONNECT refused below gives its slot back as `slot` is dropped.
+    let slot = tenant.open_connection().map_err(|refusal| {
+        shared.quotas.refused(refusal);
+        limited(refusal)
+    })?;
     let will = match &connect.will {
         None => None,
         Some(will) => {
@@ -151,6 +173,7 @@ pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refu
         session_expiry,
         session_expiry_capped: session_expiry < requested_expiry,
         will,
+        slot,
     })
 }
 

@@ -2,12 +2,14 @@
 //! message is safely routed (SPEC §3.1, §4.2, §5).
 
 use crate::connection::{Close, Io, Session};
+use crate::limits::Refusal;
 use crate::publish;
 use iotcore_codec::{
     Packet, Properties, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
 };
 use iotcore_topic::TopicName;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl Session {
@@ -37,6 +39,25 @@ impl Session {
                     "too many QoS 2 messages in flight",
                 ));
             }
+        }
+        if let Err(refusal) = self.charge_rates(publish.topic.len() + publish.payload.len()) {
+            self.shared.quotas.refused(refusal);
+            return match (refusal, self.version, publish.qos) {
+                // One client sending too fast is told so and disconnected (MQTT 5 0x96 is a
+                // DISCONNECT reason), whatever the QoS.
+                (Refusal::ClientPublishRate, ..) => {
+                    Err(Close::with(refusal.reason_code(), refusal.as_str()))
+                }
+                // At a tenant quota there is nothing to answer to QoS 0; it is dropped.
+                (_, _, QoS::AtMostOnce) => Ok(()),
+                (_, ProtocolVersion::V5, qos) => {
+                    self.ack(qos, packet_id, refusal.reason_code(), io);
+                    Ok(())
+                }
+                // MQTT 3.1.1 has no way to say "not accepted": the connection is closed, so
+                // the client sends the message again after reconnecting instead of losing it.
+                _ => Err(Close::silently(refusal.as_str())),
+            };
         }
         let principal = &self.accepted.principal;
         if !publish::allowed(&self.shared, principal, &self.accepted.acl, &publish.topic).await {
@@ -87,6 +108,17 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Charges one PUBLISH of `bytes` bytes to the client's and its tenant's rates
+    /// (SPEC §3.5, §7.3).
+    fn charge_rates(&mut self, bytes: usize) -> Result<(), Refusal> {
+        let now = Instant::now();
+        let rate = self.shared.config.max_publishes_per_second_per_client;
+        if !self.publish_rate.take(rate, 1, now) {
+            return Err(Refusal::ClientPublishRate);
+        }
+        self.accepted.slot.tenant().charge_publish(bytes, now)
     }
 
     /// MQTT 5 topic aliases from the client: an alias with a topic sets it, an alias alone

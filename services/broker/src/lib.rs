@@ -14,6 +14,7 @@ pub mod config;
 mod connection;
 mod handshake;
 mod inbound;
+mod limits;
 mod mailbox;
 mod outbound;
 mod publish;
@@ -24,11 +25,13 @@ mod session_store;
 mod sessions;
 mod status;
 mod subscriptions;
+mod topic_aliases;
 mod transport;
 mod wills;
 
 pub use broker::run;
 pub use config::BrokerConfig;
+pub use limits::TenantQuotaDefaults;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {

@@ -4,6 +4,7 @@
 use crate::connection::{Close, Io, Session};
 use crate::router::Outgoing;
 pub use crate::session_store::Awaiting;
+use crate::topic_aliases::AliasUse;
 use iotcore_codec::{
     Packet, Properties, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
 };
@@ -80,6 +81,24 @@ impl Session {
         }
     }
 
+    /// Sends the topic as an MQTT 5 topic alias where the client accepts them: the topic
+    /// and its new alias the first time, the alias and an empty topic afterwards.
+    fn apply_topic_alias(&mut self, publish: &mut Publish) -> AliasUse {
+        if self.version != ProtocolVersion::V5 {
+            return AliasUse::None;
+        }
+        let alias = self.outbound_aliases.assign(&publish.topic);
+        match alias {
+            AliasUse::None => {}
+            AliasUse::New(alias) => publish.properties.topic_alias = Some(alias),
+            AliasUse::Known(alias) => {
+                publish.properties.topic_alias = Some(alias);
+                publish.topic.clear();
+            }
+        }
+        alias
+    }
+
     pub fn send_outgoing<R, W>(&mut self, outgoing: Outgoing, io: &mut Io<R, W>)
     where
         R: AsyncRead + Unpin,
@@ -96,11 +115,16 @@ impl Session {
             QoS::AtMostOnce => None,
             _ => Some(self.outbound.allocate()),
         };
-        let publish = Packet::Publish(self.publish_packet(&outgoing, packet_id, now));
+        let mut publish = self.publish_packet(&outgoing, packet_id, now);
+        let alias = self.apply_topic_alias(&mut publish);
+        let publish = Packet::Publish(publish);
         if io
             .send(&publish, self.version, self.client_max_packet)
             .is_err()
         {
+            if let AliasUse::New(alias) = alias {
+                self.outbound_aliases.forget(alias);
+            }
             // MQTT-3.1.2-25: larger than the client accepts; discarded as if delivered.
             tracing::debug!(
                 topic = message.topic,
@@ -151,7 +175,17 @@ impl Session {
                     let mut publish =
                         self.publish_packet(outgoing, Some(packet_id), Instant::now());
                     publish.dup = true;
-                    Packet::Publish(publish)
+                    let alias = self.apply_topic_alias(&mut publish);
+                    let packet = Packet::Publish(publish);
+                    if io
+                        .send(&packet, self.version, self.client_max_packet)
+                        .is_err()
+                    {
+                        if let AliasUse::New(alias) = alias {
+                            self.outbound_aliases.forget(alias);
+                        }
+                    }
+                    continue;
                 }
             };
             self.reply(&packet, io);

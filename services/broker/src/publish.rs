@@ -3,6 +3,7 @@
 
 use crate::auth::Principal;
 use crate::broker::Shared;
+use crate::limits::Refusal;
 use crate::router::{Message, NamespaceRoutes, RouteOutcome};
 use crate::rules::{deliveries_for, EnqueueError};
 use iotcore_codec::QoS;
@@ -22,9 +23,17 @@ pub async fn publish(
 ) -> Result<RouteOutcome, EnqueueError> {
     enqueue_rule_matches(shared, routes, principal, &message).await?;
     if message.retain {
-        if routes.retain(&message, shared.config.max_retained_per_namespace) {
+        // The tenant's quota (SPEC §7.3) applies to each of its namespaces, within the
+        // operator's bound per namespace.
+        let max = shared
+            .quotas
+            .loaded(routes.namespace().tenant_id())
+            .map_or(usize::MAX, |tenant| tenant.max_retained())
+            .min(shared.config.max_retained_per_namespace);
+        if routes.retain(&message, max) {
             shared.retained.record(routes.namespace(), &message);
         } else if !message.payload.is_empty() {
+            shared.quotas.refused(Refusal::TenantRetained);
             tracing::warn!(
                 topic = message.topic,
                 "retained message limit reached; not retained"

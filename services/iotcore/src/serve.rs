@@ -82,7 +82,16 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         let span = tracing::info_span!("service", name = %service);
         let handle = match service {
             Service::Broker => {
-                let config = config.mqtt.clone();
+                let mut mqtt = config.mqtt.clone();
+                // One set of quota defaults: the API shows what the broker enforces.
+                let quotas = &config.api.quotas;
+                mqtt.tenant_quotas = iotcore_broker::TenantQuotaDefaults {
+                    max_connections: quotas.max_connections,
+                    max_messages_per_second: quotas.max_messages_per_second,
+                    max_bytes_per_second: quotas.max_bytes_per_second,
+                    max_retained_messages: quotas.max_retained_messages,
+                };
+                let config = mqtt;
                 tasks.spawn(
                     async move { Ok(iotcore_broker::run(config, store, token).await?) }
                         .instrument(span),

@@ -1,0 +1,480 @@
+//! Rate and count limits of SPEC §3.5 and the tenant quotas of SPEC §7.3, as the broker
+//! enforces them: connections per tenant, CONNECTs per second and authentications in flight
+//! per tenant (checked before the password hash, so that one tenant's reconnect storm cannot
+//! use up the hashing threads every tenant needs), and messages and bytes per second per
+//! tenant and per client.
+//!
+//! Every check is O(1) and allocates nothing: a token bucket is two numbers behind a short
+//! lock (or none, for the client's own bucket), quotas are atomics. A tenant's quotas are
+//! read from the store once, when its first client connects, and again only when the
+//! control plane changes them (the store's `Principals` notification), never per message.
+
+use iotcore_store::{Store, TenantId};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+/// The default quotas of every tenant, from the control plane's `[api.quotas]` section (the
+/// binary copies them here, so that the API shows exactly what the broker enforces).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantQuotaDefaults {
+    pub max_connections: u64,
+    pub max_messages_per_second: u64,
+    pub max_bytes_per_second: u64,
+    pub max_retained_messages: u64,
+}
+
+impl Default for TenantQuotaDefaults {
+    fn default() -> Self {
+        TenantQuotaDefaults {
+            max_connections: 100_000,
+            max_messages_per_second: 10_000,
+            max_bytes_per_second: 64 * 1024 * 1024,
+            max_retained_messages: 100_000,
+        }
+    }
+}
+
+/// A limit that was hit, for the reason code, the log and the refusal counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The tenant has as many connections as its quota allows (0x97).
+    TenantConnections,
+    /// The tenant's clients connect faster than `mqtt.max_connects_per_second_per_tenant`
+    /// (0x9F).
+    TenantConnectRate,
+    /// The tenant already has `mqtt.max_auth_in_flight_per_tenant` CONNECTs being
+    /// authenticated (0x89, server busy).
+    TenantAuthInFlight,
+    /// The client publishes faster than `mqtt.max_publishes_per_second_per_client`
+    /// (DISCONNECT 0x96).
+    ClientPublishRate,
+    /// The tenant's clients publish more messages per second than its quota (0x97).
+    TenantMessageRate,
+    /// The tenant's clients publish more bytes per second than its quota (0x97).
+    TenantByteRate,
+    /// A namespace of the tenant holds as many retained messages as its quota allows: the
+    /// message is delivered but not retained.
+    TenantRetained,
+}
+
+impl Refusal {
+    const COUNT: usize = 7;
+    /// The name used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::TenantConnections => "tenant_connections",
+            Refusal::TenantConnectRate => "tenant_connect_rate",
+            Refusal::TenantAuthInFlight => "tenant_auth_in_flight",
+            Refusal::ClientPublishRate => "client_publish_rate",
+            Refusal::TenantMessageRate => "tenant_message_rate",
+            Refusal::TenantByteRate => "tenant_byte_rate",
+            Refusal::TenantRetained => "tenant_retained",
+        }
+    }
+
+    /// The MQTT 5 reason code that tells the client which limit it hit.
+    pub fn reason_code(self) -> iotcore_codec::ReasonCode {
+        use iotcore_codec::ReasonCode;
+        match self {
+            // 0x97 is also the code a PUBACK or PUBREC can carry for a refused message
+            // (0x96 is a DISCONNECT reason only).
+            Refusal::TenantConnections
+            | Refusal::TenantMessageRate
+            | Refusal::TenantByteRate
+            | Refusal::TenantRetained => ReasonCode::QUOTA_EXCEEDED,
+            Refusal::TenantConnectRate => ReasonCode::CONNECTION_RATE_EXCEEDED,
+            Refusal::TenantAuthInFlight => ReasonCode::SERVER_BUSY,
+            Refusal::ClientPublishRate => ReasonCode::MESSAGE_RATE_TOO_HIGH,
+        }
+    }
+}
+
+/// A token bucket that holds at most one second's worth of tokens: a client may burst up to
+/// its rate, then continues at the rate. A rate of 0 means unlimited.
+#[derive(Debug)]
+pub struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u64) -> TokenBucket {
+        TokenBucket {
+            tokens: rate as f64,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes `cost` tokens if there are that many (refilled at `rate` per second since the
+    /// last call). A cost larger than a whole second's tokens passes when the bucket is full,
+    /// so that one message bigger than the byte rate is slowed down, not refused forever.
+    pub fn take(&mut self, rate: u64, cost: u64, now: Instant) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let capacity = rate as f64;
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * capacity).min(capacity);
+        let cost = (cost as f64).min(capacity);
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The live limits of one tenant in this process.
+#[derive(Debug)]
+pub struct TenantLimits {
+    max_connections: AtomicU64,
+    max_messages_per_second: AtomicU64,
+    max_bytes_per_second: AtomicU64,
+    max_retained_messages: AtomicU64,
+    connections: AtomicU64,
+    auth_in_flight: AtomicUsize,
+    connects: Mutex<TokenBucket>,
+    messages: Mutex<TokenBucket>,
+    bytes: Mutex<TokenBucket>,
+}
+
+impl TenantLimits {
+    fn new(quotas: TenantQuotaDefaults, connect_rate: u64) -> TenantLimits {
+        TenantLimits {
+            max_connections: AtomicU64::new(quotas.max_connections),
+            max_messages_per_second: AtomicU64::new(quotas.max_messages_per_second),
+            max_bytes_per_second: AtomicU64::new(quotas.max_bytes_per_second),
+            max_retained_messages: AtomicU64::new(quotas.max_retained_messages),
+            connections: AtomicU64::new(0),
+            auth_in_flight: AtomicUsize::new(0),
+            connects: Mutex::new(TokenBucket::new(connect_rate)),
+            messages: Mutex::new(TokenBucket::new(quotas.max_messages_per_second)),
+            bytes: Mutex::new(TokenBucket::new(quotas.max_bytes_per_second)),
+        }
+    }
+
+    fn set_quotas(&self, quotas: TenantQuotaDefaults) {
+        self.max_connections
+            .store(quotas.max_connections, Ordering::Relaxed);
+        self.max_messages_per_second
+            .store(quotas.max_messages_per_second, Ordering::Relaxed);
+        self.max_bytes_per_second
+            .store(quotas.max_bytes_per_second, Ordering::Relaxed);
+        self.max_retained_messages
+            .store(quotas.max_retained_messages, Ordering::Relaxed);
+    }
+
+    /// The retained messages a namespace of this tenant may hold.
+    pub fn max_retained(&self) -> usize {
+        usize::try_from(self.max_retained_messages.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
+    }
+
+    /// Counts a connection of the tenant, or refuses it at the tenant's quota. The count
+    /// goes down when the returned guard is dropped.
+    pub fn open_connection(self: &Arc<Self>) -> Result<ConnectionSlot, Refusal> {
+        let max = self.max_connections.load(Ordering::Relaxed);
+        let previous = self.connections.fetch_add(1, Ordering::AcqRel);
+        if previous >= max {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::TenantConnections);
+        }
+        Ok(ConnectionSlot {
+            tenant: self.clone(),
+        })
+    }
+
+    /// Charges one published message of `bytes` bytes to the tenant's rates. A quota of 0
+    /// allows nothing (an operator's way to stop a tenant's traffic).
+    pub fn charge_publish(&self, bytes: usize, now: Instant) -> Result<(), Refusal> {
+        let rate = self.max_messages_per_second.load(Ordering::Relaxed);
+        if rate == 0 || !lock(&self.messages).take(rate, 1, now) {
+            return Err(Refusal::TenantMessageRate);
+        }
+        let rate = self.max_bytes_per_second.load(Ordering::Relaxed);
+        if rate == 0 || !lock(&self.bytes).take(rate, bytes as u64, now) {
+            return Err(Refusal::TenantByteRate);
+        }
+        Ok(())
+    }
+}
+
+/// One counted connection of a tenant; dropping it frees the slot.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    tenant: Arc<TenantLimits>,
+}
+
+impl ConnectionSlot {
+    pub fn tenant(&self) -> &Arc<TenantLimits> {
+        &self.tenant
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.tenant.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An authentication of the tenant in progress; dropping it lets the next one in.
+#[derive(Debug)]
+pub struct AuthPermit {
+    tenant: Arc<TenantLimits>,
+}
+
+impl Drop for AuthPermit {
+    fn drop(&mut self) {
+        self.tenant.auth_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The settings of [`Limits`] that come from `[mqtt]`.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitSettings {
+    pub defaults: TenantQuotaDefaults,
+    pub connects_per_second: u64,
+    pub auth_in_flight: usize,
+}
+
+/// The limits of every tenant with clients in this process.
+pub struct Limits {
+    settings: LimitSettings,
+    tenants: RwLock<HashMap<TenantId, Arc<TenantLimits>>>,
+    /// Refusals since start, by [`Refusal`], for the logs until metrics export them.
+    refused: [AtomicU64; Refusal::COUNT],
+}
+
+impl Limits {
+    pub fn new(settings: LimitSettings) -> Limits {
+        Limits {
+            settings,
+            tenants: RwLock::default(),
+            refused: Default::default(),
+        }
+    }
+
+    /// The limits of `tenant`, reading its quotas from the store the first time. A store
+    /// that cannot answer leaves the defaults in force until the next change notification.
+    pub async fn tenant(&self, store: &Store, tenant: &TenantId) -> Arc<TenantLimits> {
+        if let Some(limits) = read(&self.tenants).get(tenant) {
+            return limits.clone();
+        }
+        let quotas = self.quotas_of(store, tenant).await;
+        write(&self.tenants)
+            .entry(tenant.clone())
+            .or_insert_with(|| {
+                Arc::new(TenantLimits::new(quotas, self.settings.connects_per_second))
+            })
+            .clone()
+    }
+
+    /// The limits of `tenant` if one of its clients connected to this process.
+    pub fn loaded(&self, tenant: &TenantId) -> Option<Arc<TenantLimits>> {
+        read(&self.tenants).get(tenant).cloned()
+    }
+
+    /// Re-reads the quotas of `tenant` (after the control plane changed them), or of every
+    /// loaded tenant (`None`: notifications may have been missed).
+    pub async fn refresh(&self, store: &Store, tenant: Option<&TenantId>) {
+        let loaded: Vec<(TenantId, Arc<TenantLimits>)> = read(&self.tenants)
+            .iter()
+            .filter(|(id, _)| tenant.is_none_or(|t| t == *id))
+            .map(|(id, limits)| (id.clone(), limits.clone()))
+            .collect();
+        for (id, limits) in loaded {
+            limits.set_quotas(self.quotas_of(store, &id).await);
+        }
+    }
+
+    async fn quotas_of(&self, store: &Store, tenant: &TenantId) -> TenantQuotaDefaults {
+        let defaults = self.settings.defaults;
+        match store.get_quota_overrides(tenant).await {
+            Ok(own) => TenantQuotaDefaults {
+                max_connections: own.max_connections.unwrap_or(defaults.max_connections),
+                max_messages_per_second: own
+                    .max_messages_per_second
+                    .unwrap_or(defaults.max_messages_per_second),
+                max_bytes_per_second: own
+                    .max_bytes_per_second
+                    .unwrap_or(defaults.max_bytes_per_second),
+                max_retained_messages: own
+                    .max_retained_messages
+                    .unwrap_or(defaults.max_retained_messages),
+            },
+            Err(e) => {
+                tracing::warn!(tenant_id = %tenant, error = %e, "reading quotas failed; defaults apply");
+                defaults
+            }
+        }
+    }
+
+    /// Admits one CONNECT of the tenant to authentication: within its CONNECT rate and its
+    /// authentications in flight. The permit is held while the password is checked.
+    pub fn admit_connect(&self, tenant: &Arc<TenantLimits>) -> Result<AuthPermit, Refusal> {
+        let previous = tenant.auth_in_flight.fetch_add(1, Ordering::AcqRel);
+        let permit = AuthPermit {
+            tenant: tenant.clone(),
+        };
+        if self.settings.auth_in_flight > 0 && previous >= self.settings.auth_in_flight {
+            return Err(Refusal::TenantAuthInFlight);
+        }
+        if !lock(&tenant.connects).take(self.settings.connects_per_second, 1, Instant::now()) {
+            return Err(Refusal::TenantConnectRate);
+        }
+        Ok(permit)
+    }
+
+    /// Counts a refusal and logs it.
+    pub fn refused(&self, refusal: Refusal) {
+        let index = refusal as usize;
+        if let Some(counter) = self.refused.get(index) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(limit = refusal.as_str(), "limit reached; refused");
+    }
+
+    /// Refusals of `refusal`'s kind since start.
+    #[cfg(test)]
+    pub fn refusals(&self, refusal: Refusal) -> u64 {
+        self.refused
+            .get(refusal as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn tenant(quotas: TenantQuotaDefaults) -> Arc<TenantLimits> {
+        Arc::new(TenantLimits::new(quotas, 2))
+    }
+
+    #[test]
+    fn a_bucket_allows_its_rate_then_refills_over_time() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(2);
+        assert!(bucket.take(2, 1, start));
+        assert!(bucket.take(2, 1, start));
+        assert!(!bucket.take(2, 1, start), "a third in the same instant");
+        assert!(bucket.take(2, 1, start + Duration::from_millis(500)));
+        assert!(!bucket.take(2, 1, start + Duration::from_millis(500)));
+        // Idle time never banks more than one second's worth.
+        let later = start + Duration::from_secs(60);
+        assert!(bucket.take(2, 1, later) && bucket.take(2, 1, later));
+        assert!(!bucket.take(2, 1, later));
+        assert!(bucket.take(0, u64::MAX, later), "rate 0 is unlimited");
+    }
+
+    #[test]
+    fn a_cost_above_the_rate_passes_only_with_a_full_bucket() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(100);
+        assert!(bucket.take(100, 1000, start));
+        assert!(!bucket.take(100, 1, start));
+    }
+
+    #[test]
+    fn connections_are_counted_up_to_the_quota_and_freed_on_drop() {
+        let limits = tenant(TenantQuotaDefaults {
+            max_connections: 1,
+            ..TenantQuotaDefaults::default()
+        });
+        let first = limits.open_connection().expect("first");
+        assert_eq!(
+            limits.open_connection().err(),
+            Some(Refusal::TenantConnections)
+        );
+        drop(first);
+        assert!(limits.open_connection().is_ok());
+    }
+
+    #[test]
+    fn authentications_in_flight_are_bounded_per_tenant_only() {
+        let limits = Limits::new(LimitSettings {
+            defaults: TenantQuotaDefaults::default(),
+            connects_per_second: 0,
+            auth_in_flight: 1,
+        });
+        let (a, b) = (
+            tenant(TenantQuotaDefaults::default()),
+            tenant(TenantQuotaDefaults::default()),
+        );
+        let held = limits.admit_connect(&a).expect("first of a");
+        assert_eq!(
+            limits.admit_connect(&a).err(),
+            Some(Refusal::TenantAuthInFlight)
+        );
+        assert!(
+            limits.admit_connect(&b).is_ok(),
+            "another tenant is not held up"
+        );
+        drop(held);
+        assert!(limits.admit_connect(&a).is_ok());
+    }
+
+    #[test]
+    fn connects_beyond_the_rate_are_refused() {
+        let limits = Limits::new(LimitSettings {
+            defaults: TenantQuotaDefaults::default(),
+            connects_per_second: 2,
+            auth_in_flight: 0,
+        });
+        let a = tenant(TenantQuotaDefaults::default());
+        assert!(limits.admit_connect(&a).is_ok());
+        assert!(limits.admit_connect(&a).is_ok());
+        assert_eq!(
+            limits.admit_connect(&a).err(),
+            Some(Refusal::TenantConnectRate)
+        );
+        limits.refused(Refusal::TenantConnectRate);
+        assert_eq!(limits.refusals(Refusal::TenantConnectRate), 1);
+    }
+
+    #[test]
+    fn tenant_message_and_byte_rates_are_charged_together() {
+        let now = Instant::now();
+        let limits = tenant(TenantQuotaDefaults {
+            max_messages_per_second: 3,
+            max_bytes_per_second: 100,
+            ..TenantQuotaDefaults::default()
+        });
+        assert!(limits.charge_publish(60, now).is_ok());
+        assert_eq!(
+            limits.charge_publish(60, now).err(),
+            Some(Refusal::TenantByteRate)
+        );
+        assert!(limits.charge_publish(10, now).is_ok());
+        assert_eq!(
+            limits.charge_publish(1, now).err(),
+            Some(Refusal::TenantMessageRate)
+        );
+        limits.set_quotas(TenantQuotaDefaults {
+            max_messages_per_second: 0,
+            ..TenantQuotaDefaults::default()
+        });
+        assert_eq!(
+            limits.charge_publish(1, now + Duration::from_secs(5)).err(),
+            Some(Refusal::TenantMessageRate),
+            "a quota of 0 allows nothing"
+        );
+    }
+}
