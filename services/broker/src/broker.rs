@@ -187,7 +187,12 @@ pub async fn run(
     // One limit for the whole process, whichever listener a client comes through.
     let permits = Arc::new(Semaphore::new(shared.config.max_connections));
     for listener in transport::bind(&shared.config).await? {
-        tracing::info!(addr = %listener.addr, transport = %listener.transport, "listening");
+        tracing::info!(
+            addr = %listener.addr,
+            transport = %listener.transport,
+            proxy_protocol = listener.proxy_protocol,
+            "listening"
+        );
         tracker.spawn(accept(
             listener,
             shared.clone(),
@@ -234,8 +239,9 @@ async fn accept(
                 backoff = Duration::from_millis(10);
                 let _ = stream.set_nodelay(true);
                 let (transport, shared) = (listener.transport.clone(), shared.clone());
+                let proxy_protocol = listener.proxy_protocol;
                 tracker.spawn(async move {
-                    transport::serve(transport, stream, peer, shared).await;
+                    transport::serve(transport, proxy_protocol, stream, peer, shared).await;
                     drop(permit);
                 });
             }

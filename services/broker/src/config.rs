@@ -64,6 +64,16 @@ pub struct BrokerConfig {
     /// MQTT over WebSocket over TLS on `/mqtt`; started only when `tls_cert_file` is set
     /// (empty to disable).
     pub wss_listen: Option<String>,
+    /// Whether connections to `tcp_listen` start with a PROXY protocol v2 header (behind a
+    /// load balancer that sends one); the client address is taken from it, and a
+    /// connection without a valid header is closed.
+    pub tcp_proxy_protocol: bool,
+    /// The same for `tls_listen` (the header comes before the TLS handshake).
+    pub tls_proxy_protocol: bool,
+    /// The same for `ws_listen`.
+    pub ws_proxy_protocol: bool,
+    /// The same for `wss_listen`.
+    pub wss_proxy_protocol: bool,
     /// PEM file with the server's certificate chain, leaf first, for both TLS listeners.
     pub tls_cert_file: Option<String>,
     /// PEM file with the private key of the leaf certificate (PKCS#8, PKCS#1 or SEC1).
@@ -98,6 +108,10 @@ impl Default for BrokerConfig {
             tls_listen: Some("0.0.0.0:8883".into()),
             ws_listen: Some("0.0.0.0:8083".into()),
             wss_listen: Some("0.0.0.0:8084".into()),
+            tcp_proxy_protocol: false,
+            tls_proxy_protocol: false,
+            ws_proxy_protocol: false,
+            wss_proxy_protocol: false,
             tls_cert_file: None,
             tls_key_file: None,
         }

@@ -5,6 +5,7 @@
 //! Handshakes (TLS, the HTTP upgrade) run inside the connection's own task under the CONNECT
 //! timeout, never in the accept loop, so a slow or silent client delays nobody else.
 
+pub mod proxy;
 pub mod tls;
 pub mod websocket;
 
@@ -48,6 +49,8 @@ pub struct Listener {
     pub addr: String,
     pub socket: TcpListener,
     pub transport: Transport,
+    /// Whether every connection starts with a PROXY protocol v2 header.
+    pub proxy_protocol: bool,
 }
 
 /// Binds every configured listener, or fails naming the first address that cannot be bound
@@ -57,20 +60,33 @@ pub async fn bind(config: &BrokerConfig) -> Result<Vec<Listener>, BrokerError> {
     let tls = tls_acceptors(config)?;
     let ws = websocket::config(config.max_packet_size);
     let mut wanted = vec![
-        (config.tcp_listen.as_deref(), Transport::Tcp),
-        (config.ws_listen.as_deref(), Transport::WebSocket(ws)),
+        (
+            config.tcp_listen.as_deref(),
+            Transport::Tcp,
+            config.tcp_proxy_protocol,
+        ),
+        (
+            config.ws_listen.as_deref(),
+            Transport::WebSocket(ws),
+            config.ws_proxy_protocol,
+        ),
     ];
     // The TLS listeners exist only with a certificate: their default addresses must not
     // turn into an error on a machine that has none.
     if let Some(tls) = tls {
-        wanted.push((config.tls_listen.as_deref(), Transport::Tls(tls.mqtt)));
+        wanted.push((
+            config.tls_listen.as_deref(),
+            Transport::Tls(tls.mqtt),
+            config.tls_proxy_protocol,
+        ));
         wanted.push((
             config.wss_listen.as_deref(),
             Transport::WebSocketTls(tls.websocket, ws),
+            config.wss_proxy_protocol,
         ));
     }
     let mut listeners = Vec::new();
-    for (addr, transport) in wanted {
+    for (addr, transport, proxy_protocol) in wanted {
         let Some(addr) = configured(addr) else {
             continue;
         };
@@ -84,6 +100,7 @@ pub async fn bind(config: &BrokerConfig) -> Result<Vec<Listener>, BrokerError> {
             addr: addr.to_owned(),
             socket,
             transport,
+            proxy_protocol,
         });
     }
     Ok(listeners)
@@ -111,10 +128,33 @@ fn tls_acceptors(config: &BrokerConfig) -> Result<Option<TlsAcceptors>, BrokerEr
     }
 }
 
-/// Serves one accepted TCP connection over `transport` until it ends.
-pub async fn serve(transport: Transport, tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    // The handshake counts against the same budget as the CONNECT that follows it.
+/// Serves one accepted TCP connection over `transport` until it ends. On a PROXY protocol
+/// listener the client's address is read from the header first; a connection without a
+/// valid header is closed.
+pub async fn serve(
+    transport: Transport,
+    proxy_protocol: bool,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) {
+    // The handshakes count against the same budget as the CONNECT that follows them.
     let deadline = Duration::from_secs(shared.config.connect_timeout_secs);
+    let peer = if proxy_protocol {
+        match tokio::time::timeout(deadline, proxy::read_header(&mut tcp, peer)).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "PROXY protocol header refused");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "PROXY protocol header timed out");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
     match transport {
         Transport::Tcp => run(tcp, peer, None, shared).await,
         Transport::Tls(acceptor) => {

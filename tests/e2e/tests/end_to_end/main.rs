@@ -11,6 +11,7 @@ mod limits;
 mod mqtt_features;
 mod outbound_aliases;
 mod protocol;
+mod proxy_protocol;
 mod quickstart;
 mod revocation;
 mod session_restarts;
