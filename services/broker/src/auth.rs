@@ -107,7 +107,7 @@ fn admit(
     tenant: &Arc<TenantLimits>,
 ) -> Result<crate::limits::AuthPermit, AuthFailure> {
     limits.admit_connect(tenant).map_err(|refusal| {
-        limits.refused(refusal);
+        tenant.refused(refusal);
         AuthFailure::Limited(refusal)
     })
 }

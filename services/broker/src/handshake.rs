@@ -125,7 +125,7 @@ pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refu
     let session_expiry = requested_expiry.min(max_expiry);
     // A CONNECT refused below gives its slot back as `slot` is dropped.
     let slot = tenant.open_connection().map_err(|refusal| {
-        shared.quotas.refused(refusal);
+        tenant.refused(refusal);
         limited(refusal)
     })?;
     let will = match &connect.will {

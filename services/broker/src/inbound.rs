@@ -41,7 +41,8 @@ impl Session {
             }
         }
         if let Err(refusal) = self.charge_rates(publish.topic.len() + publish.payload.len()) {
-            self.shared.quotas.refused(refusal);
+            let tenant = self.accepted.slot.tenant();
+            tenant.refused(refusal);
             return match (refusal, self.version, publish.qos) {
                 // One client sending too fast is told so and disconnected (MQTT 5 0x96 is a
                 // DISCONNECT reason), whatever the QoS.
@@ -49,7 +50,10 @@ impl Session {
                     Err(Close::with(refusal.reason_code(), refusal.as_str()))
                 }
                 // At a tenant quota there is nothing to answer to QoS 0; it is dropped.
-                (_, _, QoS::AtMostOnce) => Ok(()),
+                (_, _, QoS::AtMostOnce) => {
+                    tenant.dropped_quota.inc();
+                    Ok(())
+                }
                 (_, ProtocolVersion::V5, qos) => {
                     self.ack(qos, packet_id, refusal.reason_code(), io);
                     Ok(())

@@ -10,10 +10,12 @@
 //! control plane changes them (the store's `Principals` notification), never per message.
 
 use iotcore_store::{Store, TenantId};
+use iotcore_telemetry::metrics::mqtt::{DROPPED, DROP_QUOTA};
+use iotcore_telemetry::{Counter, Family};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::Instant;
 
 /// The default quotas of every tenant, from the control plane's `[api.quotas]` section (the
@@ -60,8 +62,26 @@ pub enum Refusal {
     TenantRetained,
 }
 
+/// Refusals at a limit, by tenant and [`Refusal::as_str`] (`deploy/README.md`, metrics).
+static REFUSALS: LazyLock<Family<Counter>> = LazyLock::new(|| {
+    iotcore_telemetry::counter(
+        "iotcore_mqtt_limit_refusals_total",
+        "CONNECTs, messages and retained messages refused at a limit or tenant quota",
+        &["tenant", "limit"],
+    )
+});
+
 impl Refusal {
     const COUNT: usize = 7;
+    const ALL: [Refusal; Refusal::COUNT] = [
+        Refusal::TenantConnections,
+        Refusal::TenantConnectRate,
+        Refusal::TenantAuthInFlight,
+        Refusal::ClientPublishRate,
+        Refusal::TenantMessageRate,
+        Refusal::TenantByteRate,
+        Refusal::TenantRetained,
+    ];
     /// The name used in logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -141,11 +161,17 @@ pub struct TenantLimits {
     connects: Mutex<TokenBucket>,
     messages: Mutex<TokenBucket>,
     bytes: Mutex<TokenBucket>,
+    /// The tenant's series, resolved once so that counting is one atomic add.
+    refusals: [Counter; Refusal::COUNT],
+    /// QoS 0 messages dropped at a tenant rate quota.
+    pub dropped_quota: Counter,
 }
 
 impl TenantLimits {
-    fn new(quotas: TenantQuotaDefaults, connect_rate: u64) -> TenantLimits {
+    fn new(tenant: &str, quotas: TenantQuotaDefaults, connect_rate: u64) -> TenantLimits {
         TenantLimits {
+            refusals: Refusal::ALL.map(|refusal| REFUSALS.with(&[tenant, refusal.as_str()])),
+            dropped_quota: DROPPED.with(&[tenant, DROP_QUOTA]),
             max_connections: AtomicU64::new(quotas.max_connections),
             max_messages_per_second: AtomicU64::new(quotas.max_messages_per_second),
             max_bytes_per_second: AtomicU64::new(quotas.max_bytes_per_second),
@@ -245,8 +271,6 @@ pub struct LimitSettings {
 pub struct Limits {
     settings: LimitSettings,
     tenants: RwLock<HashMap<TenantId, Arc<TenantLimits>>>,
-    /// Refusals since start, by [`Refusal`], for the logs until metrics export them.
-    refused: [AtomicU64; Refusal::COUNT],
 }
 
 impl Limits {
@@ -254,7 +278,6 @@ impl Limits {
         Limits {
             settings,
             tenants: RwLock::default(),
-            refused: Default::default(),
         }
     }
 
@@ -268,7 +291,11 @@ impl Limits {
         write(&self.tenants)
             .entry(tenant.clone())
             .or_insert_with(|| {
-                Arc::new(TenantLimits::new(quotas, self.settings.connects_per_second))
+                Arc::new(TenantLimits::new(
+                    tenant.as_str(),
+                    quotas,
+                    self.settings.connects_per_second,
+                ))
             })
             .clone()
     }
@@ -328,22 +355,21 @@ impl Limits {
         }
         Ok(permit)
     }
+}
 
-    /// Counts a refusal and logs it.
+impl TenantLimits {
+    /// Counts a refusal of one of the tenant's clients and logs it.
     pub fn refused(&self, refusal: Refusal) {
-        let index = refusal as usize;
-        if let Some(counter) = self.refused.get(index) {
-            counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = self.refusals.get(refusal as usize) {
+            counter.inc();
         }
         tracing::debug!(limit = refusal.as_str(), "limit reached; refused");
     }
 
-    /// Refusals of `refusal`'s kind since start.
+    /// Refusals of `refusal`'s kind counted for this tenant.
     #[cfg(test)]
     pub fn refusals(&self, refusal: Refusal) -> u64 {
-        self.refused
-            .get(refusal as usize)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+        self.refusals.get(refusal as usize).map_or(0, |c| c.get())
     }
 }
 
@@ -365,7 +391,7 @@ mod tests {
     use std::time::Duration;
 
     fn tenant(quotas: TenantQuotaDefaults) -> Arc<TenantLimits> {
-        Arc::new(TenantLimits::new(quotas, 2))
+        Arc::new(TenantLimits::new(TenantId::generate().as_str(), quotas, 2))
     }
 
     #[test]
@@ -445,8 +471,8 @@ mod tests {
             limits.admit_connect(&a).err(),
             Some(Refusal::TenantConnectRate)
         );
-        limits.refused(Refusal::TenantConnectRate);
-        assert_eq!(limits.refusals(Refusal::TenantConnectRate), 1);
+        a.refused(Refusal::TenantConnectRate);
+        assert_eq!(a.refusals(Refusal::TenantConnectRate), 1);
     }
 
     #[test]

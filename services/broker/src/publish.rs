@@ -25,15 +25,17 @@ pub async fn publish(
     if message.retain {
         // The tenant's quota (SPEC §7.3) applies to each of its namespaces, within the
         // operator's bound per namespace.
-        let max = shared
-            .quotas
-            .loaded(routes.namespace().tenant_id())
+        let tenant = shared.quotas.loaded(routes.namespace().tenant_id());
+        let max = tenant
+            .as_ref()
             .map_or(usize::MAX, |tenant| tenant.max_retained())
             .min(shared.config.max_retained_per_namespace);
         if routes.retain(&message, max) {
             shared.retained.record(routes.namespace(), &message);
         } else if !message.payload.is_empty() {
-            shared.quotas.refused(Refusal::TenantRetained);
+            if let Some(tenant) = &tenant {
+                tenant.refused(Refusal::TenantRetained);
+            }
             tracing::warn!(
                 topic = message.topic,
                 "retained message limit reached; not retained"

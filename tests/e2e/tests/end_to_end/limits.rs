@@ -450,3 +450,110 @@ async fn retained_messages_beyond_the_tenant_quota_are_not_kept() {
     );
     app.stop().await;
 }
+
+/// A counter's value on `/metrics` (0 when the series is not there yet).
+async fn metric(app: &TestApp, series: &str) -> u64 {
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.api))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// SPEC §3.1 slow consumers: a subscriber that never reads holds at most its in-flight
+/// window (MQTT-4.9.0-2: no more unacknowledged QoS 1 messages than its Receive Maximum)
+/// and its bounded queue; every further message is dropped for it and counted
+/// (`iotcore_mqtt_dropped_total{reason="queue_full"}`), while the publisher carries on.
+#[tokio::test]
+async fn a_stalled_subscriber_holds_its_window_and_queue_and_the_rest_is_dropped_and_counted() {
+    const WINDOW: usize = 4;
+    const QUEUE: usize = 8;
+    const PUBLISHED: usize = 100;
+    let app = TestApp::spawn_with(&[
+        ("IOTCORE_MQTT_INFLIGHT_WINDOW", "4"),
+        ("IOTCORE_MQTT_OUTBOUND_QUEUE", "8"),
+    ])
+    .await;
+    let device = device(&app, "d").await;
+    let (user, password) = app
+        .create_registry_password(&app.token, &device.registry_id)
+        .await;
+    let backend = Device {
+        id: user.clone(),
+        registry_id: device.registry_id.clone(),
+        password,
+    };
+    let mut stalled = Raw::connect(app.mqtt, ProtocolVersion::V5, &backend, 0).await;
+    assert_eq!(
+        stalled.subscribe_qos1("$devices/+/events/#").await,
+        ReasonCode::GRANTED_QOS_1
+    );
+    let mut publisher = Raw::connect(app.mqtt, ProtocolVersion::V5, &device, 60).await;
+    let topic = format!("$devices/{}/events/bulk", device.id);
+    for _ in 0..PUBLISHED {
+        assert_eq!(
+            publisher.publish_qos1(&topic, b"bulk").await,
+            ReasonCode::SUCCESS,
+            "the publisher carries on"
+        );
+    }
+    let series = format!(
+        "iotcore_mqtt_dropped_total{{tenant=\"{}\",reason=\"queue_full\"}}",
+        app.tenant_id
+    );
+    let dropped = metric(&app, &series).await as usize;
+    assert!(
+        dropped >= PUBLISHED - WINDOW - QUEUE,
+        "{dropped} of {PUBLISHED} dropped for a subscriber that holds {WINDOW} + {QUEUE}"
+    );
+
+    let kept = PUBLISHED - dropped;
+    assert!(
+        kept <= WINDOW + QUEUE,
+        "{kept} kept for the stalled subscriber"
+    );
+
+    // The subscriber wakes up and acknowledges what it gets: exactly the messages kept for
+    // it arrive, then a marker published afterwards, and nothing else.
+    let marker = format!("$devices/{}/events/marker", device.id);
+    let mut delivered = 0;
+    let mut marker_sent = false;
+    loop {
+        if delivered == kept && !marker_sent {
+            marker_sent = true;
+            assert_eq!(
+                publisher.publish_qos1(&marker, b"m").await,
+                ReasonCode::SUCCESS
+            );
+        }
+        match stalled.packet().await {
+            Some(Packet::Publish(p)) => {
+                if let Some(packet_id) = p.packet_id {
+                    stalled
+                        .send(&Packet::PubAck(iotcore_codec::PubAck {
+                            packet_id,
+                            reason: ReasonCode::SUCCESS,
+                            properties: Default::default(),
+                        }))
+                        .await;
+                }
+                if p.topic == marker {
+                    break;
+                }
+                assert_eq!(p.topic, topic);
+                delivered += 1;
+            }
+            Some(_) => continue,
+            None => panic!("the subscriber was disconnected"),
+        }
+    }
+    assert_eq!(delivered, kept, "every kept message, and only those");
+    app.stop().await;
+}
