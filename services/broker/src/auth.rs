@@ -71,6 +71,7 @@ impl Authenticator {
                 .await
                 .map_err(|e| {
                     tracing::error!(error = %e, "looking up a principal failed");
+                    failed("store_unavailable");
                     AuthFailure::Unavailable
                 })?,
             None => None,
@@ -97,7 +98,14 @@ impl Authenticator {
         .unwrap_or(false);
         match (found, tenant) {
             (Some(principal), Some(tenant)) if verified => Ok((into_principal(principal)?, tenant)),
-            _ => Err(AuthFailure::BadCredentials),
+            (Some(_), _) => {
+                failed("bad_password");
+                Err(AuthFailure::BadCredentials)
+            }
+            (None, _) => {
+                failed("unknown_principal");
+                Err(AuthFailure::BadCredentials)
+            }
         }
     }
 }
@@ -120,10 +128,12 @@ impl Authenticator {
             Ok(Some(principal)) => into_principal(principal),
             Ok(None) => {
                 tracing::warn!(broker_id = %broker, "mqtt.anonymous_broker names no virtual broker");
+                failed("unknown_principal");
                 Err(AuthFailure::NotAuthorized)
             }
             Err(e) => {
                 tracing::error!(error = %e, "looking up the anonymous broker failed");
+                failed("store_unavailable");
                 Err(AuthFailure::Unavailable)
             }
         }
@@ -132,10 +142,14 @@ impl Authenticator {
 
 fn into_principal(found: PasswordPrincipal) -> Result<Principal, AuthFailure> {
     if !found.tenant_active {
+        failed("tenant_suspended");
         return Err(AuthFailure::NotAuthorized);
     }
     let namespace = match &found.kind {
-        PrincipalKind::Device { enabled: false, .. } => return Err(AuthFailure::NotAuthorized),
+        PrincipalKind::Device { enabled: false, .. } => {
+            failed("device_disabled");
+            return Err(AuthFailure::NotAuthorized);
+        }
         PrincipalKind::Device { .. } | PrincipalKind::Registry { .. } => {
             Namespace::Tenant(found.tenant_id.clone())
         }
@@ -150,4 +164,11 @@ fn into_principal(found: PasswordPrincipal) -> Result<Principal, AuthFailure> {
         default_policy: found.default_policy,
         rules_version: found.rules_version,
     })
+}
+
+/// Counts a failed authentication in `iotcore_mqtt_auth_failures_total` by `reason`.
+fn failed(reason: &'static str) {
+    iotcore_telemetry::metrics::mqtt::AUTH_FAILURES
+        .with(&[reason])
+        .inc();
 }

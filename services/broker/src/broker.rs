@@ -173,6 +173,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         config,
     });
+    crate::metrics::count_retained_at_scrape(&shared);
     tokio::spawn(follow_rule_changes(shared.clone()));
     tokio::spawn(crate::api_publishes::relay(shared.clone()));
     tokio::spawn({

@@ -18,6 +18,7 @@ use crate::topic_aliases::OutboundAliases;
 use crate::wills;
 use bytes::BytesMut;
 use iotcore_codec::{decode, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode};
+use iotcore_telemetry::metrics::mqtt::{ConnectionMetrics, ACCEPTED, CONNECTS};
 use iotcore_topic::Subscription;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -80,6 +81,7 @@ where
             writer,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
+            bytes: None,
         };
         let connect_timeout = Duration::from_secs(shared.config.connect_timeout_secs);
         let connect = match tokio::time::timeout(connect_timeout, io.read_connect(&shared)).await {
@@ -98,6 +100,7 @@ where
             Ok(accepted) => accepted,
             Err(refused) => {
                 tracing::info!(reason = refused.reason, "CONNECT refused");
+                crate::metrics::connect_refused(refused.code, version);
                 let _ = io.send(&handshake::refusal(&refused, version), version, None);
                 let _ = io.flush().await;
                 return;
@@ -111,6 +114,10 @@ where
         span.record("client_id", accepted.client_id.as_str());
         let routes = shared.routes_for(&accepted.principal).await;
         let namespace = accepted.principal.namespace.clone();
+        let tenant = namespace.tenant_id().as_str();
+        let metrics = ConnectionMetrics::new(tenant, crate::metrics::transport());
+        CONNECTS.with(&[ACCEPTED]).inc();
+        io.bytes = Some(metrics.byte_counters());
         let client_id = accepted.client_id.clone();
         let claim = shared.sessions.claim(
             &namespace,
@@ -215,6 +222,7 @@ where
                     .min(shared.config.topic_alias_maximum),
                 _ => 0,
             }),
+            metrics,
         };
         if session_present {
             // MQTT-4.4.0-1: unacknowledged messages are sent again, with DUP set.
@@ -275,6 +283,8 @@ pub struct Io<R, W> {
     writer: W,
     pub rbuf: BytesMut,
     pub wbuf: BytesMut,
+    /// The tenant's bytes in and out, once CONNECT has said who the tenant is.
+    bytes: Option<(iotcore_telemetry::Counter, iotcore_telemetry::Counter)>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
@@ -318,10 +328,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
             self.rbuf.reserve(4096);
         }
-        self.reader
+        let read = self
+            .reader
             .read_buf(&mut self.rbuf)
             .await
-            .map_err(|_| "read error")
+            .map_err(|_| "read error")?;
+        if let Some((received, _)) = &self.bytes {
+            received.add(read as u64);
+        }
+        Ok(read)
     }
 
     /// Encodes `packet` into the write buffer. A packet larger than the client's Maximum
@@ -347,6 +362,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
             self.writer.write_all(&self.wbuf).await?;
+            if let Some((_, sent)) = &self.bytes {
+                sent.add(self.wbuf.len() as u64);
+            }
             self.wbuf.clear();
             self.writer.flush().await?;
         }
@@ -380,6 +398,8 @@ pub struct Session {
     pub publish_rate: TokenBucket,
     /// Topic aliases of the messages sent to this client (MQTT 5).
     pub outbound_aliases: OutboundAliases,
+    /// This connection's handles on its tenant's series; counts it as open while it lives.
+    pub metrics: ConnectionMetrics,
 }
 
 impl Session {

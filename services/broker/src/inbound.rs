@@ -7,6 +7,7 @@ use crate::publish;
 use iotcore_codec::{
     Packet, Properties, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
 };
+use iotcore_telemetry::metrics::mqtt;
 use iotcore_topic::TopicName;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +23,7 @@ impl Session {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        self.metrics.message_in(publish.qos as u8);
         self.resolve_topic_alias(&mut publish)?;
         TopicName::parse(&publish.topic, self.shared.limits)
             .map_err(|_| Close::with(ReasonCode::TOPIC_NAME_INVALID, "invalid topic name"))?;
@@ -66,6 +68,7 @@ impl Session {
         let principal = &self.accepted.principal;
         if !publish::allowed(&self.shared, principal, &self.accepted.acl, &publish.topic).await {
             tracing::debug!(topic = publish.topic, "publish denied");
+            self.metrics.dropped(mqtt::DROP_NOT_AUTHORIZED);
             self.ack(publish.qos, packet_id, ReasonCode::NOT_AUTHORIZED, io);
             return Ok(());
         }

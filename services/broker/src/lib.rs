@@ -16,6 +16,7 @@ mod handshake;
 mod inbound;
 mod limits;
 mod mailbox;
+mod metrics;
 mod outbound;
 mod publish;
 mod retained_store;

@@ -8,6 +8,7 @@ use crate::topic_aliases::AliasUse;
 use iotcore_codec::{
     Packet, Properties, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
 };
+use iotcore_telemetry::metrics::mqtt;
 use std::collections::HashMap;
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -109,6 +110,7 @@ impl Session {
         // MQTT-3.3.2-5: an expired message is not delivered.
         if message.expired(now) {
             self.journal_done(&outgoing);
+            self.metrics.dropped(mqtt::DROP_EXPIRED);
             return;
         }
         let packet_id = match outgoing.qos {
@@ -131,8 +133,10 @@ impl Session {
                 "message larger than the client accepts; dropped"
             );
             self.journal_done(&outgoing);
+            self.metrics.dropped(mqtt::DROP_TOO_LARGE);
             return;
         }
+        self.metrics.message_out(outgoing.qos as u8);
         if let Some(packet_id) = packet_id {
             let stage = match outgoing.qos {
                 QoS::ExactlyOnce => Awaiting::PubRec,

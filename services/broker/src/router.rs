@@ -358,6 +358,11 @@ impl NamespaceRoutes {
         }
     }
 
+    /// How many topics have a retained message.
+    pub fn retained_count(&self) -> usize {
+        lock(&self.retained).len()
+    }
+
     /// The retained messages whose topic matches `filter`.
     pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
         lock(&self.retained)

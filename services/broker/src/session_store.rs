@@ -502,6 +502,9 @@ fn restore_one(shared: &Shared, stored: StoredSession, rows: Vec<SessionMessage>
             .subscriptions
             .insert(stored_subscription.filter.clone(), stored_subscription);
     }
+    iotcore_telemetry::metrics::mqtt::SUBSCRIPTIONS
+        .with(&[namespace.tenant_id().as_str()])
+        .add(subscriptions.len() as i64);
     let mut outbound = Outbound::new(usize::from(shared.config.inflight_window.max(1)));
     for row in rows {
         let in_flight = row

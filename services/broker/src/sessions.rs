@@ -54,6 +54,9 @@ impl SessionState {
         for subscription in self.subscriptions.values() {
             self.routes.unsubscribe(subscription, self.id);
         }
+        iotcore_telemetry::metrics::mqtt::SUBSCRIPTIONS
+            .with(&[self.routes.namespace().tenant_id().as_str()])
+            .add(-(self.subscriptions.len() as i64));
         if let Some(journal) = self.mailbox.journal() {
             journal.ended();
         }

@@ -54,6 +54,9 @@ impl Session {
                         .subscriptions
                         .insert(raw.clone(), subscription.clone())
                         .is_some();
+                    if !existed {
+                        self.metrics.subscriptions().inc();
+                    }
                     // MQTT-3.8.4-3: a subscription to the same filter replaces the old one.
                     self.routes
                         .subscribe(&subscription, self.id, subscriber.clone());
@@ -111,7 +114,10 @@ impl Session {
         let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
         for raw in &unsubscribe.filters {
             let existed = match self.subscriptions.remove(raw) {
-                Some(subscription) => self.routes.unsubscribe(&subscription, self.id),
+                Some(subscription) => {
+                    self.metrics.subscriptions().dec();
+                    self.routes.unsubscribe(&subscription, self.id)
+                }
                 None => false,
             };
             if let Some(journal) = self.mailbox.journal() {

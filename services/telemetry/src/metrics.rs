@@ -130,7 +130,6 @@ pub mod mqtt {
         messages_out: [Counter; 3],
         bytes_in: Counter,
         bytes_out: Counter,
-        queue_full: Counter,
         subscriptions: Gauge,
         _open: crate::GaugeGuard,
     }
@@ -145,7 +144,6 @@ pub mod mqtt {
                 messages_out: per_qos(&MESSAGES_OUT),
                 bytes_in: BYTES_IN.with(&[tenant]),
                 bytes_out: BYTES_OUT.with(&[tenant]),
-                queue_full: DROPPED.with(&[tenant, DROP_QUEUE_FULL]),
                 subscriptions: SUBSCRIPTIONS.with(&[tenant]),
                 _open: CONNECTIONS.with(&[tenant, transport]).guard(),
             }
@@ -165,19 +163,10 @@ pub mod mqtt {
             }
         }
 
-        pub fn bytes_in(&self, bytes: usize) {
-            self.bytes_in.add(bytes as u64);
-        }
-
-        pub fn bytes_out(&self, bytes: usize) {
-            self.bytes_out.add(bytes as u64);
-        }
-
-        /// Messages this connection published that a full subscriber queue dropped.
-        pub fn dropped_queue_full(&self, count: usize) {
-            if count > 0 {
-                self.queue_full.add(count as u64);
-            }
+        /// The tenant's `iotcore_mqtt_bytes_in_total` and `iotcore_mqtt_bytes_out_total`,
+        /// for the socket layer to count what it reads and writes.
+        pub fn byte_counters(&self) -> (Counter, Counter) {
+            (self.bytes_in.clone(), self.bytes_out.clone())
         }
 
         /// A message dropped for another reason (one of the `DROP_*` constants); rarer, so
@@ -338,12 +327,9 @@ mod tests {
         assert_eq!(open.get(), 1);
         connection.message_in(1);
         connection.message_in(7);
-        connection.dropped_queue_full(2);
+        connection.dropped(mqtt::DROP_EXPIRED);
         assert_eq!(mqtt::MESSAGES_IN.with(&[tenant, "1"]).get(), 1);
-        assert_eq!(
-            mqtt::DROPPED.with(&[tenant, mqtt::DROP_QUEUE_FULL]).get(),
-            2
-        );
+        assert_eq!(mqtt::DROPPED.with(&[tenant, mqtt::DROP_EXPIRED]).get(), 1);
         drop(connection);
         assert_eq!(open.get(), 0);
     }

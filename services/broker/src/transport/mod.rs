@@ -44,6 +44,18 @@ impl fmt::Display for Transport {
     }
 }
 
+impl Transport {
+    /// The `transport` label of its connections' metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls(_) => "tls",
+            Transport::WebSocket(_) => "ws",
+            Transport::WebSocketTls(..) => "wss",
+        }
+    }
+}
+
 /// A bound listening socket and what it speaks.
 pub struct Listener {
     pub addr: String,
@@ -132,6 +144,22 @@ fn tls_acceptors(config: &BrokerConfig) -> Result<Option<TlsAcceptors>, BrokerEr
 /// listener the client's address is read from the header first; a connection without a
 /// valid header is closed.
 pub async fn serve(
+    transport: Transport,
+    proxy_protocol: bool,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) {
+    let label = transport.label();
+    crate::metrics::TRANSPORT
+        .scope(
+            label,
+            serve_over(transport, proxy_protocol, tcp, peer, shared),
+        )
+        .await
+}
+
+async fn serve_over(
     transport: Transport,
     proxy_protocol: bool,
     mut tcp: TcpStream,

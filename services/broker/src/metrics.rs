@@ -1,0 +1,91 @@
+//! The broker's side of the metrics contract (`iotcore_telemetry::metrics::mqtt`): what the
+//! connection task needs to resolve its label set once, and the gauges read at each scrape.
+//!
+//! Series are per tenant; a virtual broker's traffic counts for the tenant that owns it.
+
+use crate::broker::Shared;
+use iotcore_codec::{ProtocolVersion, ReasonCode};
+use iotcore_store::TenantId;
+use iotcore_telemetry::metrics::mqtt;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+tokio::task_local! {
+    /// The `transport` label of the connection this task serves; set by the transport
+    /// layer around the connection so that nothing in between has to carry it.
+    pub static TRANSPORT: &'static str;
+}
+
+/// The `transport` label of the current connection task (`tcp` outside any scope).
+pub fn transport() -> &'static str {
+    TRANSPORT.try_with(|transport| *transport).unwrap_or("tcp")
+}
+
+/// Counts a refused CONNECT by its CONNACK code (a 3.1.1 return code or an MQTT 5 reason
+/// code, depending on `version`).
+pub fn connect_refused(code: u8, version: ProtocolVersion) {
+    mqtt::CONNECTS.with(&[refusal_label(code, version)]).inc();
+}
+
+fn refusal_label(code: u8, version: ProtocolVersion) -> &'static str {
+    if version != ProtocolVersion::V5 {
+        return match code {
+            1 => "unsupported_protocol_version",
+            2 => "client_identifier_not_valid",
+            3 => "server_unavailable",
+            4 => "bad_credentials",
+            5 => "not_authorized",
+            _ => "other",
+        };
+    }
+    match ReasonCode(code) {
+        ReasonCode::BAD_USER_NAME_OR_PASSWORD => "bad_credentials",
+        ReasonCode::NOT_AUTHORIZED => "not_authorized",
+        ReasonCode::SERVER_UNAVAILABLE => "server_unavailable",
+        ReasonCode::BAD_AUTHENTICATION_METHOD => "bad_authentication_method",
+        ReasonCode::QUOTA_EXCEEDED => "quota_exceeded",
+        ReasonCode::CLIENT_IDENTIFIER_NOT_VALID => "client_identifier_not_valid",
+        ReasonCode::SERVER_BUSY => "server_busy",
+        ReasonCode::BANNED => "banned",
+        ReasonCode::CONNECTION_RATE_EXCEEDED => "connection_rate_exceeded",
+        ReasonCode::UNSUPPORTED_PROTOCOL_VERSION => "unsupported_protocol_version",
+        _ => "other",
+    }
+}
+
+/// Keeps `iotcore_mqtt_retained_messages` current: counted from the router at each scrape,
+/// so that storing a retained message costs nothing extra.
+pub fn count_retained_at_scrape(shared: &Arc<Shared>) {
+    let shared: Weak<Shared> = Arc::downgrade(shared);
+    iotcore_telemetry::registry().on_collect(move || {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut per_tenant: HashMap<TenantId, usize> = HashMap::new();
+        for (namespace, routes) in shared.router.loaded() {
+            *per_tenant.entry(namespace.tenant_id().clone()).or_default() +=
+                routes.retained_count();
+        }
+        for (tenant, count) in per_tenant {
+            mqtt::RETAINED_MESSAGES
+                .with(&[tenant.as_str()])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_labelled_the_same_in_both_protocol_versions() {
+        assert_eq!(
+            refusal_label(4, ProtocolVersion::V3_1_1),
+            refusal_label(0x86, ProtocolVersion::V5)
+        );
+        assert_eq!(refusal_label(0x87, ProtocolVersion::V5), "not_authorized");
+        assert_eq!(refusal_label(0x97, ProtocolVersion::V5), "quota_exceeded");
+        assert_eq!(refusal_label(0x42, ProtocolVersion::V5), "other");
+    }
+}
