@@ -87,6 +87,7 @@ impl Deliverer {
             Ok(headers) => headers,
             Err(outcome) => return outcome,
         };
+        let started = std::time::Instant::now();
         let sent = self
             .client
             .post(url)
@@ -95,6 +96,9 @@ impl Deliverer {
             .body(body)
             .send()
             .await;
+        iotcore_telemetry::metrics::rules::DELIVERY_SECONDS
+            .with(&[])
+            .observe_duration(started.elapsed());
         match sent {
             Ok(response) => {
                 let status = response.status();

@@ -13,6 +13,7 @@ pub mod config;
 pub mod deliver;
 pub mod destination;
 pub mod envelope;
+mod metrics;
 pub mod signature;
 mod worker;
 
@@ -31,6 +32,7 @@ pub async fn run(
 ) -> Result<(), RulesError> {
     let deliverer = deliver::Deliverer::new(config.allow_private_destinations)
         .map_err(RulesError::HttpClient)?;
+    tokio::spawn(metrics::track_queue_depth(store.clone(), shutdown.clone()));
     Arc::new(worker::Worker::new(&config, store, deliverer))
         .run(shutdown)
         .await;

@@ -9,10 +9,12 @@
 use crate::backoff::Backoff;
 use crate::breaker::{Attempt, Breakers};
 use crate::deliver::{Deliverer, Outcome};
+use crate::metrics;
 use crate::RulesConfig;
 use chrono::Utc;
 use iotcore_store::deliveries::{ClaimedDelivery, DeliveryListener};
 use iotcore_store::{RuleId, Store};
+use iotcore_telemetry::metrics::rules::{OUTCOME_DEAD_LETTER, OUTCOME_RETRY, OUTCOME_SUCCESS};
 use rand::Rng;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -215,6 +217,7 @@ impl Worker {
         match outcome {
             Outcome::Delivered => {
                 store.complete_delivery(tenant, id).await?;
+                metrics::delivered(tenant, OUTCOME_SUCCESS);
                 tracing::debug!("delivered");
             }
             Outcome::Retry { error, retry_after } => {
@@ -231,6 +234,7 @@ impl Worker {
                         store
                             .reschedule_delivery(tenant, id, &self.id, next, &error)
                             .await?;
+                        metrics::delivered(tenant, OUTCOME_RETRY);
                         tracing::debug!(%error, retry_in_ms = delay.as_millis(), "delivery failed, will retry");
                     }
                     _ => {
@@ -239,6 +243,7 @@ impl Worker {
                         store
                             .dead_letter_delivery(tenant, id, &self.id, &error)
                             .await?;
+                        metrics::delivered(tenant, OUTCOME_DEAD_LETTER);
                         tracing::info!(%error, "dead-lettered");
                     }
                 }
@@ -247,6 +252,7 @@ impl Worker {
                 store
                     .dead_letter_delivery(tenant, id, &self.id, &error)
                     .await?;
+                metrics::delivered(tenant, OUTCOME_DEAD_LETTER);
                 tracing::info!(%error, "dead-lettered");
             }
         }

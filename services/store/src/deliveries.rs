@@ -340,6 +340,16 @@ impl Store {
         Ok(rows.into_iter().map(ClaimedDelivery::from).collect())
     }
 
+    /// How many rule matches wait for delivery, per tenant with any (the
+    /// `iotcore_rules_queue_depth` metric); across tenants, since it is the operator's view.
+    pub async fn queue_depth_per_tenant(&self) -> Result<Vec<(TenantId, i64)>> {
+        let rows: Vec<(TenantId, i64)> =
+            sqlx::query_as("SELECT tenant_id, count(*) FROM deliveries GROUP BY tenant_id")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows)
+    }
+
     /// Removes a delivered message from the queue and counts it in the rule's statistics.
     /// Succeeds whoever holds the lease, because the webhook has the message either way;
     /// returns whether the delivery was still queued (a duplicate is not counted twice).
