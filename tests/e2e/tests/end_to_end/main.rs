@@ -8,6 +8,7 @@ mod durability;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod mqtt_features;
 mod outbound_aliases;
 mod protocol;
