@@ -129,8 +129,11 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     tokio::select! {
         () = shutdown.cancelled() => {}
         Some(joined) = tasks.join_next_with_id() => {
-            // Nothing asked this service to stop, so even a clean return is a failure.
-            failures.extend(finished(joined, &mut running, true));
+            // Unless a signal just asked every service to stop (a quick one, such as the
+            // probes listener, can end before this select sees the cancellation), nothing
+            // asked this service to stop, so even a clean return is a failure.
+            let unexpected = !shutdown.is_cancelled();
+            failures.extend(finished(joined, &mut running, unexpected));
             shutdown.cancel();
         }
     }
