@@ -72,6 +72,8 @@ where
         connection_id,
         %peer,
         tenant_id = tracing::field::Empty,
+        registry_id = tracing::field::Empty,
+        device_id = tracing::field::Empty,
         client_id = tracing::field::Empty,
     );
     async move {
@@ -112,6 +114,7 @@ where
             tracing::field::display(&accepted.principal.tenant_id),
         );
         span.record("client_id", accepted.client_id.as_str());
+        crate::metrics::record_principal(&span, &accepted.principal.kind);
         let routes = shared.routes_for(&accepted.principal).await;
         let namespace = accepted.principal.namespace.clone();
         let tenant = namespace.tenant_id().as_str();

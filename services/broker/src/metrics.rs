@@ -74,6 +74,26 @@ pub fn count_retained_at_scrape(shared: &Arc<Shared>) {
     });
 }
 
+/// Fills the connection span's `registry_id` and `device_id` (SPEC §7.1: log lines carry
+/// them), as far as the principal has them.
+pub fn record_principal(span: &tracing::Span, kind: &iotcore_store::auth::PrincipalKind) {
+    use iotcore_store::auth::PrincipalKind;
+    match kind {
+        PrincipalKind::Device {
+            device_id,
+            registry_id,
+            ..
+        } => {
+            span.record("registry_id", registry_id.as_str());
+            span.record("device_id", device_id.as_str());
+        }
+        PrincipalKind::Registry { registry_id } => {
+            span.record("registry_id", registry_id.as_str());
+        }
+        PrincipalKind::Broker { .. } => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
