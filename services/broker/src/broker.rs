@@ -45,6 +45,9 @@ pub struct Shared {
     /// publishes (SPEC §3.4), so that it is not a query per message. Only answers found are
     /// kept: a device never changes registry and ids are never reused.
     device_registries: Mutex<HashMap<(TenantId, DeviceId), RegistryId>>,
+    /// Will publications in flight, waited for at shutdown so that the retained and session
+    /// writers still see what they publish.
+    pub wills: TaskTracker,
     pub shutdown: CancellationToken,
 }
 
@@ -136,8 +139,10 @@ pub async fn run(
         max_length: config.max_topic_length,
         max_levels: config.max_topic_levels,
     };
-    let (retained, retained_writer) = RetainedWriter::start(store.clone(), shutdown.clone());
-    // Stopped only after every connection has ended and parked its session.
+    // Both writers stop only after every connection has ended, parked its session and
+    // published its will (retained wills included).
+    let retained_stop = CancellationToken::new();
+    let (retained, retained_writer) = RetainedWriter::start(store.clone(), retained_stop.clone());
     let sessions_stop = CancellationToken::new();
     let (sessions_writer, sessions_written) =
         SessionWriter::start(store.clone(), sessions_stop.clone());
@@ -170,6 +175,7 @@ pub async fn run(
         sessions_writer,
         store,
         device_registries: Mutex::default(),
+        wills: TaskTracker::new(),
         shutdown: shutdown.clone(),
         config,
     });
@@ -203,11 +209,18 @@ pub async fn run(
     }
     shutdown.cancelled().await;
     tracker.close();
-    // Connections send their DISCONNECT and end on the same token; give them a bounded time.
-    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    // Connections send their DISCONNECT and end on the same token, and wills (delayed ones
+    // at once) are published; give them a bounded time.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        tracker.wait().await;
+        shared.wills.close();
+        shared.wills.wait().await;
+    })
+    .await;
     // Retained messages set until now (wills included) and the sessions parked as their
     // connections ended are written before the process ends.
     // Together within the process's stop grace (10 s, 5 of them for the connections above).
+    retained_stop.cancel();
     sessions_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(4), async {
         let _ = tokio::join!(retained_writer, sessions_written);

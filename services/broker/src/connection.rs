@@ -12,7 +12,7 @@ use crate::mailbox::{self, Queue};
 use crate::outbound::Outbound;
 use crate::router::{ConnectionId, Mailbox, NamespaceRoutes};
 use crate::session_store::Journal;
-use crate::sessions::SessionState;
+use crate::sessions::{Parkable, SessionState};
 use crate::status;
 use crate::topic_aliases::OutboundAliases;
 use crate::wills;
@@ -129,26 +129,34 @@ where
             Some(principal_id(&accepted)),
             connect.clean_start,
         );
-        if let Some(previous) = claim.previous {
+        if let Some(previous) = &claim.previous {
             // Let the connection we take over finish, so that its session is parked and
-            // can be resumed below.
-            let _ = tokio::time::timeout(Duration::from_secs(5), previous.cancelled()).await;
+            // can be resumed below. One that takes longer cannot park any more.
+            let _ = tokio::time::timeout(Duration::from_secs(5), previous.ended.cancelled()).await;
         }
         // MQTT-3.1.2-4/5: Clean Start discards a parked session; otherwise it is resumed.
-        let resumed = match shared.sessions.take_parked(&namespace, &client_id) {
-            Some(state) if connect.clean_start => {
-                state.discard();
-                None
-            }
-            other => other,
-        };
+        let resumed =
+            match shared
+                .sessions
+                .take_parked(&namespace, &client_id, claim.previous.as_ref())
+            {
+                Some(state) if connect.clean_start => {
+                    state.discard();
+                    None
+                }
+                other => other,
+            };
         let session_present = resumed.is_some();
         let connack = handshake::connack(&shared, version, &accepted, session_present);
         if io.send(&connack, version, None).is_err() || io.flush().await.is_err() {
             if let Some(state) = resumed {
-                shared
-                    .sessions
-                    .park(&namespace, &client_id, state, session_expiry(&accepted));
+                shared.sessions.park(
+                    &namespace,
+                    &client_id,
+                    &claim.parkable,
+                    state,
+                    session_expiry(&accepted),
+                );
             }
             shared
                 .sessions
@@ -231,7 +239,7 @@ where
             // MQTT-4.4.0-1: unacknowledged messages are sent again, with DUP set.
             session.redeliver(&mut io);
             if io.flush().await.is_err() {
-                session.end(queue, connection_id);
+                session.end(queue, connection_id, &claim.parkable);
                 claim.ended.cancel();
                 return;
             }
@@ -273,7 +281,7 @@ where
                 session.accepted.session_expiry = expiry.min(shared.config.max_session_expiry_secs);
             }
         }
-        session.end(queue, connection_id);
+        session.end(queue, connection_id, &claim.parkable);
         claim.ended.cancel();
     }
     .instrument(span)
@@ -542,7 +550,7 @@ impl Session {
 
     /// Parks a persistent session for its client to resume; otherwise removes every trace
     /// of it from the shared state.
-    fn end(self, queue: Queue, connection: ConnectionId) {
+    fn end(self, queue: Queue, connection: ConnectionId, parkable: &Parkable) {
         let namespace = &self.accepted.principal.namespace;
         let client_id = &self.accepted.client_id;
         self.shared
@@ -563,7 +571,7 @@ impl Session {
         } else {
             self.shared
                 .sessions
-                .park(namespace, client_id, state, expiry);
+                .park(namespace, client_id, parkable, state, expiry);
         }
     }
 }

@@ -12,6 +12,12 @@
 //! A crash (kill -9) loses the changes not yet written: at most `MAX_WAIT` of them. A
 //! graceful shutdown parks every session and writes everything.
 //!
+//! Each journal has a generation, and the writer writes a key's changes only from the
+//! journal that owns it now: the last one to start a fresh session under the key (or the
+//! one restored from the store). A connection taken over that ends late, after its
+//! successor gave up waiting and started afresh, can then never overwrite the successor's
+//! rows, whatever it still records on its way out.
+//!
 //! One broker process per database is assumed: every process loads every stored session at
 //! start, and nothing yet tells a process that another one took a session over (SPEC §8).
 
@@ -29,6 +35,7 @@ use iotcore_store::sessions::{
 use iotcore_store::{BrokerId, RegistryId, Store};
 use iotcore_topic::TopicFilter;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -39,9 +46,17 @@ const QUEUE: usize = 64 * 1024;
 const MAX_BATCH: usize = 4096;
 const MAX_WAIT: Duration = Duration::from_millis(50);
 
+/// One change to a stored session, with the generation of the journal that recorded it.
+type Stamped = (u64, Change);
+
 /// One change to a stored session.
 /// Keys are shared, so that recording a message costs no allocation.
 enum Change {
+    /// A fresh session under the key: what was stored is deleted, and the recording
+    /// journal owns the key from now on.
+    Start(Arc<SessionKey>),
+    /// A session restored from the store: its journal owns the key, the rows stay.
+    Own(Arc<SessionKey>),
     Save(Box<StoredSession>),
     IncomingQos2(Arc<SessionKey>, Vec<i32>),
     Delete(Arc<SessionKey>),
@@ -77,7 +92,8 @@ impl Awaiting {
 /// The channel to the writer task.
 #[derive(Clone)]
 pub struct SessionWriter {
-    changes: mpsc::Sender<Change>,
+    changes: mpsc::Sender<Stamped>,
+    generations: Arc<AtomicU64>,
 }
 
 impl SessionWriter {
@@ -87,11 +103,30 @@ impl SessionWriter {
     pub fn start(store: Store, stop: CancellationToken) -> (SessionWriter, JoinHandle<()>) {
         let (changes, rx) = mpsc::channel(QUEUE);
         let handle = tokio::spawn(write_batches(store, rx, stop));
-        (SessionWriter { changes }, handle)
+        let writer = SessionWriter {
+            changes,
+            generations: Arc::new(AtomicU64::new(1)),
+        };
+        (writer, handle)
     }
 
-    fn send(&self, change: Change) {
-        if self.changes.try_send(change).is_err() {
+    fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes a new journal generation the owner of a stored session's rows, waiting for
+    /// room in the channel (only at start, before clients connect).
+    async fn own(&self, key: &SessionKey) -> u64 {
+        let generation = self.next_generation();
+        let change = Change::Own(Arc::new(key.clone()));
+        if self.changes.send((generation, change)).await.is_err() {
+            tracing::warn!("session writer gone; restored session not persisted");
+        }
+        generation
+    }
+
+    fn send(&self, generation: u64, change: Change) {
+        if self.changes.try_send((generation, change)).is_err() {
             // Memory stays right; only a restart before the session changes again could
             // bring back an older picture of it.
             tracing::warn!("session writer saturated; change not persisted");
@@ -102,6 +137,8 @@ impl SessionWriter {
 /// The persistent picture of one session, and the handle that records its changes.
 pub struct Journal {
     key: Arc<SessionKey>,
+    /// Which journal of the key this is; only the owner's changes are written.
+    generation: u64,
     writer: SessionWriter,
     state: Mutex<JournalState>,
 }
@@ -137,6 +174,7 @@ impl Journal {
     ) -> Arc<Journal> {
         let journal = Journal {
             key: Arc::new(session_key(namespace, client_id)),
+            generation: writer.next_generation(),
             writer: writer.clone(),
             state: Mutex::new(JournalState {
                 expiry_secs: 0,
@@ -146,8 +184,12 @@ impl Journal {
                 incoming_qos2: Vec::new(),
             }),
         };
-        journal.writer.send(Change::Delete(journal.key.clone()));
+        journal.send(Change::Start(journal.key.clone()));
         Arc::new(journal)
+    }
+
+    fn send(&self, change: Change) {
+        self.writer.send(self.generation, change);
     }
 
     fn save(&self, state: &JournalState) {
@@ -159,7 +201,7 @@ impl Journal {
             subscriptions: Json(state.subscriptions.values().cloned().collect()),
             incoming_qos2: state.incoming_qos2.clone(),
         };
-        self.writer.send(Change::Save(Box::new(session)));
+        self.send(Change::Save(Box::new(session)));
     }
 
     /// A client connected to the session, which now ends `expiry_secs` after it leaves.
@@ -198,27 +240,25 @@ impl Journal {
         let mut ids: Vec<i32> = ids.iter().map(|&id| i32::from(id)).collect();
         ids.sort_unstable();
         lock(&self.state).incoming_qos2 = ids.clone();
-        self.writer
-            .send(Change::IncomingQos2(self.key.clone(), ids));
+        self.send(Change::IncomingQos2(self.key.clone(), ids));
     }
 
     /// The session ended (Clean Start, expiry, DISCONNECT with expiry 0, a limit).
     pub fn ended(&self) {
-        self.writer.send(Change::Delete(self.key.clone()));
+        self.send(Change::Delete(self.key.clone()));
     }
 
     /// A message was queued (called under the mailbox's lock, so in queue order).
     pub fn queued(&self, outgoing: &Outgoing) {
         if outgoing.qos != QoS::AtMostOnce {
-            self.writer
-                .send(Change::Queued(self.key.clone(), outgoing.clone()));
+            self.send(Change::Queued(self.key.clone(), outgoing.clone()));
         }
     }
 
     /// A message was sent with `packet_id`, or moved on to the PUBREL stage.
     pub fn sent(&self, outgoing: &Outgoing, packet_id: u16, awaiting: Awaiting) {
         if outgoing.qos != QoS::AtMostOnce {
-            self.writer.send(Change::Sent(
+            self.send(Change::Sent(
                 self.key.clone(),
                 outgoing.seq,
                 packet_id,
@@ -230,15 +270,17 @@ impl Journal {
     /// A message was acknowledged, expired or dropped.
     pub fn done(&self, outgoing: &Outgoing) {
         if outgoing.qos != QoS::AtMostOnce {
-            self.writer
-                .send(Change::Done(self.key.clone(), outgoing.seq));
+            self.send(Change::Done(self.key.clone(), outgoing.seq));
         }
     }
 }
 
-async fn write_batches(store: Store, mut rx: mpsc::Receiver<Change>, stop: CancellationToken) {
+async fn write_batches(store: Store, mut rx: mpsc::Receiver<Stamped>, stop: CancellationToken) {
+    // Which journal generation owns each key: one entry per stored session that has not
+    // ended, so bounded like the sessions themselves.
+    let mut owners: HashMap<SessionKey, u64> = HashMap::new();
     while let Some(changes) = crate::batch::next(&mut rx, &stop, MAX_BATCH, MAX_WAIT).await {
-        let batch = reduce(changes);
+        let batch = reduce(changes, &mut owners);
         if let Err(e) = store.apply_session_batch(&batch).await {
             tracing::warn!(error = %e, "writing sessions failed");
         }
@@ -259,15 +301,48 @@ struct KeyOps {
     messages: BTreeMap<u64, RowOp>,
 }
 
-/// Reduces changes to the final state of each row. The store applies deletes of sessions
-/// first, so everything recorded for a session before its delete is forgotten here.
-fn reduce(changes: Vec<Change>) -> SessionBatch {
+/// The key a change is about.
+fn key_of(change: &Change) -> &SessionKey {
+    match change {
+        Change::Save(session) => &session.key,
+        Change::Start(key)
+        | Change::Own(key)
+        | Change::IncomingQos2(key, _)
+        | Change::Delete(key)
+        | Change::Queued(key, _)
+        | Change::Sent(key, ..)
+        | Change::Done(key, _) => key,
+    }
+}
+
+/// Reduces changes to the final state of each row, keeping only those of each key's
+/// owning journal (`owners`, updated here). The store applies deletes of sessions first,
+/// so everything recorded for a session before its delete is forgotten here.
+fn reduce(changes: Vec<Stamped>, owners: &mut HashMap<SessionKey, u64>) -> SessionBatch {
     let mut deletes: Vec<SessionKey> = Vec::new();
     let mut keys: HashMap<Arc<SessionKey>, KeyOps> = HashMap::new();
     let now = Instant::now();
-    for change in changes {
+    for (generation, change) in changes {
+        match &change {
+            Change::Start(key) | Change::Own(key) => {
+                owners.insert((**key).clone(), generation);
+            }
+            other => {
+                let key = key_of(other);
+                if owners.get(key) != Some(&generation) {
+                    // A journal replaced by a newer session under the same key.
+                    continue;
+                }
+            }
+        }
         match change {
+            Change::Own(_) => {}
+            Change::Start(key) => {
+                keys.remove(&key);
+                deletes.push((*key).clone());
+            }
             Change::Delete(key) => {
+                owners.remove(&*key);
                 keys.remove(&key);
                 deletes.push((*key).clone());
             }
@@ -441,7 +516,9 @@ pub async fn restore(shared: &Shared) -> Result<(), iotcore_store::StoreError> {
     let count = loaded.sessions.len();
     for stored in loaded.sessions {
         let rows = messages.remove(&stored.key).unwrap_or_default();
-        restore_one(shared, stored, rows);
+        // Owned before the session is back in the router, where messages may reach it.
+        let generation = shared.sessions_writer.own(&stored.key).await;
+        restore_one(shared, stored, rows, generation);
     }
     if count > 0 {
         tracing::info!(sessions = count, "persistent sessions restored");
@@ -449,7 +526,7 @@ pub async fn restore(shared: &Shared) -> Result<(), iotcore_store::StoreError> {
     Ok(())
 }
 
-fn restore_one(shared: &Shared, stored: StoredSession, rows: Vec<SessionMessage>) {
+fn restore_one(shared: &Shared, stored: StoredSession, rows: Vec<SessionMessage>, generation: u64) {
     let key = stored.key.clone();
     let namespace = if key.broker_id.is_empty() {
         Namespace::Tenant(key.tenant_id.clone())
@@ -462,6 +539,7 @@ fn restore_one(shared: &Shared, stored: StoredSession, rows: Vec<SessionMessage>
     let registry_scope = stored.registry_scope.as_deref().and_then(RegistryId::parse);
     let journal = Arc::new(Journal {
         key: Arc::new(key.clone()),
+        generation,
         writer: shared.sessions_writer.clone(),
         state: Mutex::new(JournalState {
             expiry_secs: u32::try_from(stored.expiry_secs).unwrap_or(0),
@@ -565,6 +643,13 @@ mod tests {
         })
     }
 
+    /// Reduces `changes` recorded by the journal that owns `key`.
+    fn reduce_owned(key: &Arc<SessionKey>, changes: Vec<Change>) -> SessionBatch {
+        let mut owners = HashMap::new();
+        let own = std::iter::once(Change::Own(key.clone()));
+        reduce(own.chain(changes).map(|c| (1, c)).collect(), &mut owners)
+    }
+
     fn outgoing(seq: u64) -> Outgoing {
         Outgoing {
             message: Arc::new(Message {
@@ -586,15 +671,18 @@ mod tests {
     #[test]
     fn a_message_acknowledged_within_the_batch_is_never_written() {
         let k = key("c");
-        let batch = reduce(vec![
-            Change::Queued(k.clone(), outgoing(1)),
-            Change::Sent(k.clone(), 1, 10, Awaiting::PubAck),
-            Change::Done(k.clone(), 1),
-            Change::Queued(k.clone(), outgoing(2)),
-            Change::Sent(k.clone(), 2, 11, Awaiting::PubRec),
-            Change::Sent(k.clone(), 3, 12, Awaiting::PubComp),
-            Change::Done(k.clone(), 4),
-        ]);
+        let batch = reduce_owned(
+            &k,
+            vec![
+                Change::Queued(k.clone(), outgoing(1)),
+                Change::Sent(k.clone(), 1, 10, Awaiting::PubAck),
+                Change::Done(k.clone(), 1),
+                Change::Queued(k.clone(), outgoing(2)),
+                Change::Sent(k.clone(), 2, 11, Awaiting::PubRec),
+                Change::Sent(k.clone(), 3, 12, Awaiting::PubComp),
+                Change::Done(k.clone(), 4),
+            ],
+        );
         assert_eq!(batch.message_inserts.len(), 1);
         let (_, row) = &batch.message_inserts[0];
         assert_eq!(
@@ -616,24 +704,29 @@ mod tests {
             subscriptions: Json(Vec::new()),
             incoming_qos2: Vec::new(),
         };
-        let batch = reduce(vec![
-            Change::Save(Box::new(save.clone())),
-            Change::Queued(k.clone(), outgoing(1)),
-            Change::IncomingQos2(k.clone(), vec![5]),
-            Change::Delete(k.clone()),
-            Change::Delete(k.clone()),
-        ]);
+        let batch = reduce_owned(
+            &k,
+            vec![
+                Change::Save(Box::new(save.clone())),
+                Change::Queued(k.clone(), outgoing(1)),
+                Change::IncomingQos2(k.clone(), vec![5]),
+                Change::Delete(k.clone()),
+            ],
+        );
         assert_eq!(batch.deletes, vec![(*k).clone()]);
         assert!(batch.saves.is_empty() && batch.message_inserts.is_empty());
         assert!(batch.incoming_qos2.is_empty());
 
         save.expiry_secs = 120;
-        let batch = reduce(vec![
-            Change::Delete(k.clone()),
-            Change::IncomingQos2(k.clone(), vec![5]),
-            Change::Save(Box::new(save)),
-            Change::Queued(k.clone(), outgoing(1)),
-        ]);
+        let batch = reduce_owned(
+            &k,
+            vec![
+                Change::Start(k.clone()),
+                Change::IncomingQos2(k.clone(), vec![5]),
+                Change::Save(Box::new(save)),
+                Change::Queued(k.clone(), outgoing(1)),
+            ],
+        );
         assert_eq!(batch.deletes.len(), 1);
         assert_eq!(batch.saves[0].expiry_secs, 120);
         assert!(
@@ -641,6 +734,69 @@ mod tests {
             "the later save carries them"
         );
         assert_eq!(batch.message_inserts.len(), 1);
+    }
+
+    /// A connection taken over that ends after its successor started a fresh session
+    /// records its park, its messages and its end under the same key: none of it may reach
+    /// the successor's rows, in the same batch or later ones, nor after the successor ends.
+    #[test]
+    fn changes_of_a_replaced_journal_are_never_written() {
+        let k = key("c");
+        let save = |expiry_secs| {
+            Box::new(StoredSession {
+                key: (*k).clone(),
+                expiry_secs,
+                expires_at: None,
+                registry_scope: None,
+                subscriptions: Json(Vec::new()),
+                incoming_qos2: Vec::new(),
+            })
+        };
+        let (old, new) = (1, 2);
+        let mut owners = HashMap::new();
+        let batch = reduce(
+            vec![
+                (old, Change::Start(k.clone())),
+                (old, Change::Save(save(60))),
+                (new, Change::Start(k.clone())),
+                (new, Change::Save(save(120))),
+                (old, Change::Queued(k.clone(), outgoing(1))),
+                (old, Change::Save(save(60))),
+            ],
+            &mut owners,
+        );
+        assert_eq!(batch.saves.len(), 1);
+        assert_eq!(batch.saves[0].expiry_secs, 120);
+        assert!(batch.message_inserts.is_empty());
+
+        let batch = reduce(
+            vec![
+                (old, Change::Delete(k.clone())),
+                (old, Change::Sent(k.clone(), 1, 3, Awaiting::PubAck)),
+                (new, Change::Queued(k.clone(), outgoing(1))),
+            ],
+            &mut owners,
+        );
+        assert!(
+            batch.deletes.is_empty(),
+            "the old journal's end deletes nothing"
+        );
+        assert!(batch.message_updates.is_empty());
+        assert_eq!(batch.message_inserts.len(), 1);
+
+        let batch = reduce(
+            vec![
+                (new, Change::Delete(k.clone())),
+                (old, Change::Save(save(60))),
+            ],
+            &mut owners,
+        );
+        assert_eq!(batch.deletes.len(), 1);
+        assert!(
+            batch.saves.is_empty(),
+            "nobody owns the key after its session ended"
+        );
+        assert!(owners.is_empty());
     }
 
     #[test]

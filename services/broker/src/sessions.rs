@@ -7,6 +7,11 @@
 //!   parked when its connection ends: its subscriptions stay in the router and its bounded
 //!   mailbox keeps filling, until the client comes back or the session expires
 //!   (MQTT-3.1.2-23, MQTT-4.1.0-1).
+//! - The connection taken over parks its session only while the new one still waits for
+//!   it. Once the new connection has settled its session (resumed a parked one or, having
+//!   waited long enough, started afresh), a late park from the old one is abandoned, even
+//!   after the new connection has itself ended: it would otherwise replace the newer
+//!   session and, stored, overwrite its rows.
 //! - Delayed wills wait here to learn whether their client comes back (MQTT-3.1.3-9).
 //! - Parked sessions are bounded per namespace (`mqtt.max_parked_sessions_per_namespace`):
 //!   clients choosing random client ids (virtual brokers allow any) could otherwise grow
@@ -22,7 +27,7 @@ use crate::router::{ConnectionId, Mailbox, Namespace, NamespaceRoutes};
 use iotcore_topic::Subscription;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
@@ -48,8 +53,16 @@ impl SessionState {
     /// Removes the session's subscriptions from the router and from the store; what was
     /// queued is dropped with the state.
     pub fn discard(self) {
-        // Closed first, so that no message queued from now on is journaled after the
-        // session's deletion.
+        if let Some(journal) = self.mailbox.journal() {
+            journal.ended();
+        }
+        self.abandon();
+    }
+
+    /// Removes the session from the router and memory only: the key's stored rows belong
+    /// to a newer session.
+    fn abandon(self) {
+        // Closed first, so that no message is queued for a session that is gone.
         self.queue.close();
         for subscription in self.subscriptions.values() {
             self.routes.unsubscribe(subscription, self.id);
@@ -57,9 +70,6 @@ impl SessionState {
         iotcore_telemetry::metrics::mqtt::SUBSCRIPTIONS
             .with(&[self.routes.namespace().tenant_id().as_str()])
             .add(-(self.subscriptions.len() as i64));
-        if let Some(journal) = self.mailbox.journal() {
-            journal.ended();
-        }
     }
 }
 
@@ -100,6 +110,25 @@ struct Live {
     revoked: CancellationToken,
     /// Cancelled when the connection has finished (and parked its session, if any).
     ended: CancellationToken,
+    parkable: Parkable,
+}
+
+/// Whether a connection may still park its session: no longer once a connection that took
+/// it over has settled its own. Read and written under the parked sessions' lock.
+#[derive(Clone)]
+pub struct Parkable(Arc<AtomicBool>);
+
+impl Parkable {
+    fn new() -> Parkable {
+        Parkable(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+/// The connection a new one takes over.
+pub struct Previous {
+    /// Cancelled when it has finished; worth waiting for, to resume what it parks.
+    pub ended: CancellationToken,
+    parkable: Parkable,
 }
 
 /// What [`Sessions::claim`] hands a new connection.
@@ -111,7 +140,9 @@ pub struct Claim {
     /// The connection cancels this when it has finished.
     pub ended: CancellationToken,
     /// The connection this one takes over, to wait for.
-    pub previous: Option<CancellationToken>,
+    pub previous: Option<Previous>,
+    /// This connection's right to park its session, for [`Sessions::park`].
+    pub parkable: Parkable,
 }
 
 #[derive(Default)]
@@ -156,10 +187,15 @@ impl Sessions {
             takeover: takeover.clone(),
             revoked: revoked.clone(),
             ended: ended.clone(),
+            parkable: Parkable::new(),
         };
+        let parkable = live.parkable.clone();
         let previous = lock(&self.live).insert(key.clone(), live).map(|previous| {
             previous.takeover.cancel();
-            previous.ended
+            Previous {
+                ended: previous.ended,
+                parkable: previous.parkable,
+            }
         });
         if let Some((_, will)) = lock(&self.delayed_wills).remove(&key) {
             let _ = will.send(!clean_start);
@@ -169,6 +205,7 @@ impl Sessions {
             revoked,
             ended,
             previous,
+            parkable,
         }
     }
 
@@ -206,23 +243,49 @@ impl Sessions {
     }
 
     /// The parked session of `client_id`, if any (it is no longer parked afterwards).
-    pub fn take_parked(&self, namespace: &Namespace, client_id: &str) -> Option<SessionState> {
+    /// The connection taken over (`previous`), if it has not parked yet, never will.
+    pub fn take_parked(
+        &self,
+        namespace: &Namespace,
+        client_id: &str,
+        previous: Option<&Previous>,
+    ) -> Option<SessionState> {
         let key = (namespace.clone(), client_id.to_owned());
-        lock(&self.parked).remove(&key).map(|parked| parked.state)
+        let mut parked = lock(&self.parked);
+        if let Some(previous) = previous {
+            previous.parkable.0.store(false, Ordering::Relaxed);
+        }
+        parked.remove(&key).map(|parked| parked.state)
     }
 
-    /// Keeps `state` until `client_id` comes back or `expiry` passes.
+    /// Keeps `state` until `client_id` comes back or `expiry` passes; abandons it when a
+    /// later connection has settled its own session already (`parkable`).
     pub fn park(
         &self,
         namespace: &Namespace,
         client_id: &str,
+        parkable: &Parkable,
         state: SessionState,
         expiry: Duration,
     ) {
+        let mut parked = lock(&self.parked);
+        if !parkable.0.load(Ordering::Relaxed) {
+            drop(parked);
+            tracing::info!(
+                client_id,
+                "session taken over after the new connection stopped waiting for it; not kept"
+            );
+            state.abandon();
+            return;
+        }
         if let Some(journal) = state.mailbox.journal() {
             journal.parked(expiry);
         }
-        self.keep(namespace, client_id, state, expiry);
+        let ended = self.keep(&mut parked, namespace, client_id, state, expiry);
+        drop(parked);
+        for state in ended {
+            state.discard();
+        }
     }
 
     /// Parks a session read back from the store (which has it as it is).
@@ -233,16 +296,28 @@ impl Sessions {
         state: SessionState,
         expiry: Duration,
     ) {
-        self.keep(namespace, client_id, state, expiry);
+        let ended = self.keep(&mut lock(&self.parked), namespace, client_id, state, expiry);
+        for state in ended {
+            state.discard();
+        }
     }
 
-    fn keep(&self, namespace: &Namespace, client_id: &str, state: SessionState, expiry: Duration) {
+    /// Parks `state`; returns the sessions it ends (one it replaces, those evicted), for
+    /// the caller to discard once it holds no lock.
+    #[must_use]
+    fn keep(
+        &self,
+        parked: &mut ParkedSessions,
+        namespace: &Namespace,
+        client_id: &str,
+        state: SessionState,
+        expiry: Duration,
+    ) -> Vec<SessionState> {
         let key = (namespace.clone(), client_id.to_owned());
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let at = Instant::now() + expiry;
         let mut ended = Vec::new();
         {
-            let parked = &mut *lock(&self.parked);
             if let Some(replaced) = parked.remove(&key) {
                 ended.push(replaced.state);
             }
@@ -273,11 +348,9 @@ impl Sessions {
                 }
             }
         }
-        for state in ended {
-            state.discard();
-        }
         lock(&self.expiries).push(Reverse((at, generation, key)));
         self.expiry_changed.notify_one();
+        ended
     }
 
     /// Discards parked sessions as they expire; one task for all of them.

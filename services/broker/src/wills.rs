@@ -9,16 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Publishes `message` now, or after `delay` in a task of its own (one per disconnected
-/// client with a delayed will, never one per message).
+/// client with a delayed will, never one per message). The tasks are tracked, so that a
+/// stopping broker writes what they publish before its writers stop.
 pub fn publish_later(session: &Session, message: Message, delay: Duration) {
     let shared = session.shared.clone();
+    let wills = shared.wills.clone();
     let routes = session.routes.clone();
     let principal = session.accepted.principal.clone();
     let client_id = session.accepted.client_id.clone();
     let connection = session.id;
     let message = Arc::new(message);
     if delay.is_zero() {
-        tokio::spawn(async move {
+        wills.spawn(async move {
             if let Err(e) = publish::publish(&shared, &routes, Some(&principal), message).await {
                 tracing::warn!(error = %e, "will not published");
             }
@@ -28,7 +30,7 @@ pub fn publish_later(session: &Session, message: Message, delay: Duration) {
     let resumed = shared
         .sessions
         .delay_will(&principal.namespace, &client_id, connection);
-    tokio::spawn(async move {
+    wills.spawn(async move {
         let publish_it = tokio::select! {
             _ = tokio::time::sleep(delay) => true,
             // A new connection with Clean Start 0 resumes the session: no will

@@ -94,36 +94,52 @@ async fn connection_status_and_lifecycle_events_follow_the_device() {
     app.stop().await;
 }
 
-/// A session taken over does not mark its device offline: the new connection is up.
+/// A session taken over does not mark its device offline: the new connection is up, and
+/// stays up once the end of the old one has been written.
 #[tokio::test]
 async fn takeover_leaves_the_device_online() {
     let app = TestApp::spawn().await;
     let registry = app.create_registry(&app.token, "r").await;
     let device = app.create_device(&app.token, &registry, "d").await;
+    let marker = app.create_device(&app.token, &registry, "marker").await;
+    let (user, pass) = app.create_registry_password(&app.token, &registry).await;
+    let mut watcher = connect_v311(app.mqtt, &user, &user, &pass)
+        .await
+        .expect("registry client");
+    watcher
+        .client
+        .subscribe(
+            format!("$registries/{registry}/lifecycle/{}", device.id),
+            rumqttc::QoS::AtLeastOnce,
+        )
+        .await
+        .expect("subscribe");
+    watcher.suback().await;
+
     let _first = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
         .await
         .expect("first");
-    let first_connection = connection_when(&app, &device.id, true).await;
+    connection_when(&app, &device.id, true).await;
     let _second = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
         .await
         .expect("second");
-    for _ in 0..100 {
-        let (_, got) = app
-            .call(
-                "GET",
-                &format!("/v1/devices/{}", device.id),
-                &app.token,
-                None,
-            )
-            .await;
-        if got["connection"]["connected_at"] != first_connection["connected_at"] {
-            assert_eq!(got["connection"]["online"], Value::Bool(true), "{got}");
+    // The old connection's end is recorded before its `disconnected` event is published.
+    loop {
+        let event = watcher.next_publish(WAIT).await.expect("lifecycle events");
+        let body: Value = serde_json::from_slice(&event.payload).expect("JSON event");
+        if body["event"] == "disconnected" {
+            assert_eq!(body["reason"], "session taken over", "{body}");
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Give the first connection's end time to be written, then check again.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Status changes are written in order: once a later one is visible, so is that end.
+    let later = connect_v311(app.mqtt, &marker.id, &marker.id, &marker.password)
+        .await
+        .expect("marker");
+    connection_when(&app, &marker.id, true).await;
+    later.client.disconnect().await.expect("disconnect");
+    connection_when(&app, &marker.id, false).await;
+
     let (_, got) = app
         .call(
             "GET",

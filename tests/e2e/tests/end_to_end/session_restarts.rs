@@ -507,3 +507,87 @@ async fn incoming_qos2_state_survives_a_restart() {
     }
     app.stop().await;
 }
+
+/// MQTT-3.1.4-3 takeover when the old connection is slow to finish (here it is stuck
+/// writing to a client that stopped reading): the new connection stops waiting for it and
+/// starts a fresh session (MQTT-3.2.2-2: session present 0). The old connection's late
+/// end must neither replace that session in memory nor overwrite its stored rows, even
+/// when the new client has left in between; the restart shows what was stored.
+#[tokio::test]
+async fn a_late_end_of_a_taken_over_connection_leaves_the_new_session_alone() {
+    let app =
+        TestApp::spawn_with(&[("IOTCORE_MQTT_MAX_PUBLISHES_PER_SECOND_PER_CLIENT", "0")]).await;
+    let (device, backend) = registry_client(&app).await;
+    let old_topic = format!("$devices/{}/events/old", device.id);
+    let new_topic = format!("$devices/{}/events/new", device.id);
+
+    let (mut stalled, _) = connect(&app, ProtocolVersion::V5, &backend, false, Some(600)).await;
+    stalled
+        .send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![(
+                "$devices/+/events/old".into(),
+                SubscriptionOptions {
+                    qos: QoS::AtMostOnce,
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: 0,
+                },
+            )],
+            properties: Properties::default(),
+        }))
+        .await;
+    assert!(matches!(stalled.packet().await, Some(Packet::SubAck(_))));
+    // From here on the stalled client reads nothing: 40 MiB at QoS 0 fill the socket
+    // buffers, and its connection waits in a write that never completes.
+    let mut publisher = Raw::connect(app.mqtt, ProtocolVersion::V3_1_1, &device, 60).await;
+    let flood = iotcore_codec::Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: old_topic.clone(),
+        packet_id: None,
+        payload: vec![0x5a_u8; 64 * 1024].into(),
+        properties: Properties::default(),
+    };
+    for _ in 0..640 {
+        publisher.send(&Packet::Publish(flood.clone())).await;
+    }
+    publisher.send(&Packet::PingReq).await;
+    assert!(matches!(publisher.packet().await, Some(Packet::PingResp)));
+
+    let (mut taker, present) = connect(&app, ProtocolVersion::V5, &backend, false, Some(600)).await;
+    assert!(
+        !present,
+        "the old connection never finished: a fresh session"
+    );
+    assert_eq!(
+        taker.subscribe_qos1("$devices/+/events/new").await,
+        ReasonCode::GRANTED_QOS_1
+    );
+    disconnect(taker).await;
+    // The old connection's write fails now; it ends while the new session is parked.
+    drop(stalled);
+
+    // A graceful stop waits for every connection to end, the old one included.
+    let app = app.restart_gracefully().await;
+    let (mut subscriber, present) =
+        connect(&app, ProtocolVersion::V5, &backend, false, Some(600)).await;
+    assert!(present, "the new session was stored and kept");
+    let mut publisher = Raw::connect(app.mqtt, ProtocolVersion::V5, &device, 60).await;
+    assert_eq!(
+        publisher.publish_qos1(&old_topic, b"old").await,
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        publisher.publish_qos1(&new_topic, b"new").await,
+        ReasonCode::SUCCESS
+    );
+    let got = next_publish(&mut subscriber).await;
+    assert_eq!(
+        (got.topic.as_str(), got.payload.as_ref()),
+        (new_topic.as_str(), b"new".as_slice()),
+        "the new session's subscription only"
+    );
+    app.stop().await;
+}
