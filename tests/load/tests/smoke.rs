@@ -1,0 +1,180 @@
+//! The load generator against a real iotcore (PostgreSQL, devices and a registry client
+//! created through the API, passwords checked, ACLs on): short runs whose counts must add
+//! up. Nothing here is timed; the side-by-side benchmark does that.
+
+use iotcore_e2e::TestApp;
+use serde_json::Value;
+use std::path::PathBuf;
+use tokio::process::Command;
+
+struct Setup {
+    app: TestApp,
+    registry: String,
+    registry_password: String,
+    ids_file: PathBuf,
+}
+
+async fn setup(devices: usize) -> Setup {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "load").await;
+    let mut ids = String::new();
+    for i in 0..devices {
+        let device = app
+            .create_device(&app.token, &registry, &format!("load-{i}"))
+            .await;
+        ids.push_str(&format!("{} {}\n", device.id, device.password));
+    }
+    let (_, registry_password) = app.create_registry_password(&app.token, &registry).await;
+    let ids_file = std::env::temp_dir().join(format!("iotcore-load-ids-{}", app.mqtt.port()));
+    std::fs::write(&ids_file, ids).expect("writing the ids file");
+    Setup {
+        app,
+        registry,
+        registry_password,
+        ids_file,
+    }
+}
+
+/// Runs `iotcore-load` with `args` and returns its JSON report.
+async fn load(args: &[String]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_iotcore-load"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .await
+        .expect("running iotcore-load");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "iotcore-load failed: {stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"))
+}
+
+fn run_args(s: &Setup, pattern: &str, filter: &str) -> Vec<String> {
+    [
+        "run",
+        "--broker",
+        &s.app.mqtt.to_string(),
+        "--pattern",
+        pattern,
+        "--clients",
+        "3",
+        "--qos",
+        "1",
+        "--rate",
+        "20",
+        "--warmup",
+        "0.5",
+        "--duration",
+        "1",
+        "--drain",
+        "10",
+        "--ids",
+        &s.ids_file.display().to_string(),
+        "--pub-client-id",
+        "{id}",
+        "--pub-username",
+        "{id}",
+        "--pub-password",
+        "{secret}",
+        "--topic",
+        "$devices/{id}/events/load",
+        "--sub-client-id",
+        &format!("{}:load-{{i}}", s.registry),
+        "--sub-username",
+        &s.registry,
+        "--sub-password",
+        &s.registry_password,
+        "--filter",
+        filter,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn count(report: &Value, key: &str) -> u64 {
+    report[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in {report}"))
+}
+
+#[tokio::test]
+async fn load_runs_against_iotcore_deliver_every_message_exactly_as_counted() {
+    let s = setup(3).await;
+
+    let pairs = load(&run_args(&s, "pairs", "$devices/{id}/events/load")).await;
+    assert!(count(&pairs, "sent") > 0, "{pairs}");
+    assert_eq!(count(&pairs, "acked"), count(&pairs, "sent"), "{pairs}");
+    assert_eq!(count(&pairs, "refused"), 0, "{pairs}");
+    assert_eq!(count(&pairs, "expected"), count(&pairs, "sent"), "{pairs}");
+    assert_eq!(count(&pairs, "received"), count(&pairs, "sent"), "{pairs}");
+    assert_eq!(count(&pairs, "connection_errors"), 0, "{pairs}");
+    assert!(count(&pairs["latency_us"], "count") > 0, "{pairs}");
+
+    // Three devices into one registry client on a wildcard.
+    let fan_in = load(&run_args(&s, "fan-in", "$devices/+/events/#")).await;
+    assert!(count(&fan_in, "sent") > 0, "{fan_in}");
+    assert_eq!(
+        count(&fan_in, "received"),
+        count(&fan_in, "sent"),
+        "{fan_in}"
+    );
+
+    // Device 0 to three registry clients: each gets every message.
+    let device0 = std::fs::read_to_string(&s.ids_file).unwrap_or_default();
+    let device0 = device0.split_whitespace().next().unwrap_or_default();
+    let filter = format!("$devices/{device0}/events/load");
+    let fan_out = load(&run_args(&s, "fan-out", &filter)).await;
+    assert!(count(&fan_out, "sent") > 0, "{fan_out}");
+    assert_eq!(count(&fan_out, "expected"), 3 * count(&fan_out, "sent"));
+    assert_eq!(count(&fan_out, "received"), count(&fan_out, "expected"));
+
+    // Idle connections of the registry client over two worker processes and two sources.
+    let idle = load(
+        &[
+            "idle",
+            "--broker",
+            &s.app.mqtt.to_string(),
+            "--connections",
+            "6",
+            "--per-process",
+            "3",
+            "--sources",
+            "2",
+            "--settle",
+            "0",
+            "--client-id",
+            &format!("{}:idle-{{i}}", s.registry),
+            "--username",
+            &s.registry,
+            "--password",
+            &s.registry_password,
+        ]
+        .map(String::from),
+    )
+    .await;
+    assert_eq!(count(&idle, "connected"), 6, "{idle}");
+    assert_eq!(count(&idle, "failed"), 0, "{idle}");
+    assert_eq!(count(&idle, "processes"), 2, "{idle}");
+
+    let _ = std::fs::remove_file(&s.ids_file);
+    s.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_password_fails_the_run_with_the_broker_answer() {
+    let s = setup(3).await;
+    let mut args = run_args(&s, "pairs", "$devices/{id}/events/load");
+    if let Some(password) = args.iter().position(|a| a == "{secret}") {
+        args[password] = "not-the-password".into();
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_iotcore-load"))
+        .args(&args)
+        .output()
+        .await
+        .expect("running iotcore-load");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("CONNACK refused"), "{stderr}");
+    let _ = std::fs::remove_file(&s.ids_file);
+    s.app.stop().await;
+}
