@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Prints the side-by-side table from the load generator's JSON reports (one a line).
+
+    report.py RESULTS_JSONL PAIRS FAN LATENCY_RATE IDLE CONNECT_N
+
+Each figure is shown for Mosquitto and iotcore with the ratio iotcore / Mosquitto and the
+target of that ratio (issue 7). Standard library only.
+"""
+
+import json
+import sys
+
+
+def load(path):
+    runs = {}
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            line = line.strip()
+            if line:
+                run = json.loads(line)
+                runs[(run["label"], run["broker"])] = run
+    return runs
+
+
+def main():
+    path, pairs, fan, rate, idle, connect_n = sys.argv[1:]
+    runs = load(path)
+
+    def get(label, broker, *keys):
+        value = runs.get((label, broker))
+        if value is None or "error" in value:
+            return None
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    rows = []
+
+    def row(name, label, keys, target, higher_is_better, mosquitto="mosquitto", unit=""):
+        m = get(label, mosquitto, *keys)
+        i = get(label, "iotcore", *keys)
+        ratio = i / m if (m and i is not None) else None
+        met = None
+        if ratio is not None:
+            met = ratio >= target if higher_is_better else ratio <= target
+        rows.append((name, m, i, ratio, target, higher_is_better, met, unit))
+
+    total = f"{int(pairs) * float(rate):.0f}"
+    row(f"QoS 0 pairs ({pairs} pairs, 64 B), delivered msg/s", "QoS 0 pairs", ["received_per_s"], 2.0, True)
+    row(f"QoS 1 pairs ({pairs} pairs, 64 B), delivered msg/s", "QoS 1 pairs", ["received_per_s"], 1.5, True)
+    row(f"fan-in {fan} → 1 (QoS 0), delivered msg/s", f"fan-in {fan} → 1", ["received_per_s"], 1.5, True)
+    row(f"fan-out 1 → {fan} (QoS 0), delivered msg/s", f"fan-out 1 → {fan}", ["received_per_s"], 2.0, True)
+    row(f"p99 latency at {total} msg/s, µs (Mosquitto default)", "latency", ["latency_us", "p99"], 1.0, False)
+    row(f"p99 latency at {total} msg/s, µs (Mosquitto set_tcp_nodelay)", "latency", ["latency_us", "p99"], 1.0, False,
+        mosquitto="mosquitto-nodelay")
+    row(f"p50 latency at {total} msg/s, µs (Mosquitto set_tcp_nodelay)", "latency", ["latency_us", "p50"], 1.0, False,
+        mosquitto="mosquitto-nodelay")
+    row(f"idle connections held (of {idle})", "idle", ["connected"], 1.0, True)
+    row("broker memory per idle TCP connection, bytes", "idle", ["broker_bytes_per_connection"], 1.0, False)
+    row(f"connect rate, TCP + password ({connect_n} connections), /s", "connect rate", ["connects_per_s"], 1.0, True)
+    row("connect latency p99, TCP + password, µs", "connect rate", ["connect_latency_us", "p99"], 1.0, False)
+
+    def fmt(value):
+        if value is None:
+            return "n/a"
+        if isinstance(value, float) and value < 100:
+            return f"{value:.2f}"
+        return f"{value:,.0f}"
+
+    print(f"{'figure':<62} {'mosquitto':>12} {'iotcore':>12} {'ratio':>7}  target")
+    for name, m, i, ratio, target, higher, met, _ in rows:
+        sign = "≥" if higher else "≤"
+        verdict = "" if met is None else ("met" if met else "NOT met")
+        print(f"{name:<62} {fmt(m):>12} {fmt(i):>12} {fmt(ratio):>7}  {sign} {target} {verdict}")
+
+    print("\nPer run: delivered/expected, load generator CPU (cores), broker CPU (cores)")
+    for (label, broker), run in runs.items():
+        if "error" in run:
+            print(f"  {label:<16} {broker:<18} failed: {run['error']}")
+        elif "received" in run:
+            loss = run["received"] / run["expected"] * 100 if run["expected"] else 0
+            broker_cpu = (run.get("broker_cpu") or {}).get("cores")
+            print(f"  {label:<16} {broker:<18} {run['received']:>10}/{run['expected']:<10} ({loss:6.2f} %)"
+                  f"  load {run['load_cpu']['cores']:.2f}  broker {fmt(broker_cpu)}"
+                  f"  p50/p99/max {run['latency_us']['p50']}/{run['latency_us']['p99']}/{run['latency_us']['max']} µs")
+        else:
+            print(f"  {label:<16} {broker:<18} {run['connected']} connected, {run['failed']} failed,"
+                  f" {run['connects_per_s']:.0f}/s, load {run['load_cpu']['cores']:.2f}"
+                  + (f"; first error: {run['first_error']}" if run.get("first_error") else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# THE BENCHMARK: the same loads against Mosquitto and iotcore on this machine, in one run.
+#
+#   tests/load/side-by-side.sh [--quick]
+#
+# Builds iotcore and iotcore-load (release), installs Mosquitto from Debian's packages when
+# missing (as root), starts a private PostgreSQL (deploy/local/pg.sh) and iotcore on free
+# loopback ports with devices created through the API (passwords, ACLs and tenant namespaces
+# as in production), and Mosquitto anonymous with its default configuration. Prints each
+# figure for both brokers and the ratio iotcore / Mosquitto, and writes the report to
+# tests/load/results/. --quick uses small counts and short runs, as a smoke check.
+
+# iotcore's topics start with a literal "$", written in single quotes on purpose.
+# shellcheck disable=SC2016
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source-path=SCRIPTDIR/../../deploy/local
+# shellcheck source=../../deploy/local/common.sh
+source "$here/../../deploy/local/common.sh"
+cd "$IOTCORE_ROOT"
+
+quick=0
+case "${1:-}" in
+  --quick) quick=1 ;;
+  "") ;;
+  *) die "usage: ${0##*/} [--quick]" ;;
+esac
+
+if ((quick)); then
+  pairs=5 fan=20 seconds=2 warmup=0.5 latency_rate=50 idle=200 connect_n=50
+else
+  pairs=100 fan=1000 seconds=10 warmup=2 latency_rate=100 idle=19000 connect_n=2000
+fi
+
+# Sockets: each broker and the load generator may use up to the hard limit (20,000 here).
+ulimit -n "$(ulimit -Hn)"
+
+free_port() {
+  local port _
+  for _ in $(seq 1 50); do
+    port=$((20000 + RANDOM % 12000)) # below the ephemeral range
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      printf '%s' "$port"
+      return 0
+    fi
+  done
+  die "no free TCP port found"
+}
+
+command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || apt_install mosquitto
+mosquitto_bin="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+command -v python3 >/dev/null || apt_install python3
+command -v curl >/dev/null || apt_install curl
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$IOTCORE_ROOT/target}"
+say "building iotcore and iotcore-load (release) into $CARGO_TARGET_DIR"
+cargo build --release -q -p iotcore -p iotcore-load
+iotcore_bin="$CARGO_TARGET_DIR/release/iotcore"
+load_bin="$CARGO_TARGET_DIR/release/iotcore-load"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/iotcore-bench.XXXXXX")"
+chmod 755 "$work"
+pids=()
+cleanup() {
+  local status=$? pid
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  "$IOTCORE_ROOT/deploy/local/pg.sh" stop "$work/pg" >/dev/null 2>&1 || true
+  rm -rf "$work"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+forget_pid() {
+  local keep=() pid
+  for pid in "${pids[@]}"; do
+    [[ $pid == "$1" ]] || keep+=("$pid")
+  done
+  pids=("${keep[@]}")
+}
+
+stop_pid() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+  forget_pid "$1"
+}
+
+wait_port() {
+  local _
+  for _ in $(seq 1 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  die "nothing listens on port $1"
+}
+
+# --- iotcore, with its own PostgreSQL ------------------------------------------------------
+database_url="$("$IOTCORE_ROOT/deploy/local/pg.sh" start "$work/pg" "$(free_port)")"
+iotcore_api_port="$(free_port)"
+iotcore_port="$(free_port)"
+export IOTCORE_PROFILE=dev IOTCORE_DATABASE_URL="$database_url"
+export IOTCORE_API_LISTEN="127.0.0.1:$iotcore_api_port" IOTCORE_MQTT_TCP_LISTEN="127.0.0.1:$iotcore_port"
+export IOTCORE_MQTT_WS_LISTEN="" IOTCORE_MQTT_WSS_LISTEN="" IOTCORE_MQTT_TLS_LISTEN=""
+export IOTCORE_LOG_LEVEL="${IOTCORE_LOG_LEVEL:-warn}"
+
+iotcore_pid=""
+start_iotcore() {
+  "$iotcore_bin" serve >>"$work/iotcore.log" 2>&1 &
+  iotcore_pid=$!
+  pids+=("$iotcore_pid")
+  local _
+  for _ in $(seq 1 300); do
+    curl -fs "http://127.0.0.1:$iotcore_api_port/readyz" >/dev/null 2>&1 && break
+    kill -0 "$iotcore_pid" 2>/dev/null || die "iotcore exited; see $work/iotcore.log"
+    sleep 0.1
+  done
+  wait_port "$iotcore_port"
+}
+start_iotcore
+
+operator="$("$iotcore_bin" token --role operator)"
+say "creating $fan devices with passwords through the API"
+provisioned="$(python3 "$here/provision.py" "http://127.0.0.1:$iotcore_api_port" "$operator" \
+  "$iotcore_bin token --role admin --tenant" "$fan" "$work/ids")"
+registry="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["registry"])' <<<"$provisioned")"
+registry_password="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["registry_password"])' <<<"$provisioned")"
+device0="$(head -n1 "$work/ids" | cut -d' ' -f1)"
+
+# --- Mosquitto -------------------------------------------------------------------------------
+mosquitto_pid=""
+mosquitto_port=""
+# $1: extra configuration lines (empty: Mosquitto's defaults); $2: false to refuse
+# anonymous clients.
+start_mosquitto() {
+  mosquitto_port="$(free_port)"
+  {
+    printf 'listener %s 127.0.0.1\nallow_anonymous %s\n' "$mosquitto_port" "${2:-true}"
+    printf '%s\n' "${1:-}"
+  } >"$work/mosquitto.conf"
+  "$mosquitto_bin" -c "$work/mosquitto.conf" >>"$work/mosquitto.log" 2>&1 &
+  mosquitto_pid=$!
+  pids+=("$mosquitto_pid")
+  wait_port "$mosquitto_port"
+}
+
+results="$work/results.jsonl"
+: >"$results"
+
+# $1: label, $2: broker (mosquitto|mosquitto-nodelay|iotcore), then iotcore-load arguments.
+measure() {
+  local label="$1" broker="$2" report
+  shift 2
+  say "--- $label: $broker"
+  if ! report="$("$load_bin" "$@" --json)"; then
+    report='{"error": "the load generator failed; see the output above"}'
+  fi
+  python3 -c 'import json,sys; r=json.loads(sys.argv[3]); r["label"]=sys.argv[1]; r["broker"]=sys.argv[2]; print(json.dumps(r))' \
+    "$label" "$broker" "$report" >>"$results"
+}
+
+mosquitto_clients() {
+  printf '%s\n' --broker "127.0.0.1:$mosquitto_port" --broker-pid "$mosquitto_pid" \
+    --pub-client-id 'pub-{i}' --sub-client-id 'sub-{i}' --topic 'bench/{i}/events/x'
+}
+iotcore_clients() {
+  printf '%s\n' --broker "127.0.0.1:$iotcore_port" --broker-pid "$iotcore_pid" --ids "$work/ids" \
+    --pub-client-id '{id}' --pub-username '{id}' --pub-password '{secret}' \
+    --topic '$devices/{id}/events/x' \
+    --sub-client-id "$registry:s{i}" --sub-username "$registry" --sub-password "$registry_password"
+}
+
+# $1: label, then the load's arguments; the filters differ between the two topic spaces.
+both() {
+  local label="$1" pattern="$2" mosquitto_filter="$3" iotcore_filter="$4"
+  shift 4
+  local -a m i
+  mapfile -t m < <(mosquitto_clients)
+  mapfile -t i < <(iotcore_clients)
+  measure "$label" mosquitto run --pattern "$pattern" --filter "$mosquitto_filter" "${m[@]}" "$@"
+  measure "$label" iotcore run --pattern "$pattern" --filter "$iotcore_filter" "${i[@]}" "$@"
+}
+
+timing=(--duration "$seconds" --warmup "$warmup")
+start_mosquitto ""
+both "QoS 0 pairs" pairs 'bench/{i}/events/x' '$devices/{id}/events/x' \
+  --clients "$pairs" --qos 0 --payload 64 "${timing[@]}"
+both "QoS 1 pairs" pairs 'bench/{i}/events/x' '$devices/{id}/events/x' \
+  --clients "$pairs" --qos 1 --payload 64 "${timing[@]}"
+both "fan-in $fan → 1" fan-in 'bench/+/events/x' '$devices/+/events/x' \
+  --clients "$fan" --qos 0 --payload 64 "${timing[@]}"
+both "fan-out 1 → $fan" fan-out 'bench/0/events/x' "\$devices/$device0/events/x" \
+  --clients "$fan" --qos 0 --payload 64 "${timing[@]}"
+both "latency" pairs 'bench/{i}/events/x' '$devices/{id}/events/x' \
+  --clients "$pairs" --qos 0 --payload 64 --rate "$latency_rate" "${timing[@]}"
+stop_pid "$mosquitto_pid"
+
+start_mosquitto "set_tcp_nodelay true"
+mapfile -t m < <(mosquitto_clients)
+measure "latency" mosquitto-nodelay run --pattern pairs --filter 'bench/{i}/events/x' "${m[@]}" \
+  --clients "$pairs" --qos 0 --payload 64 --rate "$latency_rate" "${timing[@]}"
+stop_pid "$mosquitto_pid"
+
+# Idle connections on freshly started brokers, so that memory freed by the loads above is
+# not reused and counted as free. Both hold a keep alive longer than the measurement.
+idle_common=(--connections "$idle" --per-process 9500 --sources 8 --keep-alive 900 --connect-concurrency 64 --settle 3)
+start_mosquitto ""
+measure "idle" mosquitto idle --broker "127.0.0.1:$mosquitto_port" --broker-pid "$mosquitto_pid" \
+  --client-id 'idle-{i}' "${idle_common[@]}"
+stop_pid "$mosquitto_pid"
+stop_pid "$iotcore_pid"
+start_iotcore
+measure "idle" iotcore idle --broker "127.0.0.1:$iotcore_port" --broker-pid "$iotcore_pid" \
+  --client-id "$registry:idle-{i}" --username "$registry" --password "$registry_password" "${idle_common[@]}"
+
+# Connect rate with a password on every connection: Mosquitto with a password file (its
+# default PBKDF2-SHA512 hashes) against iotcore's argon2id.
+mosquitto_passwd_bin="$(command -v mosquitto_passwd || echo /usr/bin/mosquitto_passwd)"
+"$mosquitto_passwd_bin" -c -b "$work/passwd" bench "bench-password-123" >/dev/null
+chmod 644 "$work/passwd" # read by mosquitto after it drops root
+start_mosquitto "password_file $work/passwd" false
+rate_common=(--connections "$connect_n" --per-process 9500 --sources 2 --keep-alive 900 --connect-concurrency 64 --settle 0)
+measure "connect rate" mosquitto idle --broker "127.0.0.1:$mosquitto_port" \
+  --client-id 'rate-{i}' --username bench --password "bench-password-123" "${rate_common[@]}"
+stop_pid "$mosquitto_pid"
+measure "connect rate" iotcore idle --broker "127.0.0.1:$iotcore_port" \
+  --client-id "$registry:rate-{i}" --username "$registry" --password "$registry_password" "${rate_common[@]}"
+stop_pid "$iotcore_pid"
+
+# --- Report ------------------------------------------------------------------------------------
+mkdir -p "$here/results"
+stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+suffix=""
+((quick)) && suffix="-quick"
+out="$here/results/side-by-side-$stamp$suffix.txt"
+{
+  printf 'iotcore side by side with Mosquitto, %s%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$( ((quick)) && echo ' (--quick)')"
+  printf 'command: tests/load/side-by-side.sh%s\n' "$( ((quick)) && echo ' --quick')"
+  printf 'machine: %s, %s cores, %s; %s\n' "$(uname -sr)" "$(nproc)" \
+    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')" \
+    "$(free -g | awk '/^Mem:/ {print $2 " GiB RAM"}')"
+  printf 'load average before the report: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+  printf 'mosquitto: %s; iotcore: %s\n' "$("$mosquitto_bin" -h 2>/dev/null | head -n1 || true)" "$(git -C "$IOTCORE_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  printf 'TLS with client certificates: %s\n\n' \
+    "not measured: iotcore does not authenticate devices with client certificates yet (README, \"Not yet\")"
+  python3 "$here/report.py" "$results" "$pairs" "$fan" "$latency_rate" "$idle" "$connect_n"
+  printf '\nRaw reports (one JSON object per run):\n'
+  cat "$results"
+} | tee "$out"
+say "written to $out"
