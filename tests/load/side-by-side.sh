@@ -108,6 +108,10 @@ export IOTCORE_PROFILE=dev IOTCORE_DATABASE_URL="$database_url"
 export IOTCORE_API_LISTEN="127.0.0.1:$iotcore_api_port" IOTCORE_MQTT_TCP_LISTEN="127.0.0.1:$iotcore_port"
 export IOTCORE_MQTT_WS_LISTEN="" IOTCORE_MQTT_WSS_LISTEN="" IOTCORE_MQTT_TLS_LISTEN=""
 export IOTCORE_LOG_LEVEL="${IOTCORE_LOG_LEVEL:-warn}"
+# Mosquitto has no rate limits by default; neither has iotcore here (the tenant's quotas are
+# lifted by provision.py).
+export IOTCORE_MQTT_MAX_PUBLISHES_PER_SECOND_PER_CLIENT=0 IOTCORE_MQTT_MAX_CONNECTS_PER_SECOND_PER_TENANT=0
+export IOTCORE_MQTT_MAX_AUTH_IN_FLIGHT_PER_TENANT=0
 
 iotcore_pid=""
 start_iotcore() {
