@@ -71,6 +71,9 @@ pub enum Error {
     /// A tenant quota (SPEC §7.3) forbids the request.
     #[error("{0}")]
     QuotaExceeded(String),
+    /// The resource changed since the version named in `If-Match`.
+    #[error("the resource has changed since the version named in If-Match")]
+    PreconditionFailed,
     #[error("the request body is larger than allowed")]
     PayloadTooLarge,
     #[error("{0}")]
@@ -105,6 +108,7 @@ impl Error {
             StoreError::Conflict { field } => {
                 Error::Conflict(format!("{field} conflicts with an existing {what}"))
             }
+            StoreError::PreconditionFailed => Error::PreconditionFailed,
             StoreError::Reference { field } => Error::invalid([FieldError::new(
                 field,
                 "does not refer to an existing resource of this tenant",
@@ -121,6 +125,7 @@ impl Error {
             Error::NotFound(_) | Error::NoRoute => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict(_) | Error::QuotaExceeded(_) => StatusCode::CONFLICT,
+            Error::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -138,6 +143,7 @@ impl Error {
             Error::MethodNotAllowed => "method-not-allowed",
             Error::Conflict(_) => "conflict",
             Error::QuotaExceeded(_) => "quota-exceeded",
+            Error::PreconditionFailed => "precondition-failed",
             Error::PayloadTooLarge => "payload-too-large",
             Error::UnsupportedMediaType(_) => "unsupported-media-type",
             Error::Unprocessable(_) => "validation",

@@ -16,6 +16,7 @@ pub mod keys;
 mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod versioning;
 
 pub use config::{ApiConfig, AuthConfig, QuotaConfig};
 pub use error::Error;

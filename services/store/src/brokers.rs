@@ -5,6 +5,7 @@ use crate::filters::{self, ListFilter};
 use crate::notify::{self, Change};
 use crate::registries::missing_tenant_is_not_found;
 use crate::tenants::{Page, PageRequest};
+use crate::versions::{self, Versioned, BUMP};
 use crate::{BrokerId, Result, Store, StoreError, TenantId};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -35,6 +36,8 @@ pub struct Broker {
     pub description: String,
     pub labels: BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
+    /// The version of the resource: when it last changed (see `If-Match` in the API).
+    pub updated_at: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -45,6 +48,7 @@ struct BrokerRow {
     description: String,
     labels: Json<BTreeMap<String, String>>,
     created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
 }
 
 impl From<BrokerRow> for Broker {
@@ -56,11 +60,12 @@ impl From<BrokerRow> for Broker {
             description: row.description,
             labels: row.labels.0,
             created_at: row.created_at,
+            updated_at: row.updated_at,
         }
     }
 }
 
-const COLUMNS: &str = "id, tenant_id, name, description, labels, created_at";
+const COLUMNS: &str = "id, tenant_id, name, description, labels, created_at, updated_at";
 
 impl Store {
     /// Creates a virtual broker in `tenant`. A name already used in the tenant is
@@ -130,11 +135,14 @@ impl Store {
         tenant: &TenantId,
         id: &BrokerId,
         update: &BrokerUpdate,
+        if_match: Option<&[DateTime<Utc>]>,
     ) -> Result<Broker> {
+        let mut tx = self.pool.begin().await?;
+        versions::check(&mut tx, Versioned::Brokers, tenant, id.as_str(), if_match).await?;
         let row: Option<BrokerRow> = sqlx::query_as(&format!(
             "UPDATE brokers SET name = COALESCE($3, name),
                     description = COALESCE($4, description), labels = COALESCE($5, labels),
-                    updated_at = now()
+                    updated_at = {BUMP}
               WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
         ))
         .bind(tenant)
@@ -142,16 +150,24 @@ impl Store {
         .bind(update.name.as_deref())
         .bind(update.description.as_deref())
         .bind(update.labels.as_ref().map(Json))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(|e| StoreError::on_constraint(e, &[("brokers_tenant_id_name_key", "name")]))?;
-        row.map(Broker::from).ok_or(StoreError::NotFound)
+        let row = row.ok_or(StoreError::NotFound)?;
+        tx.commit().await?;
+        Ok(row.into())
     }
 
     /// Deletes the virtual broker `id` of `tenant` with its credentials; notifies
     /// [`Change::Principals`] so that its clients lose their sessions.
-    pub async fn delete_broker(&self, tenant: &TenantId, id: &BrokerId) -> Result<()> {
+    pub async fn delete_broker(
+        &self,
+        tenant: &TenantId,
+        id: &BrokerId,
+        if_match: Option<&[DateTime<Utc>]>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        versions::check(&mut tx, Versioned::Brokers, tenant, id.as_str(), if_match).await?;
         let deleted = sqlx::query("DELETE FROM brokers WHERE tenant_id = $1 AND id = $2")
             .bind(tenant)
             .bind(id)
@@ -212,10 +228,13 @@ mod tests {
             ..BrokerUpdate::default()
         };
         assert!(matches!(
-            store.update_broker(&b, &created.id, &update).await,
+            store.update_broker(&b, &created.id, &update, None).await,
             Err(StoreError::NotFound)
         ));
-        let updated = store.update_broker(&a, &created.id, &update).await.unwrap();
+        let updated = store
+            .update_broker(&a, &created.id, &update, None)
+            .await
+            .unwrap();
         assert_eq!(updated.description, "the lab");
         assert_eq!(updated.name, "lab");
 
@@ -252,10 +271,10 @@ mod tests {
         ));
 
         assert!(matches!(
-            store.delete_broker(&b, &created.id).await,
+            store.delete_broker(&b, &created.id, None).await,
             Err(StoreError::NotFound)
         ));
-        store.delete_broker(&a, &created.id).await.unwrap();
+        store.delete_broker(&a, &created.id, None).await.unwrap();
         assert!(matches!(
             store
                 .list_passwords(

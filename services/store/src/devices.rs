@@ -5,6 +5,7 @@ use crate::filters::{self, ListFilter};
 use crate::notify::{self, Change};
 use crate::registries::missing_tenant_is_not_found;
 use crate::tenants::{Page, PageRequest};
+use crate::versions::{self, Versioned, BUMP};
 use crate::{DeviceId, RegistryId, Result, Store, StoreError, TenantId};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -68,6 +69,8 @@ pub struct Device {
     pub labels: BTreeMap<String, String>,
     pub status: DeviceStatus,
     pub created_at: DateTime<Utc>,
+    /// The version of the resource: when it last changed (see `If-Match` in the API).
+    pub updated_at: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -80,6 +83,7 @@ struct DeviceRow {
     labels: Json<BTreeMap<String, String>>,
     status: String,
     created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
 }
 
 impl From<DeviceRow> for Device {
@@ -98,11 +102,13 @@ impl From<DeviceRow> for Device {
                 DeviceStatus::Enabled
             },
             created_at: row.created_at,
+            updated_at: row.updated_at,
         }
     }
 }
 
-const COLUMNS: &str = "id, tenant_id, registry_id, name, description, labels, status, created_at";
+const COLUMNS: &str =
+    "id, tenant_id, registry_id, name, description, labels, status, created_at, updated_at";
 
 impl Store {
     /// Creates an enabled device in the registry `registry` of `tenant`. An unknown
@@ -209,7 +215,7 @@ impl Store {
         }
         let row: Option<Joined> = sqlx::query_as(
             "SELECT d.id, d.tenant_id, d.registry_id, d.name, d.description, d.labels, d.status,
-                    d.created_at, c.online, c.connected_at, c.disconnected_at, c.last_activity_at,
+                    d.created_at, d.updated_at, c.online, c.connected_at, c.disconnected_at, c.last_activity_at,
                     c.protocol_version, c.client_address, c.disconnect_reason
                FROM devices d
                LEFT JOIN device_connections c ON c.tenant_id = d.tenant_id AND c.device_id = d.id
@@ -278,12 +284,14 @@ impl Store {
         tenant: &TenantId,
         id: &DeviceId,
         update: &DeviceUpdate,
+        if_match: Option<&[DateTime<Utc>]>,
     ) -> Result<Device> {
         let mut tx = self.pool.begin().await?;
+        versions::check(&mut tx, Versioned::Devices, tenant, id.as_str(), if_match).await?;
         let row: Option<DeviceRow> = sqlx::query_as(&format!(
             "UPDATE devices SET name = COALESCE($3, name),
                     description = COALESCE($4, description), labels = COALESCE($5, labels),
-                    status = COALESCE($6, status), updated_at = now()
+                    status = COALESCE($6, status), updated_at = {BUMP}
               WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
         ))
         .bind(tenant)
@@ -308,8 +316,14 @@ impl Store {
     }
 
     /// Deletes the device `id` of `tenant` with its credentials.
-    pub async fn delete_device(&self, tenant: &TenantId, id: &DeviceId) -> Result<()> {
+    pub async fn delete_device(
+        &self,
+        tenant: &TenantId,
+        id: &DeviceId,
+        if_match: Option<&[DateTime<Utc>]>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        versions::check(&mut tx, Versioned::Devices, tenant, id.as_str(), if_match).await?;
         let deleted = sqlx::query("DELETE FROM devices WHERE tenant_id = $1 AND id = $2")
             .bind(tenant)
             .bind(id)
@@ -381,7 +395,7 @@ pub(crate) mod tests {
             Err(StoreError::NotFound)
         ));
         assert!(matches!(
-            store.delete_device(&b, &dev.id).await,
+            store.delete_device(&b, &dev.id, None).await,
             Err(StoreError::NotFound)
         ));
         // Neither listing nor creating reaches into another tenant's registry.
@@ -410,7 +424,7 @@ pub(crate) mod tests {
             store.create_device(&a, &reg_a, &device("d1")).await,
             Err(StoreError::Conflict { field: "name" })
         ));
-        store.delete_device(&a, &dev.id).await.unwrap();
+        store.delete_device(&a, &dev.id, None).await.unwrap();
         assert!(matches!(
             store.get_device(&a, &dev.id).await,
             Err(StoreError::NotFound)
@@ -424,12 +438,12 @@ pub(crate) mod tests {
         let (a, reg) = tenant_with_registry(&store, "a").await;
         let dev = store.create_device(&a, &reg, &device("d1")).await.unwrap();
         assert_eq!(
-            store.delete_registry(&a, &reg, false).await.unwrap(),
+            store.delete_registry(&a, &reg, false, None).await.unwrap(),
             RegistryDeletion::HasDevices
         );
         assert!(store.get_device(&a, &dev.id).await.is_ok());
         assert_eq!(
-            store.delete_registry(&a, &reg, true).await.unwrap(),
+            store.delete_registry(&a, &reg, true, None).await.unwrap(),
             RegistryDeletion::Deleted
         );
         assert!(matches!(
@@ -458,10 +472,13 @@ pub(crate) mod tests {
             ..DeviceUpdate::default()
         };
         assert!(matches!(
-            store.update_device(&b, &one.id, &update).await,
+            store.update_device(&b, &one.id, &update, None).await,
             Err(StoreError::NotFound)
         ));
-        let updated = store.update_device(&a, &one.id, &update).await.unwrap();
+        let updated = store
+            .update_device(&a, &one.id, &update, None)
+            .await
+            .unwrap();
         assert_eq!(updated.status, DeviceStatus::Disabled);
         assert_eq!(updated.description, one.description);
         assert_eq!(
@@ -475,7 +492,7 @@ pub(crate) mod tests {
             ..DeviceUpdate::default()
         };
         assert!(matches!(
-            store.update_device(&a, &one.id, &rename).await,
+            store.update_device(&a, &one.id, &rename, None).await,
             Err(StoreError::Conflict { field: "name" })
         ));
 

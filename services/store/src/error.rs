@@ -14,6 +14,9 @@ pub enum StoreError {
     /// A referenced row is missing (for example a rule scoped to an unknown registry).
     #[error("{field} refers to something that does not exist")]
     Reference { field: &'static str },
+    /// The resource changed since the version the caller based its change on.
+    #[error("the resource has changed")]
+    PreconditionFailed,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration error: {0}")]

@@ -24,6 +24,7 @@ pub mod retained;
 pub mod rules;
 pub mod sessions;
 pub mod tenants;
+mod versions;
 
 pub use error::{Result, StoreError};
 pub use ids::*;

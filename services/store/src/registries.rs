@@ -3,6 +3,7 @@
 use crate::filters::{self, ListFilter};
 use crate::notify::{self, Change};
 use crate::tenants::{Page, PageRequest};
+use crate::versions::{self, Versioned, BUMP};
 use crate::{RegistryId, Result, Store, StoreError, TenantId};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -28,6 +29,8 @@ pub struct Registry {
     pub labels: BTreeMap<String, String>,
     pub default_policy: bool,
     pub created_at: DateTime<Utc>,
+    /// The version of the resource: when it last changed (see `If-Match` in the API).
+    pub updated_at: DateTime<Utc>,
 }
 
 /// A change to a registry; `None` fields stay as they are. The caller has validated
@@ -57,6 +60,7 @@ struct RegistryRow {
     labels: Json<BTreeMap<String, String>>,
     default_policy: bool,
     created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
 }
 
 impl From<RegistryRow> for Registry {
@@ -69,11 +73,13 @@ impl From<RegistryRow> for Registry {
             labels: row.labels.0,
             default_policy: row.default_policy,
             created_at: row.created_at,
+            updated_at: row.updated_at,
         }
     }
 }
 
-const COLUMNS: &str = "id, tenant_id, name, description, labels, default_policy, created_at";
+const COLUMNS: &str =
+    "id, tenant_id, name, description, labels, default_policy, created_at, updated_at";
 
 impl Store {
     /// Creates a registry in `tenant`. A name already used in the tenant is
@@ -157,12 +163,21 @@ impl Store {
         tenant: &TenantId,
         id: &RegistryId,
         update: &RegistryUpdate,
+        if_match: Option<&[DateTime<Utc>]>,
     ) -> Result<Registry> {
         let mut tx = self.pool.begin().await?;
+        versions::check(
+            &mut tx,
+            Versioned::Registries,
+            tenant,
+            id.as_str(),
+            if_match,
+        )
+        .await?;
         let row: Option<RegistryRow> = sqlx::query_as(&format!(
             "UPDATE registries SET name = COALESCE($3, name),
                     description = COALESCE($4, description), labels = COALESCE($5, labels),
-                    default_policy = COALESCE($6, default_policy), updated_at = now()
+                    default_policy = COALESCE($6, default_policy), updated_at = {BUMP}
               WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
         ))
         .bind(tenant)
@@ -193,8 +208,17 @@ impl Store {
         tenant: &TenantId,
         id: &RegistryId,
         force: bool,
+        if_match: Option<&[DateTime<Utc>]>,
     ) -> Result<RegistryDeletion> {
         let mut tx = self.pool.begin().await?;
+        versions::check(
+            &mut tx,
+            Versioned::Registries,
+            tenant,
+            id.as_str(),
+            if_match,
+        )
+        .await?;
         // Locking the registry row keeps a device from being added between the check and
         // the delete.
         let found: Option<bool> = sqlx::query_scalar(
@@ -270,7 +294,7 @@ mod tests {
             .items
             .is_empty());
         assert!(matches!(
-            store.delete_registry(&b, &reg.id, true).await,
+            store.delete_registry(&b, &reg.id, true, None).await,
             Err(StoreError::NotFound)
         ));
         // The same name is free in another tenant but not in the same one.
@@ -283,7 +307,10 @@ mod tests {
             Err(StoreError::Conflict { field: "name" })
         ));
         assert_eq!(
-            store.delete_registry(&a, &reg.id, false).await.unwrap(),
+            store
+                .delete_registry(&a, &reg.id, false, None)
+                .await
+                .unwrap(),
             RegistryDeletion::Deleted
         );
         assert!(matches!(
@@ -320,10 +347,13 @@ mod tests {
             ..RegistryUpdate::default()
         };
         assert!(matches!(
-            store.update_registry(&b, &north.id, &update).await,
+            store.update_registry(&b, &north.id, &update, None).await,
             Err(StoreError::NotFound)
         ));
-        let updated = store.update_registry(&a, &north.id, &update).await.unwrap();
+        let updated = store
+            .update_registry(&a, &north.id, &update, None)
+            .await
+            .unwrap();
         assert_eq!(updated.description, "updated");
         assert!(!updated.default_policy);
         assert_eq!(updated.name, north.name);
@@ -333,7 +363,7 @@ mod tests {
             ..RegistryUpdate::default()
         };
         assert!(matches!(
-            store.update_registry(&a, &north.id, &rename).await,
+            store.update_registry(&a, &north.id, &rename, None).await,
             Err(StoreError::Conflict { field: "name" })
         ));
 

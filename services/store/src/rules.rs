@@ -5,6 +5,7 @@
 use crate::notify::{self, Change};
 use crate::registries::missing_tenant_is_not_found;
 use crate::tenants::{Page, PageRequest};
+use crate::versions::{self, Versioned, BUMP};
 use crate::{RegistryId, Result, RuleId, Store, StoreError, TenantId};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -59,6 +60,8 @@ pub struct Rule {
     pub webhook: Webhook,
     pub enabled: bool,
     pub created_at: DateTime<Utc>,
+    /// The version of the resource: when it last changed (see `If-Match` in the API).
+    pub updated_at: DateTime<Utc>,
 }
 
 /// A rule's webhook without its secret.
@@ -94,6 +97,7 @@ struct RuleRow {
     max_in_flight: i32,
     enabled: bool,
     created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
 }
 
 impl From<RuleRow> for Rule {
@@ -114,12 +118,13 @@ impl From<RuleRow> for Rule {
             },
             enabled: row.enabled,
             created_at: row.created_at,
+            updated_at: row.updated_at,
         }
     }
 }
 
 const COLUMNS: &str = "id, tenant_id, name, topic_filter, registry_id, condition, webhook_url, webhook_headers,
-                       webhook_secret IS NOT NULL AS has_secret, timeout_ms, max_in_flight, enabled, created_at";
+                       webhook_secret IS NOT NULL AS has_secret, timeout_ms, max_in_flight, enabled, created_at, updated_at";
 
 /// Marks the tenant's rules as changed, inside the transaction that changes them.
 async fn rules_changed(tx: &mut Transaction<'_, Postgres>, tenant: &TenantId) -> Result<()> {
@@ -207,8 +212,14 @@ impl Store {
     }
 
     /// Deletes the rule `id` of `tenant`, with its pending deliveries and dead letters.
-    pub async fn delete_rule(&self, tenant: &TenantId, id: &RuleId) -> Result<()> {
+    pub async fn delete_rule(
+        &self,
+        tenant: &TenantId,
+        id: &RuleId,
+        if_match: Option<&[DateTime<Utc>]>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        versions::check(&mut tx, Versioned::Rules, tenant, id.as_str(), if_match).await?;
         let deleted = sqlx::query("DELETE FROM rules WHERE tenant_id = $1 AND id = $2")
             .bind(tenant)
             .bind(id)
@@ -230,13 +241,15 @@ impl Store {
         tenant: &TenantId,
         id: &RuleId,
         changes: &RuleChanges,
+        if_match: Option<&[DateTime<Utc>]>,
     ) -> Result<Rule> {
         let mut tx = self.pool.begin().await?;
+        versions::check(&mut tx, Versioned::Rules, tenant, id.as_str(), if_match).await?;
         let row: Option<RuleRow> = sqlx::query_as(&format!(
             "UPDATE rules
                 SET enabled = COALESCE($3, enabled),
                     condition = CASE WHEN $4 THEN $5 ELSE condition END,
-                    updated_at = now()
+                    updated_at = {BUMP}
               WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
         ))
         .bind(tenant)
@@ -325,7 +338,7 @@ mod tests {
         assert!(v2 > v1);
         assert!(routes.is_empty());
 
-        store.delete_rule(&a, &created.id).await.unwrap();
+        store.delete_rule(&a, &created.id, None).await.unwrap();
         let (v3, _) = store.enabled_rule_routes(&a).await.unwrap();
         assert!(v3 > v2);
         assert!(matches!(
@@ -344,7 +357,10 @@ mod tests {
             enabled: None,
             condition: Some(Some("qos == 1".into())),
         };
-        let updated = store.update_rule(&a, &created.id, &set).await.unwrap();
+        let updated = store
+            .update_rule(&a, &created.id, &set, None)
+            .await
+            .unwrap();
         assert_eq!(updated.condition.as_deref(), Some("qos == 1"));
         assert!(updated.enabled);
         let (_, routes) = store.enabled_rule_routes(&a).await.unwrap();
@@ -354,17 +370,23 @@ mod tests {
             enabled: Some(false),
             condition: None,
         };
-        let updated = store.update_rule(&a, &created.id, &keep).await.unwrap();
+        let updated = store
+            .update_rule(&a, &created.id, &keep, None)
+            .await
+            .unwrap();
         assert_eq!(updated.condition.as_deref(), Some("qos == 1"));
         assert!(!updated.enabled);
         let clear = RuleChanges {
             enabled: None,
             condition: Some(None),
         };
-        let updated = store.update_rule(&a, &created.id, &clear).await.unwrap();
+        let updated = store
+            .update_rule(&a, &created.id, &clear, None)
+            .await
+            .unwrap();
         assert_eq!(updated.condition, None);
         assert!(matches!(
-            store.update_rule(&b, &created.id, &set).await,
+            store.update_rule(&b, &created.id, &set, None).await,
             Err(StoreError::NotFound)
         ));
     }
@@ -380,7 +402,7 @@ mod tests {
             Err(StoreError::NotFound)
         ));
         assert!(matches!(
-            store.delete_rule(&b, &created.id).await,
+            store.delete_rule(&b, &created.id, None).await,
             Err(StoreError::NotFound)
         ));
         assert!(matches!(

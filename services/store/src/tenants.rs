@@ -3,6 +3,7 @@
 
 use crate::filters::{self, ListFilter};
 use crate::notify::{self, Change};
+use crate::versions::{self, Versioned, BUMP};
 use crate::{Result, Store, StoreError, TenantId};
 use chrono::{DateTime, Utc};
 
@@ -95,6 +96,9 @@ pub struct Tenant {
     pub name: String,
     pub status: TenantStatus,
     pub created_at: DateTime<Utc>,
+    /// The version of the tenant: when it, its quotas or its rules last changed (see
+    /// `If-Match` in the API).
+    pub updated_at: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -103,6 +107,7 @@ struct TenantRow {
     name: String,
     status: String,
     created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
 }
 
 impl From<TenantRow> for Tenant {
@@ -112,6 +117,7 @@ impl From<TenantRow> for Tenant {
             name: row.name,
             status: TenantStatus::from_db(&row.status),
             created_at: row.created_at,
+            updated_at: row.updated_at,
         }
     }
 }
@@ -123,7 +129,7 @@ impl Store {
         let id = TenantId::generate();
         let mut tx = self.pool.begin().await?;
         let row: TenantRow = sqlx::query_as(
-            "INSERT INTO tenants (id, name) VALUES ($1, $2) RETURNING id, name, status, created_at",
+            "INSERT INTO tenants (id, name) VALUES ($1, $2) RETURNING id, name, status, created_at, updated_at",
         )
         .bind(&id)
         .bind(name)
@@ -136,11 +142,12 @@ impl Store {
 
     /// The tenant `id`, or [`StoreError::NotFound`].
     pub async fn get_tenant(&self, id: &TenantId) -> Result<Tenant> {
-        let row: Option<TenantRow> =
-            sqlx::query_as("SELECT id, name, status, created_at FROM tenants WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<TenantRow> = sqlx::query_as(
+            "SELECT id, name, status, created_at, updated_at FROM tenants WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(Tenant::from).ok_or(StoreError::NotFound)
     }
 
@@ -151,7 +158,7 @@ impl Store {
         page: &PageRequest,
     ) -> Result<Page<Tenant>> {
         let rows: Vec<TenantRow> = sqlx::query_as(&format!(
-            "SELECT id, name, status, created_at FROM tenants WHERE id > $1{} ORDER BY id LIMIT $2",
+            "SELECT id, name, status, created_at, updated_at FROM tenants WHERE id > $1{} ORDER BY id LIMIT $2",
             filters::condition(3, None, Some(4))
         ))
         .bind(page.after_bound())
@@ -172,13 +179,15 @@ impl Store {
         id: &TenantId,
         name: Option<&str>,
         status: Option<TenantStatus>,
+        if_match: Option<&[DateTime<Utc>]>,
     ) -> Result<Tenant> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<TenantRow> = sqlx::query_as(
+        versions::check(&mut tx, Versioned::Tenants, id, id.as_str(), if_match).await?;
+        let row: Option<TenantRow> = sqlx::query_as(&format!(
             "UPDATE tenants SET name = COALESCE($2, name), status = COALESCE($3, status),
-                    updated_at = now()
-              WHERE id = $1 RETURNING id, name, status, created_at",
-        )
+                    updated_at = {BUMP}
+              WHERE id = $1 RETURNING id, name, status, created_at, updated_at"
+        ))
         .bind(id)
         .bind(name)
         .bind(status.map(TenantStatus::as_str))
@@ -197,8 +206,13 @@ impl Store {
     }
 
     /// Deletes the tenant `id` with everything it owns (the foreign keys cascade).
-    pub async fn delete_tenant(&self, id: &TenantId) -> Result<()> {
+    pub async fn delete_tenant(
+        &self,
+        id: &TenantId,
+        if_match: Option<&[DateTime<Utc>]>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        versions::check(&mut tx, Versioned::Tenants, id, id.as_str(), if_match).await?;
         let deleted = sqlx::query("DELETE FROM tenants WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -321,7 +335,12 @@ pub(crate) mod tests {
             listener.recv().await.unwrap();
         }
         let suspended = store
-            .update_tenant(&acme, Some("acme-corp"), Some(TenantStatus::Suspended))
+            .update_tenant(
+                &acme,
+                Some("acme-corp"),
+                Some(TenantStatus::Suspended),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(suspended.name, "acme-corp");
@@ -362,17 +381,17 @@ pub(crate) mod tests {
             .unwrap()
             .items
             .is_empty());
-        store.delete_tenant(&acme).await.unwrap();
+        store.delete_tenant(&acme, None).await.unwrap();
         assert!(matches!(
             store.get_tenant(&acme).await,
             Err(StoreError::NotFound)
         ));
         assert!(matches!(
-            store.delete_tenant(&acme).await,
+            store.delete_tenant(&acme, None).await,
             Err(StoreError::NotFound)
         ));
         assert!(matches!(
-            store.update_tenant(&acme, Some("x"), None).await,
+            store.update_tenant(&acme, Some("x"), None, None).await,
             Err(StoreError::NotFound)
         ));
     }

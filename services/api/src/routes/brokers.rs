@@ -5,6 +5,7 @@ use super::{created, list_type, next_page_token, FilterParams, PageParams};
 use crate::error::{Error, Problem};
 use crate::extract::{ApiJson, ApiQuery, PathId, TenantScope, TenantWriter};
 use crate::input::{self, Fields, ResourceName};
+use crate::versioning::{tagged, with_etag, IfMatch};
 use crate::ApiState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -90,7 +91,7 @@ list_type!(
     params(("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
     request_body = CreateBroker,
     responses(
-        (status = 201, description = "The new virtual broker", body = BrokerView),
+        (status = 201, description = "The new virtual broker", body = BrokerView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A virtual broker with this name exists", body = Problem, content_type = "application/problem+json"),
@@ -119,10 +120,12 @@ pub async fn create_broker(
         .create_broker(scope.tenant_id(), &new)
         .await
         .map_err(Error::store("virtual broker"))?;
-    Ok(created(
+    let version = broker.updated_at;
+    let response = created(
         format!("/v1/brokers/{}", broker.id),
         BrokerView::from(broker),
-    ))
+    );
+    Ok(with_etag(response, version))
 }
 
 /// List virtual brokers.
@@ -162,7 +165,7 @@ pub async fn list_brokers(
         ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
     ),
     responses(
-        (status = 200, description = "The virtual broker", body = BrokerView),
+        (status = 200, description = "The virtual broker", body = BrokerView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such virtual broker in this tenant", body = Problem, content_type = "application/problem+json"),
@@ -172,13 +175,13 @@ pub async fn get_broker(
     scope: TenantScope,
     State(state): State<ApiState>,
     PathId(id): PathId<BrokerId>,
-) -> Result<Json<BrokerView>, Error> {
+) -> Result<Response, Error> {
     let broker = state
         .store
         .get_broker(&scope.tenant_id, &id)
         .await
         .map_err(Error::store("virtual broker"))?;
-    Ok(Json(broker.into()))
+    Ok(tagged(broker.updated_at, BrokerView::from(broker)))
 }
 
 /// Change a virtual broker.
@@ -187,24 +190,27 @@ pub async fn get_broker(
     params(
         ("id" = String, Path, description = "Virtual broker id", example = "brk_0123456789abcdefghij"),
         ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
     ),
     request_body = UpdateBroker,
     responses(
-        (status = 200, description = "The changed virtual broker", body = BrokerView),
+        (status = 200, description = "The changed virtual broker", body = BrokerView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such virtual broker in this tenant", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A virtual broker with this name exists", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The resource changed since the entity tag in If-Match", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn update_broker(
     scope: TenantWriter,
     State(state): State<ApiState>,
     PathId(id): PathId<BrokerId>,
+    if_match: IfMatch,
     ApiJson(body): ApiJson<UpdateBroker>,
-) -> Result<Json<BrokerView>, Error> {
+) -> Result<Response, Error> {
     let mut fields = Fields::default();
     let name = body
         .name
@@ -223,10 +229,10 @@ pub async fn update_broker(
     };
     let broker = state
         .store
-        .update_broker(scope.tenant_id(), &id, &update)
+        .update_broker(scope.tenant_id(), &id, &update, if_match.versions())
         .await
         .map_err(Error::store("virtual broker"))?;
-    Ok(Json(broker.into()))
+    Ok(tagged(broker.updated_at, BrokerView::from(broker)))
 }
 
 /// Delete a virtual broker with its credentials; its clients are disconnected.
@@ -235,6 +241,7 @@ pub async fn update_broker(
     params(
         ("id" = String, Path, description = "Virtual broker id", example = "brk_0123456789abcdefghij"),
         ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
     ),
     responses(
         (status = 204, description = "Deleted"),
@@ -242,16 +249,18 @@ pub async fn update_broker(
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such virtual broker in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The resource changed since the entity tag in If-Match", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn delete_broker(
     scope: TenantWriter,
     State(state): State<ApiState>,
     PathId(id): PathId<BrokerId>,
+    if_match: IfMatch,
 ) -> Result<StatusCode, Error> {
     state
         .store
-        .delete_broker(scope.tenant_id(), &id)
+        .delete_broker(scope.tenant_id(), &id, if_match.versions())
         .await
         .map_err(Error::store("virtual broker"))?;
     Ok(StatusCode::NO_CONTENT)

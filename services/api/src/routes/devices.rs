@@ -4,6 +4,7 @@ use super::{created, list_type, next_page_token, FilterParams, PageParams};
 use crate::error::{Error, Problem};
 use crate::extract::{ApiJson, ApiQuery, PathId, TenantScope, TenantWriter};
 use crate::input::{self, Fields, ResourceName};
+use crate::versioning::{tagged, with_etag, IfMatch};
 use crate::ApiState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -171,7 +172,7 @@ list_type!(
     ),
     request_body = CreateDevice,
     responses(
-        (status = 201, description = "The new device", body = DeviceView),
+        (status = 201, description = "The new device", body = DeviceView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
@@ -208,10 +209,12 @@ pub async fn create_device(
             iotcore_store::StoreError::NotFound => Error::NotFound("registry"),
             other => Error::store("device")(other),
         })?;
-    Ok(created(
+    let version = device.updated_at;
+    let response = created(
         format!("/v1/devices/{}", device.id),
         DeviceView::from(device),
-    ))
+    );
+    Ok(with_etag(response, version))
 }
 
 /// List the devices of a registry.
@@ -260,7 +263,7 @@ pub async fn list_devices(
         ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
     ),
     responses(
-        (status = 200, description = "The device", body = DeviceView),
+        (status = 200, description = "The device", body = DeviceView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such device in this tenant", body = Problem, content_type = "application/problem+json"),
@@ -270,15 +273,16 @@ pub async fn get_device(
     scope: TenantScope,
     State(state): State<ApiState>,
     PathId(id): PathId<DeviceId>,
-) -> Result<Json<DeviceView>, Error> {
+) -> Result<Response, Error> {
     let (device, connection) = state
         .store
         .get_device_with_connection(&scope.tenant_id, &id)
         .await
         .map_err(Error::store("device"))?;
+    let version = device.updated_at;
     let mut view = DeviceView::from(device);
     view.connection = Some(connection.into());
-    Ok(Json(view))
+    Ok(tagged(version, view))
 }
 
 /// Change a device.
@@ -289,24 +293,27 @@ pub async fn get_device(
     params(
         ("id" = String, Path, description = "Device id", example = "dev_0123456789abcdefghij"),
         ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
     ),
     request_body = UpdateDevice,
     responses(
-        (status = 200, description = "The changed device", body = DeviceView),
+        (status = 200, description = "The changed device", body = DeviceView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such device in this tenant", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A device with this name exists in the registry", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The resource changed since the entity tag in If-Match", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn update_device(
     scope: TenantWriter,
     State(state): State<ApiState>,
     PathId(id): PathId<DeviceId>,
+    if_match: IfMatch,
     ApiJson(body): ApiJson<UpdateDevice>,
-) -> Result<Json<DeviceView>, Error> {
+) -> Result<Response, Error> {
     let mut fields = Fields::default();
     let name = body
         .name
@@ -326,10 +333,10 @@ pub async fn update_device(
     };
     let device = state
         .store
-        .update_device(scope.tenant_id(), &id, &update)
+        .update_device(scope.tenant_id(), &id, &update, if_match.versions())
         .await
         .map_err(Error::store("device"))?;
-    Ok(Json(device.into()))
+    Ok(tagged(device.updated_at, DeviceView::from(device)))
 }
 
 /// Delete a device with its credentials.
@@ -338,6 +345,7 @@ pub async fn update_device(
     params(
         ("id" = String, Path, description = "Device id", example = "dev_0123456789abcdefghij"),
         ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
     ),
     responses(
         (status = 204, description = "Deleted"),
@@ -345,16 +353,18 @@ pub async fn update_device(
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such device in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The resource changed since the entity tag in If-Match", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn delete_device(
     scope: TenantWriter,
     State(state): State<ApiState>,
     PathId(id): PathId<DeviceId>,
+    if_match: IfMatch,
 ) -> Result<StatusCode, Error> {
     state
         .store
-        .delete_device(scope.tenant_id(), &id)
+        .delete_device(scope.tenant_id(), &id, if_match.versions())
         .await
         .map_err(Error::store("device"))?;
     Ok(StatusCode::NO_CONTENT)

@@ -4,6 +4,7 @@ use super::{created, list_type, next_page_token, FilterParams, PageParams};
 use crate::error::{Error, Problem};
 use crate::extract::{ApiJson, ApiQuery, PathId, TenantScope, TenantWriter};
 use crate::input::{self, Fields, ResourceName};
+use crate::versioning::{tagged, with_etag, IfMatch};
 use crate::ApiState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -105,7 +106,7 @@ pub struct DeleteRegistryParams {
     params(("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
     request_body = CreateRegistry,
     responses(
-        (status = 201, description = "The new registry", body = RegistryView),
+        (status = 201, description = "The new registry", body = RegistryView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A registry with this name exists", body = Problem, content_type = "application/problem+json"),
@@ -135,10 +136,12 @@ pub async fn create_registry(
         .create_registry(scope.tenant_id(), &new)
         .await
         .map_err(Error::store("registry"))?;
-    Ok(created(
+    let version = registry.updated_at;
+    let response = created(
         format!("/v1/registries/{}", registry.id),
         RegistryView::from(registry),
-    ))
+    );
+    Ok(with_etag(response, version))
 }
 
 /// List registries.
@@ -178,7 +181,7 @@ pub async fn list_registries(
         ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
     ),
     responses(
-        (status = 200, description = "The registry", body = RegistryView),
+        (status = 200, description = "The registry", body = RegistryView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such registry in this tenant", body = Problem, content_type = "application/problem+json"),
@@ -188,13 +191,13 @@ pub async fn get_registry(
     scope: TenantScope,
     State(state): State<ApiState>,
     PathId(id): PathId<RegistryId>,
-) -> Result<Json<RegistryView>, Error> {
+) -> Result<Response, Error> {
     let registry = state
         .store
         .get_registry(&scope.tenant_id, &id)
         .await
         .map_err(Error::store("registry"))?;
-    Ok(Json(registry.into()))
+    Ok(tagged(registry.updated_at, RegistryView::from(registry)))
 }
 
 /// Change a registry.
@@ -203,24 +206,27 @@ pub async fn get_registry(
     params(
         ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
         ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
     ),
     request_body = UpdateRegistry,
     responses(
-        (status = 200, description = "The changed registry", body = RegistryView),
+        (status = 200, description = "The changed registry", body = RegistryView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such registry in this tenant", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A registry with this name exists", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The resource changed since the entity tag in If-Match", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn update_registry(
     scope: TenantWriter,
     State(state): State<ApiState>,
     PathId(id): PathId<RegistryId>,
+    if_match: IfMatch,
     ApiJson(body): ApiJson<UpdateRegistry>,
-) -> Result<Json<RegistryView>, Error> {
+) -> Result<Response, Error> {
     let mut fields = Fields::default();
     let name = body
         .name
@@ -240,10 +246,10 @@ pub async fn update_registry(
     };
     let registry = state
         .store
-        .update_registry(scope.tenant_id(), &id, &update)
+        .update_registry(scope.tenant_id(), &id, &update, if_match.versions())
         .await
         .map_err(Error::store("registry"))?;
-    Ok(Json(registry.into()))
+    Ok(tagged(registry.updated_at, RegistryView::from(registry)))
 }
 
 /// Delete a registry.
@@ -256,6 +262,7 @@ pub async fn update_registry(
         ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
         DeleteRegistryParams,
         ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
     ),
     responses(
         (status = 204, description = "Deleted"),
@@ -264,18 +271,20 @@ pub async fn update_registry(
         (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such registry in this tenant", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The registry still has devices", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The resource changed since the entity tag in If-Match", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn delete_registry(
     scope: TenantWriter,
     State(state): State<ApiState>,
     PathId(id): PathId<RegistryId>,
+    if_match: IfMatch,
     ApiQuery(params): ApiQuery<DeleteRegistryParams>,
 ) -> Result<StatusCode, Error> {
     let force = params.force.unwrap_or(false);
     match state
         .store
-        .delete_registry(scope.tenant_id(), &id, force)
+        .delete_registry(scope.tenant_id(), &id, force, if_match.versions())
         .await
         .map_err(Error::store("registry"))?
     {

@@ -4,6 +4,7 @@ use super::{created, list_type, next_page_token, PageParams};
 use crate::error::{Error, FieldError, Problem};
 use crate::extract::{ApiJson, ApiQuery, PathId, TenantScope, TenantWriter};
 use crate::input::{Fields, ResourceName};
+use crate::versioning::{self, tagged, with_etag, IfMatch};
 use crate::ApiState;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode, Uri};
@@ -377,7 +378,7 @@ fn parse_rule(body: CreateRule) -> Result<NewRule, Error> {
     params(("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
     request_body = CreateRule,
     responses(
-        (status = 201, description = "The new rule", body = RuleView),
+        (status = 201, description = "The new rule", body = RuleView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A rule with this name exists, or the tenant is at its rules quota", body = Problem, content_type = "application/problem+json"),
@@ -397,10 +398,9 @@ pub async fn create_rule(
         .create_rule(scope.tenant_id(), &new)
         .await
         .map_err(Error::store("rule"))?;
-    Ok(created(
-        format!("/v1/rules/{}", rule.id),
-        RuleView::from(rule),
-    ))
+    let version = rule.updated_at;
+    let response = created(format!("/v1/rules/{}", rule.id), RuleView::from(rule));
+    Ok(with_etag(response, version))
 }
 
 /// List rules.
@@ -437,7 +437,7 @@ pub async fn list_rules(
         ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
     ),
     responses(
-        (status = 200, description = "The rule", body = RuleView),
+        (status = 200, description = "The rule", body = RuleView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such rule in this tenant", body = Problem, content_type = "application/problem+json"),
@@ -447,13 +447,13 @@ pub async fn get_rule(
     scope: TenantScope,
     State(state): State<ApiState>,
     PathId(id): PathId<RuleId>,
-) -> Result<Json<RuleView>, Error> {
+) -> Result<Response, Error> {
     let rule = state
         .store
         .get_rule(&scope.tenant_id, &id)
         .await
         .map_err(Error::store("rule"))?;
-    Ok(Json(rule.into()))
+    Ok(tagged(rule.updated_at, RuleView::from(rule)))
 }
 
 /// Change a rule: enable or disable it, set or remove its condition.
@@ -462,23 +462,26 @@ pub async fn get_rule(
     params(
         ("id" = String, Path, description = "Rule id", example = "rul_0123456789abcdefghij"),
         ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
     ),
     request_body = UpdateRule,
     responses(
-        (status = 200, description = "The changed rule", body = RuleView),
+        (status = 200, description = "The changed rule", body = RuleView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such rule in this tenant", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The resource changed since the entity tag in If-Match", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn update_rule(
     scope: TenantWriter,
     State(state): State<ApiState>,
     PathId(id): PathId<RuleId>,
+    if_match: IfMatch,
     ApiJson(body): ApiJson<UpdateRule>,
-) -> Result<Json<RuleView>, Error> {
+) -> Result<Response, Error> {
     let condition = match body.condition {
         None => None,
         Some(text) => Some(parse_condition(text).map_err(|e| Error::invalid([e]))?),
@@ -488,15 +491,21 @@ pub async fn update_rule(
         condition,
     };
     let rule = if changes == RuleChanges::default() {
-        state.store.get_rule(scope.tenant_id(), &id).await
+        let rule = state
+            .store
+            .get_rule(scope.tenant_id(), &id)
+            .await
+            .map_err(Error::store("rule"))?;
+        versioning::check(&if_match, rule.updated_at)?;
+        rule
     } else {
         state
             .store
-            .update_rule(scope.tenant_id(), &id, &changes)
+            .update_rule(scope.tenant_id(), &id, &changes, if_match.versions())
             .await
-    }
-    .map_err(Error::store("rule"))?;
-    Ok(Json(rule.into()))
+            .map_err(Error::store("rule"))?
+    };
+    Ok(tagged(rule.updated_at, RuleView::from(rule)))
 }
 
 /// Delete a rule with its pending deliveries and dead letters.
@@ -505,6 +514,7 @@ pub async fn update_rule(
     params(
         ("id" = String, Path, description = "Rule id", example = "rul_0123456789abcdefghij"),
         ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
     ),
     responses(
         (status = 204, description = "Deleted"),
@@ -512,16 +522,18 @@ pub async fn update_rule(
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such rule in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The resource changed since the entity tag in If-Match", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn delete_rule(
     scope: TenantWriter,
     State(state): State<ApiState>,
     PathId(id): PathId<RuleId>,
+    if_match: IfMatch,
 ) -> Result<StatusCode, Error> {
     state
         .store
-        .delete_rule(scope.tenant_id(), &id)
+        .delete_rule(scope.tenant_id(), &id, if_match.versions())
         .await
         .map_err(Error::store("rule"))?;
     Ok(StatusCode::NO_CONTENT)

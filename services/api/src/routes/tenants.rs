@@ -6,6 +6,7 @@ use crate::auth::{Principal, Role};
 use crate::error::{Error, FieldError, Problem};
 use crate::extract::{ApiJson, ApiQuery, Operator, PathId};
 use crate::input::ResourceName;
+use crate::versioning::{tagged, with_etag, IfMatch};
 use crate::ApiState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -121,7 +122,7 @@ list_type!(
     post, path = "/v1/tenants", tag = "tenants",
     request_body = CreateTenant,
     responses(
-        (status = 201, description = "The new tenant", body = TenantView),
+        (status = 201, description = "The new tenant", body = TenantView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an operator", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
@@ -138,10 +139,12 @@ pub async fn create_tenant(
         .create_tenant(&name.into_inner())
         .await
         .map_err(Error::store("tenant"))?;
-    Ok(created(
+    let version = tenant.updated_at;
+    let response = created(
         format!("/v1/tenants/{}", tenant.id),
         TenantView::from(tenant),
-    ))
+    );
+    Ok(with_etag(response, version))
 }
 
 /// List tenants.
@@ -189,7 +192,7 @@ pub async fn list_tenants(
     get, path = "/v1/tenants/{id}", tag = "tenants",
     params(("id" = String, Path, description = "Tenant id", example = "tnt_4f8k2m9q1z7x3c5v6b0n")),
     responses(
-        (status = 200, description = "The tenant", body = TenantView),
+        (status = 200, description = "The tenant", body = TenantView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
@@ -199,14 +202,14 @@ pub async fn get_tenant(
     principal: Principal,
     State(state): State<ApiState>,
     PathId(id): PathId<TenantId>,
-) -> Result<Json<TenantView>, Error> {
+) -> Result<Response, Error> {
     check_reach(&principal, &id)?;
     let tenant = state
         .store
         .get_tenant(&id)
         .await
         .map_err(Error::store("tenant"))?;
-    Ok(Json(tenant.into()))
+    Ok(tagged(tenant.updated_at, TenantView::from(tenant)))
 }
 
 /// Change a tenant.
@@ -215,23 +218,28 @@ pub async fn get_tenant(
 /// Suspending a tenant disconnects its clients.
 #[utoipa::path(
     patch, path = "/v1/tenants/{id}", tag = "tenants",
-    params(("id" = String, Path, description = "Tenant id", example = "tnt_4f8k2m9q1z7x3c5v6b0n")),
+    params(
+        ("id" = String, Path, description = "Tenant id", example = "tnt_4f8k2m9q1z7x3c5v6b0n"),
+        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
+    ),
     request_body = UpdateTenant,
     responses(
-        (status = 200, description = "The changed tenant", body = TenantView),
+        (status = 200, description = "The changed tenant", body = TenantView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A role that may not make this change", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The resource changed since the entity tag in If-Match", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn update_tenant(
     principal: Principal,
     State(state): State<ApiState>,
     PathId(id): PathId<TenantId>,
+    if_match: IfMatch,
     ApiJson(body): ApiJson<UpdateTenant>,
-) -> Result<Json<TenantView>, Error> {
+) -> Result<Response, Error> {
     check_reach(&principal, &id)?;
     match principal.role {
         Role::Operator => {}
@@ -252,10 +260,11 @@ pub async fn update_tenant(
             &id,
             name.as_deref(),
             body.status.map(TenantStatusView::into_store),
+            if_match.versions(),
         )
         .await
         .map_err(Error::store("tenant"))?;
-    Ok(Json(tenant.into()))
+    Ok(tagged(tenant.updated_at, TenantView::from(tenant)))
 }
 
 /// Delete a tenant with everything it owns.
@@ -264,23 +273,28 @@ pub async fn update_tenant(
 /// tenant are deleted with it; its clients are disconnected.
 #[utoipa::path(
     delete, path = "/v1/tenants/{id}", tag = "tenants",
-    params(("id" = String, Path, description = "Tenant id", example = "tnt_4f8k2m9q1z7x3c5v6b0n")),
+    params(
+        ("id" = String, Path, description = "Tenant id", example = "tnt_4f8k2m9q1z7x3c5v6b0n"),
+        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
+    ),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an operator", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The resource changed since the entity tag in If-Match", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn delete_tenant(
     _operator: Operator,
     State(state): State<ApiState>,
     PathId(id): PathId<TenantId>,
+    if_match: IfMatch,
 ) -> Result<StatusCode, Error> {
     state
         .store
-        .delete_tenant(&id)
+        .delete_tenant(&id, if_match.versions())
         .await
         .map_err(Error::store("tenant"))?;
     Ok(StatusCode::NO_CONTENT)

@@ -154,7 +154,22 @@ impl TestApp {
         uri: &str,
         body: Option<Value>,
     ) -> TestResponse {
+        self.call_with(caller, method, uri, body, &[]).await
+    }
+
+    /// [`TestApp::call`] with extra request headers.
+    pub async fn call_with(
+        &self,
+        caller: &Caller,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> TestResponse {
         let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(token) = &caller.token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
