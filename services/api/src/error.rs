@@ -24,6 +24,7 @@ pub struct Problem {
     pub problem_type: String,
     /// The HTTP reason phrase of `status`.
     pub title: String,
+    /// The HTTP status code of the response.
     pub status: u16,
     /// What went wrong with this request, for humans.
     pub detail: String,
@@ -34,9 +35,11 @@ pub struct Problem {
 
 /// One invalid field of a request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+#[schema(example = json!({"field": "webhook.url", "message": "must be an absolute http or https URL"}))]
 pub struct FieldError {
     /// The field, as a path into the request body (`webhook.url`).
     pub field: String,
+    /// What is wrong with the field, for humans.
     pub message: String,
 }
 

@@ -60,10 +60,15 @@ pub struct UpdateBroker {
     "labels": {"env": "dev"}, "created_at": "2026-01-01T12:00:00Z"
 }))]
 pub struct BrokerView {
+    /// The virtual broker's id; its clients name it in their MQTT username.
     pub id: String,
+    /// Unique in the tenant.
     pub name: String,
+    /// Free text; empty when not set.
     pub description: String,
+    /// Labels: key-value pairs to filter lists with (`label=key:value`).
     pub labels: BTreeMap<String, String>,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 
@@ -81,6 +86,7 @@ impl From<Broker> for BrokerView {
 
 list_type!(
     /// A page of virtual brokers.
+    #[schema(example = json!({"items": [{"id": "brk_0123456789abcdefghij", "name": "lobby", "description": "", "labels": {}, "created_at": "2026-01-01T12:00:00Z"}], "next_page_token": null}))]
     BrokerList,
     BrokerView
 );

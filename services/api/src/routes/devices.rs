@@ -45,7 +45,7 @@ pub struct CreateDevice {
 /// Whether a device may connect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-#[schema(as = DeviceStatus)]
+#[schema(as = DeviceStatus, example = "enabled")]
 pub enum DeviceStatusView {
     Enabled,
     Disabled,
@@ -92,7 +92,9 @@ pub struct DeviceStatusParam {
 pub struct ConnectionView {
     /// Whether the device holds a live connection.
     pub online: bool,
+    /// When the last connection was established.
     pub connected_at: Option<DateTime<Utc>>,
+    /// When the last connection ended; `null` while it lasts.
     pub disconnected_at: Option<DateTime<Utc>>,
     /// When the device last sent a packet, to within the brokers' batching interval.
     pub last_activity_at: Option<DateTime<Utc>>,
@@ -127,12 +129,19 @@ impl From<DeviceConnection> for ConnectionView {
                    "protocol_version": null, "client_address": null, "disconnect_reason": null}
 }))]
 pub struct DeviceView {
+    /// The device's id: its MQTT client id and username.
     pub id: String,
+    /// The registry the device belongs to.
     pub registry_id: String,
+    /// Unique in the registry.
     pub name: String,
+    /// Free text; empty when not set.
     pub description: String,
+    /// Labels: key-value pairs to filter lists with (`label=key:value`).
     pub labels: BTreeMap<String, String>,
+    /// Whether the device may connect.
     pub status: DeviceStatusView,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
     /// The connection status; only in the answer of `GET /v1/devices/{id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,6 +168,7 @@ impl From<Device> for DeviceView {
 
 list_type!(
     /// A page of devices.
+    #[schema(example = json!({"items": [{"id": "dev_0123456789abcdefghij", "registry_id": "reg_0123456789abcdefghij", "name": "thermometer-1", "description": "", "labels": {"floor": "2"}, "status": "enabled", "created_at": "2026-01-01T12:00:00Z"}], "next_page_token": "ZGV2XzAxMjM0NTY3ODlhYmNkZWZnaGlq"}))]
     DeviceList,
     DeviceView
 );

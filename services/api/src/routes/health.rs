@@ -27,6 +27,7 @@ pub fn router() -> Router<ApiState> {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"status": "ok"}))]
 pub struct Health {
+    /// `ok`.
     pub status: String,
 }
 

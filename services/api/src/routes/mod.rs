@@ -143,9 +143,10 @@ pub fn created<T: Serialize>(location: String, body: T) -> Response {
 /// Declares a list response type `{"items": [...], "next_page_token": ...}`.
 macro_rules! list_type {
     ($(#[$doc:meta])* $name:ident, $item:ty) => {
-        $(#[$doc])*
         #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+        $(#[$doc])*
         pub struct $name {
+            /// The items of this page, in the list's order.
             pub items: Vec<$item>,
             /// Pass as `page_token` to read the next page; `null` on the last page.
             pub next_page_token: Option<String>,

@@ -68,8 +68,11 @@ pub struct CreatePassword {
     "password": "q3Zr8v-N0aLk2xW7_pYtE5mH1cJ9bUoD"
 }))]
 pub struct PasswordView {
+    /// The password's id, to delete it with.
     pub id: String,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When the password stops being accepted; `null` for never.
     pub expires_at: Option<DateTime<Utc>>,
     /// The generated secret: present only in the response that created it, never again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,6 +92,7 @@ impl From<PasswordMeta> for PasswordView {
 
 list_type!(
     /// A page of a device's passwords (metadata only).
+    #[schema(example = json!({"items": [{"id": "pwd_0123456789abcdefghij", "created_at": "2026-01-01T12:00:00Z", "expires_at": null}], "next_page_token": null}))]
     PasswordList,
     PasswordView
 );

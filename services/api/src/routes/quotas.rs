@@ -50,21 +50,27 @@ pub struct QuotasView {
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[schema(example = json!({"max_devices": 5000, "max_rules": null}))]
 pub struct UpdateQuotas {
+    /// Devices the tenant may have; `null` for the default.
     #[serde(default, deserialize_with = "some")]
     #[schema(value_type = Option<u64>)]
     pub max_devices: Option<Option<u64>>,
+    /// Simultaneous MQTT connections; `null` for the default.
     #[serde(default, deserialize_with = "some")]
     #[schema(value_type = Option<u64>)]
     pub max_connections: Option<Option<u64>>,
+    /// Messages per second published by the tenant's clients; `null` for the default.
     #[serde(default, deserialize_with = "some")]
     #[schema(value_type = Option<u64>)]
     pub max_messages_per_second: Option<Option<u64>>,
+    /// Bytes per second published by the tenant's clients; `null` for the default.
     #[serde(default, deserialize_with = "some")]
     #[schema(value_type = Option<u64>)]
     pub max_bytes_per_second: Option<Option<u64>>,
+    /// Retained messages the tenant may keep; `null` for the default.
     #[serde(default, deserialize_with = "some")]
     #[schema(value_type = Option<u64>)]
     pub max_retained_messages: Option<Option<u64>>,
+    /// Rules the tenant may have; `null` for the default.
     #[serde(default, deserialize_with = "some")]
     #[schema(value_type = Option<u64>)]
     pub max_rules: Option<Option<u64>>,

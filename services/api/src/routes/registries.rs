@@ -65,11 +65,17 @@ pub struct UpdateRegistry {
     "labels": {"site": "north"}, "default_policy": true, "created_at": "2026-01-01T12:00:00Z"
 }))]
 pub struct RegistryView {
+    /// The registry's id.
     pub id: String,
+    /// Unique in the tenant.
     pub name: String,
+    /// Free text; empty when not set.
     pub description: String,
+    /// Labels: key-value pairs to filter lists with (`label=key:value`).
     pub labels: BTreeMap<String, String>,
+    /// Whether the built-in device rights apply (SPEC §4.2).
     pub default_policy: bool,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 
@@ -88,6 +94,7 @@ impl From<Registry> for RegistryView {
 
 list_type!(
     /// A page of registries.
+    #[schema(example = json!({"items": [{"id": "reg_0123456789abcdefghij", "name": "greenhouse-sensors", "description": "", "labels": {"site": "north"}, "default_policy": true, "created_at": "2026-01-01T12:00:00Z"}], "next_page_token": null}))]
     RegistryList,
     RegistryView
 );

@@ -84,6 +84,7 @@ pub struct CreateRule {
     /// invalid expression is a 422 whose message gives the position of the error.
     #[schema(example = "payload.celsius > 30")]
     pub condition: Option<String>,
+    /// Where matching messages are delivered.
     pub webhook: CreateWebhook,
     /// True when absent.
     pub enabled: Option<bool>,
@@ -91,6 +92,10 @@ pub struct CreateRule {
 
 /// The webhook of a new rule.
 #[derive(Clone, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "url": "https://backend.example.com/iot", "headers": {"Authorization": "Bearer backend-token"},
+    "secret": "a-long-random-signing-secret", "timeout_ms": 5000, "max_in_flight": 64
+}))]
 pub struct CreateWebhook {
     /// An absolute http or https URL.
     #[schema(example = "https://backend.example.com/iot")]
@@ -127,11 +132,20 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
 
 /// A rule's webhook; its secret is never shown, only whether there is one.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "url": "https://backend.example.com/iot", "headers": {}, "has_secret": true,
+    "timeout_ms": 5000, "max_in_flight": 64
+}))]
 pub struct WebhookView {
+    /// The URL messages are POSTed to.
     pub url: String,
+    /// Extra request headers sent with every delivery.
     pub headers: BTreeMap<String, String>,
+    /// Whether requests are signed (`X-Iotcore-Signature`); the secret itself is never shown.
     pub has_secret: bool,
+    /// How long one request may take, in milliseconds.
     pub timeout_ms: i32,
+    /// Most concurrent requests to this webhook.
     pub max_in_flight: i32,
 }
 
@@ -145,13 +159,21 @@ pub struct WebhookView {
     "created_at": "2026-01-01T12:00:00Z"
 }))]
 pub struct RuleView {
+    /// The rule's id.
     pub id: String,
+    /// Unique in the tenant.
     pub name: String,
+    /// The MQTT topic filter messages must match.
     pub topic_filter: String,
+    /// When set, only messages of devices of this registry match.
     pub registry_id: Option<String>,
+    /// When set, only messages for which this expression is true match.
     pub condition: Option<String>,
+    /// A disabled rule matches nothing.
     pub enabled: bool,
+    /// Where matching messages are delivered.
     pub webhook: WebhookView,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 
@@ -178,6 +200,7 @@ impl From<Rule> for RuleView {
 
 list_type!(
     /// A page of rules.
+    #[schema(example = json!({"items": [{"id": "rul_0123456789abcdefghij", "name": "hot", "topic_filter": "$devices/+/events/temperature", "registry_id": null, "condition": "payload.celsius > 30", "enabled": true, "webhook": {"url": "https://backend.example.com/iot", "headers": {}, "has_secret": false, "timeout_ms": 5000, "max_in_flight": 64}, "created_at": "2026-01-01T12:00:00Z"}], "next_page_token": null}))]
     RuleList,
     RuleView
 );
@@ -553,8 +576,11 @@ pub struct RuleStatsView {
     pub retried: i64,
     /// Messages given up on (a 4xx, or too old).
     pub dead_lettered: i64,
+    /// The error of the last failed delivery attempt, if any.
     pub last_error: Option<String>,
+    /// When a delivery attempt last failed.
     pub last_error_at: Option<DateTime<Utc>>,
+    /// When a delivery last succeeded.
     pub last_success_at: Option<DateTime<Utc>>,
     /// Messages waiting in the delivery queue.
     pub queue_depth: i64,
@@ -579,20 +605,40 @@ impl From<RuleStats> for RuleStatsView {
 
 /// A message that was not delivered, with why.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": "msg_0123456789abcdefghij", "rule_id": "rul_0123456789abcdefghij",
+    "registry_id": "reg_0123456789abcdefghij", "device_id": "dev_0123456789abcdefghij",
+    "topic": "$devices/dev_0123456789abcdefghij/events/temperature", "qos": 1, "retain": false,
+    "payload_base64": "eyJjZWxzaXVzIjozMn0=", "content_type": null,
+    "received_at": "2026-01-01T12:00:00Z", "attempts": 3, "last_error": "HTTP 400",
+    "dead_at": "2026-01-01T12:00:05Z"
+}))]
 pub struct DeadLetterView {
     /// The envelope id; a replay delivers the message again under this id.
     pub id: String,
+    /// The rule that matched the message.
     pub rule_id: String,
+    /// The registry of the device that sent it, if a device did.
     pub registry_id: Option<String>,
+    /// The device that sent it, if a device did.
     pub device_id: Option<String>,
+    /// The topic it was published to.
     pub topic: String,
+    /// The QoS it was published with (0, 1 or 2).
     pub qos: i16,
+    /// Whether it was published retained.
     pub retain: bool,
+    /// The payload, base64-encoded.
     pub payload_base64: String,
+    /// The MQTT 5 content type, if the publisher set one.
     pub content_type: Option<String>,
+    /// When the broker received it.
     pub received_at: DateTime<Utc>,
+    /// Delivery attempts made.
     pub attempts: i32,
+    /// Why the last attempt failed.
     pub last_error: String,
+    /// When it was given up on.
     pub dead_at: DateTime<Utc>,
 }
 
@@ -618,6 +664,7 @@ impl From<DeadLetter> for DeadLetterView {
 
 list_type!(
     /// A page of dead letters.
+    #[schema(example = json!({"items": [{"id": "msg_0123456789abcdefghij", "rule_id": "rul_0123456789abcdefghij", "registry_id": "reg_0123456789abcdefghij", "device_id": "dev_0123456789abcdefghij", "topic": "$devices/dev_0123456789abcdefghij/events/temperature", "qos": 1, "retain": false, "payload_base64": "eyJjZWxzaXVzIjozMn0=", "content_type": null, "received_at": "2026-01-01T12:00:00Z", "attempts": 3, "last_error": "HTTP 400", "dead_at": "2026-01-01T12:00:05Z"}], "next_page_token": null}))]
     DeadLetterList,
     DeadLetterView
 );
@@ -633,7 +680,9 @@ pub struct ReplayRequest {
 
 /// How many dead letters went back into the delivery queue.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"replayed": 12}))]
 pub struct ReplayResult {
+    /// Dead letters put back into the delivery queue.
     pub replayed: u64,
 }
 

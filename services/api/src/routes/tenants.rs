@@ -40,7 +40,7 @@ pub struct CreateTenant {
 /// and cannot connect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-#[schema(as = TenantStatus)]
+#[schema(as = TenantStatus, example = "active")]
 pub enum TenantStatusView {
     Active,
     Suspended,
@@ -89,9 +89,13 @@ fn check_reach(principal: &Principal, id: &TenantId) -> Result<(), Error> {
     "created_at": "2026-01-01T12:00:00Z"
 }))]
 pub struct TenantView {
+    /// The tenant's id.
     pub id: String,
+    /// The tenant's name (not necessarily unique).
     pub name: String,
+    /// Whether the tenant may use the service.
     pub status: TenantStatusView,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 
@@ -111,6 +115,7 @@ impl From<Tenant> for TenantView {
 
 list_type!(
     /// A page of tenants.
+    #[schema(example = json!({"items": [{"id": "tnt_4f8k2m9q1z7x3c5v6b0n", "name": "acme", "status": "active", "created_at": "2026-01-01T12:00:00Z"}], "next_page_token": null}))]
     TenantList,
     TenantView
 );

@@ -99,3 +99,55 @@ async fn docs_page_and_its_assets_are_served_by_iotcore(pool: sqlx::PgPool) {
         .unwrap();
     assert!(String::from_utf8_lossy(&init).contains("/openapi.json"));
 }
+
+/// Where a property's description can be: on it, or for an optional reference on the
+/// reference inside its `oneOf`.
+fn has_description(property: &serde_json::Value) -> bool {
+    let described =
+        |v: &serde_json::Value| v["description"].as_str().is_some_and(|d| !d.is_empty());
+    described(property)
+        || ["oneOf", "anyOf", "allOf"].iter().any(|key| {
+            property[*key]
+                .as_array()
+                .is_some_and(|branches| branches.iter().any(described))
+        })
+}
+
+#[test]
+fn every_operation_schema_and_field_is_described() {
+    let doc = serde_json::to_value(iotcore_api::openapi::openapi()).unwrap();
+    let mut missing = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if !operation["summary"].as_str().is_some_and(|s| !s.is_empty()) {
+                missing.push(format!("{method} {path}: summary"));
+            }
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                if !has_description(parameter) {
+                    missing.push(format!("{method} {path}: parameter {}", parameter["name"]));
+                }
+            }
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                if !has_description(response) {
+                    missing.push(format!("{method} {path}: response {status}"));
+                }
+            }
+        }
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    assert!(schemas.len() > 10, "the document has its schemas");
+    for (name, schema) in schemas {
+        if !has_description(schema) {
+            missing.push(format!("schema {name}: description"));
+        }
+        if schema.get("example").is_none() && schema.get("examples").is_none() {
+            missing.push(format!("schema {name}: example"));
+        }
+        for (field, property) in schema["properties"].as_object().into_iter().flatten() {
+            if !has_description(property) {
+                missing.push(format!("schema {name}: field {field}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "undocumented:\n{}", missing.join("\n"));
+}
