@@ -119,7 +119,7 @@ fn every_operation_schema_and_field_is_described() {
     let mut missing = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
-            if !operation["summary"].as_str().is_some_and(|s| !s.is_empty()) {
+            if operation["summary"].as_str().is_none_or(str::is_empty) {
                 missing.push(format!("{method} {path}: summary"));
             }
             for parameter in operation["parameters"].as_array().into_iter().flatten() {
