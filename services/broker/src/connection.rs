@@ -250,11 +250,22 @@ where
         tracing::info!(why = close.why, "disconnected");
         if version == ProtocolVersion::V5 {
             if let Some(reason) = close.reason {
-                let packet = Packet::Disconnect(Disconnect {
+                // The reason string says why in words (MQTT-3.14.2-3: only where it fits
+                // the client's Maximum Packet Size; the code alone otherwise).
+                let explained = Packet::Disconnect(Disconnect {
+                    reason,
+                    properties: Properties {
+                        reason_string: Some(close.why.to_owned()),
+                        ..Properties::default()
+                    },
+                });
+                let bare = Packet::Disconnect(Disconnect {
                     reason,
                     properties: Properties::default(),
                 });
-                if io.send(&packet, version, session.client_max_packet).is_ok() {
+                let max = session.client_max_packet;
+                if io.send(&explained, version, max).is_ok() || io.send(&bare, version, max).is_ok()
+                {
                     let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
                 }
             }

@@ -115,15 +115,24 @@ impl Raw {
 
 impl Raw {
     /// Publishes at QoS 1 and returns the PUBACK's reason code.
-    pub async fn publish_qos1(&mut self, topic: &str, payload: &'static [u8]) -> ReasonCode {
+    pub async fn publish_qos1(&mut self, topic: &str, payload: &[u8]) -> ReasonCode {
+        self.publish_qos1_with(topic, payload, false).await
+    }
+
+    /// Publishes a retained message at QoS 1 and returns the PUBACK's reason code.
+    pub async fn publish_qos1_retained(&mut self, topic: &str, payload: &[u8]) -> ReasonCode {
+        self.publish_qos1_with(topic, payload, true).await
+    }
+
+    async fn publish_qos1_with(&mut self, topic: &str, payload: &[u8], retain: bool) -> ReasonCode {
         self.packet_id = self.packet_id.wrapping_add(1).max(1);
         let publish = Packet::Publish(Publish {
             dup: false,
             qos: QoS::AtLeastOnce,
-            retain: false,
+            retain,
             topic: topic.to_owned(),
             packet_id: Some(self.packet_id),
-            payload: payload.into(),
+            payload: bytes::Bytes::copy_from_slice(payload),
             properties: Properties::default(),
         });
         self.send(&publish).await;

@@ -9,6 +9,7 @@ mod isolation;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod mqtt5_conformance;
 mod mqtt_features;
 mod outbound_aliases;
 mod protocol;

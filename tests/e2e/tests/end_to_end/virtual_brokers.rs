@@ -10,7 +10,7 @@ use serde_json::json;
 use std::time::Duration;
 
 /// Creates a virtual broker and a password for it: `(broker_id, password)`.
-async fn create_broker(app: &TestApp, name: &str) -> (String, String) {
+pub(crate) async fn create_broker(app: &TestApp, name: &str) -> (String, String) {
     let (status, broker) = app
         .call(
             "POST",
