@@ -54,7 +54,8 @@ impl Breakers {
         }
     }
 
-    /// Records the outcome of an attempt for `rule`, whose `max_in_flight` is `limit`.
+    /// Records the outcome of an attempt for `rule`, whose capacity (in deliveries:
+    /// `max_in_flight` requests of `batch_max_messages`) is `limit`.
     pub(crate) fn record(&mut self, rule: &RuleId, attempt: Attempt, limit: u32, now: Instant) {
         self.limits.insert(rule.clone(), limit);
         let open = State::Open {
@@ -110,7 +111,7 @@ impl Breakers {
         }
     }
 
-    /// The rules whose claims the breaker limits now, with their `max_in_flight`.
+    /// The rules whose claims the breaker limits now, with their capacity.
     pub(crate) fn limited(&self) -> Vec<(RuleId, u32)> {
         self.states
             .iter()

@@ -19,8 +19,9 @@ pub struct RulesConfig {
     /// How often an idle worker looks for due deliveries. New deliveries wake workers at
     /// once (LISTEN/NOTIFY); polling finds retries that came due and covers lost wake-ups.
     pub poll_interval_ms: u64,
-    /// Deliveries one process sends at once, over all rules (each rule is also bounded by
-    /// its own `max_in_flight`).
+    /// Requests one process has in flight at once, over all rules, counting each message
+    /// held in a filling batch as one (each rule is also bounded by its own
+    /// `max_in_flight`).
     pub max_in_flight_total: u32,
     /// On shutdown, how long in-flight requests may still finish before they are dropped
     /// (their leases then expire and another worker delivers them).

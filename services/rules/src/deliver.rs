@@ -1,12 +1,16 @@
-//! Sending one delivery to its webhook over HTTP and classifying the answer (SPEC §5).
+//! Sending one delivery, or one batch of a rule's deliveries, to its webhook over HTTP and
+//! classifying the answer (SPEC §5).
 
 use crate::destination::{self, DestinationError, GuardedResolver};
 use crate::envelope;
 use crate::signature;
-use iotcore_store::deliveries::ClaimedDelivery;
+use iotcore_store::deliveries::{ClaimedDelivery, Webhook};
+use iotcore_store::{MessageId, RuleId};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
+use sha2::{Digest, Sha256};
 use std::error::Error as _;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,7 +67,22 @@ impl Deliverer {
     /// Makes one attempt at delivering `delivery`. Never panics; every failure is an
     /// [`Outcome`] whose error text carries neither the secret nor any request header.
     pub async fn deliver(&self, delivery: &ClaimedDelivery) -> Outcome {
-        let webhook = &delivery.webhook;
+        self.deliver_batch(std::slice::from_ref(delivery)).await
+    }
+
+    /// Makes one attempt at delivering `deliveries`, all of one rule, in one request: a
+    /// JSON array of their envelopes when the rule batches (`batch_max_messages` above 1),
+    /// otherwise the single envelope of the one delivery. The outcome is the batch's: the
+    /// endpoint accepts or refuses the request as a whole.
+    pub async fn deliver_batch(&self, deliveries: &[ClaimedDelivery]) -> Outcome {
+        let Some(first) = deliveries.first() else {
+            return Outcome::Delivered;
+        };
+        let webhook = &first.webhook;
+        let batched = webhook.batch_max_messages > 1;
+        if !batched && deliveries.len() > 1 {
+            return reject("several messages for a rule that does not batch");
+        }
         let url = match Url::parse(&webhook.url) {
             Ok(url) => url,
             Err(_) => return reject("webhook URL is not a valid URL"),
@@ -79,11 +98,21 @@ impl Deliverer {
                 return destination_refused(e);
             }
         }
-        let body = match envelope::body(delivery) {
-            Ok(body) => body,
-            Err(_) => return reject("the message could not be encoded as JSON"),
+        let body = if batched {
+            envelope::batch_body(deliveries)
+        } else {
+            envelope::body(first)
         };
-        let headers = match request_headers(delivery, &body, chrono::Utc::now().timestamp()) {
+        let Ok(body) = body else {
+            return reject("the message could not be encoded as JSON");
+        };
+        let key = if batched {
+            RequestKey::Batch(deliveries)
+        } else {
+            RequestKey::Message(&first.id)
+        };
+        let now = chrono::Utc::now().timestamp();
+        let headers = match request_headers(webhook, &first.rule_id, key, &body, now) {
             Ok(headers) => headers,
             Err(outcome) => return outcome,
         };
@@ -111,6 +140,31 @@ impl Deliverer {
     }
 }
 
+/// What identifies a request to its receiver.
+enum RequestKey<'a> {
+    /// One envelope: its id, the same on every retry.
+    Message(&'a MessageId),
+    /// A batch: derived from its envelope ids in order, so a retry of the same batch
+    /// carries the same key and a batch of other messages never does.
+    Batch(&'a [ClaimedDelivery]),
+}
+
+/// `Idempotency-Key` of a batch: `bat_` and the hex SHA-256 of its envelope ids, each
+/// followed by a newline.
+fn batch_key(deliveries: &[ClaimedDelivery]) -> String {
+    let mut hash = Sha256::new();
+    for d in deliveries {
+        hash.update(d.id.as_str().as_bytes());
+        hash.update(b"\n");
+    }
+    let mut key = String::with_capacity(4 + 64);
+    key.push_str("bat_");
+    for byte in hash.finalize() {
+        let _ = write!(key, "{byte:02x}");
+    }
+    key
+}
+
 /// A destination the guard refused will not become acceptable by retrying; one that did
 /// not resolve may.
 fn destination_refused(error: DestinationError) -> Outcome {
@@ -134,12 +188,14 @@ fn reject(error: &str) -> Outcome {
 /// The request headers: the rule's own first, then the service's, which win, so that a
 /// rule cannot forge its message id or signature.
 fn request_headers(
-    delivery: &ClaimedDelivery,
+    webhook: &Webhook,
+    rule_id: &RuleId,
+    key: RequestKey<'_>,
     body: &[u8],
     unix_seconds: i64,
 ) -> Result<HeaderMap, Outcome> {
     let mut headers = HeaderMap::new();
-    for (name, value) in &delivery.webhook.headers {
+    for (name, value) in &webhook.headers {
         let parsed = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
@@ -158,15 +214,27 @@ fn request_headers(
         headers.insert(name, value);
     }
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let id = HeaderValue::from_str(delivery.id.as_str());
-    let rule = HeaderValue::from_str(delivery.rule_id.as_str());
-    let (Ok(id), Ok(rule)) = (id, rule) else {
+    let Ok(rule) = HeaderValue::from_str(rule_id.as_str()) else {
         return Err(reject("the message has a malformed id"));
     };
-    headers.insert("idempotency-key", id.clone());
-    headers.insert("x-iotcore-message-id", id);
     headers.insert("x-iotcore-rule-id", rule);
-    if let Some(secret) = &delivery.webhook.secret {
+    match key {
+        RequestKey::Message(id) => {
+            let Ok(id) = HeaderValue::from_str(id.as_str()) else {
+                return Err(reject("the message has a malformed id"));
+            };
+            headers.insert("idempotency-key", id.clone());
+            headers.insert("x-iotcore-message-id", id);
+        }
+        RequestKey::Batch(deliveries) => {
+            let Ok(key) = HeaderValue::from_str(&batch_key(deliveries)) else {
+                return Err(reject("the message has a malformed id"));
+            };
+            headers.insert("idempotency-key", key);
+            headers.insert("x-iotcore-batch-size", HeaderValue::from(deliveries.len()));
+        }
+    }
+    if let Some(secret) = &webhook.secret {
         let signature = signature::sign(secret.as_bytes(), unix_seconds, body);
         if let Ok(value) = HeaderValue::from_str(&signature) {
             headers.insert(signature::HEADER, value);

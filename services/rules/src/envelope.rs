@@ -17,6 +17,7 @@
 //!   key to appear more than once and their order is meaningful, and an object keeps
 //!   neither.
 //! - The body depends only on the queued message, so every retry sends identical bytes.
+//! - A rule with `batch.max_messages` above 1 sends a JSON array of these envelopes.
 
 use base64::Engine;
 use chrono::SecondsFormat;
@@ -44,8 +45,20 @@ struct Envelope<'a> {
     user_properties: &'a [(String, String)],
 }
 
-/// The request body for `delivery`.
+/// The request body for `delivery` alone: one envelope.
 pub fn body(delivery: &ClaimedDelivery) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&envelope(delivery))
+}
+
+/// The request body for a batch: a JSON array of the envelopes of `deliveries`, in order.
+/// A rule that batches always gets an array, even of one envelope, so that its receiver
+/// handles one shape.
+pub fn batch_body(deliveries: &[ClaimedDelivery]) -> Result<Vec<u8>, serde_json::Error> {
+    let envelopes: Vec<Envelope<'_>> = deliveries.iter().map(envelope).collect();
+    serde_json::to_vec(&envelopes)
+}
+
+fn envelope(delivery: &ClaimedDelivery) -> Envelope<'_> {
     // Parsing is bounded by the payload size (which the broker limits) and serde_json's
     // nesting limit, so a hostile payload cannot exhaust memory or the stack here.
     let json = serde_json::from_slice::<&RawValue>(&delivery.payload).ok();
@@ -53,7 +66,7 @@ pub fn body(delivery: &ClaimedDelivery) -> Result<Vec<u8>, serde_json::Error> {
         Some(_) => None,
         None => Some(base64::engine::general_purpose::STANDARD.encode(&delivery.payload)),
     };
-    serde_json::to_vec(&Envelope {
+    Envelope {
         id: &delivery.id,
         rule_id: &delivery.rule_id,
         tenant_id: &delivery.tenant_id,
@@ -69,7 +82,7 @@ pub fn body(delivery: &ClaimedDelivery) -> Result<Vec<u8>, serde_json::Error> {
         payload_base64,
         content_type: delivery.content_type.as_deref(),
         user_properties: &delivery.user_properties,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -103,6 +116,8 @@ mod tests {
                 secret: None,
                 timeout_ms: 1000,
                 max_in_flight: 1,
+                batch_max_messages: 1,
+                batch_max_wait_ms: 0,
             },
         }
     }
@@ -159,6 +174,19 @@ mod tests {
         assert_eq!(v["received_at"], json!("2023-11-14T22:13:20.123456Z"));
         assert_eq!(v["content_type"], json!("application/json"));
         assert_eq!(v["user_properties"], json!([["k", "1"], ["k", "2"]]));
+    }
+
+    #[test]
+    fn a_batch_is_an_array_of_the_single_envelopes_in_order() {
+        let batch = [delivery(b"{\"n\":1}"), delivery(b"\xff")];
+        let v = parse(&batch_body(&batch).unwrap_or_default());
+        let singles: Vec<Value> = batch
+            .iter()
+            .map(|d| parse(&body(d).unwrap_or_default()))
+            .collect();
+        assert_eq!(v, Value::Array(singles));
+        let one = parse(&batch_body(&batch[..1]).unwrap_or_default());
+        assert_eq!(one.as_array().map(Vec::len), Some(1));
     }
 
     #[test]

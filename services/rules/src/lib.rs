@@ -8,6 +8,7 @@
 //! from sending the same message at the same time, and a crashed process's leases expire.
 
 pub mod backoff;
+mod batch;
 mod breaker;
 pub mod config;
 pub mod deliver;

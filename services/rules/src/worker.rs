@@ -1,19 +1,21 @@
-//! The claim loop: leases due deliveries from the queue, sends each in its own task and
-//! records the outcome.
+//! The claim loop: leases due deliveries from the queue, sends each request (one delivery,
+//! or one batch of a batching rule's deliveries) in its own task and records the outcome.
 //!
-//! Concurrency is bounded twice: per rule (the rule's `max_in_flight`, enforced in the
-//! claim itself, so a slow webhook's backlog stays in the queue rather than occupying this
-//! process) and per process (`max_in_flight_total`). Every delivery runs independently,
-//! so a webhook that hangs only holds its own rule's slots.
+//! Concurrency is bounded twice: per rule (the rule's `max_in_flight` requests of up to
+//! `batch_max_messages` deliveries, enforced in the claim itself, so a slow webhook's
+//! backlog stays in the queue rather than occupying this process) and per process
+//! (`max_in_flight_total` requests and deliveries held in filling batches together). Every
+//! request runs independently, so a webhook that hangs only holds its own rule's slots.
 
 use crate::backoff::Backoff;
+use crate::batch::Batches;
 use crate::breaker::{Attempt, Breakers};
 use crate::deliver::{Deliverer, Outcome};
 use crate::metrics;
 use crate::RulesConfig;
 use chrono::Utc;
 use iotcore_store::deliveries::{ClaimedDelivery, DeliveryListener};
-use iotcore_store::{RuleId, Store};
+use iotcore_store::{MessageId, RuleId, Store};
 use iotcore_telemetry::metrics::rules::{OUTCOME_DEAD_LETTER, OUTCOME_RETRY, OUTCOME_SUCCESS};
 use rand::Rng;
 use std::collections::HashMap;
@@ -50,7 +52,10 @@ pub(crate) struct Worker {
 /// What the loop remembers about a running delivery task.
 struct Running {
     rule: RuleId,
+    /// The rule's capacity in deliveries: `max_in_flight` requests of `batch_max_messages`.
     rule_limit: u32,
+    /// The capacity the request takes: a whole batch's, however many it carries.
+    weight: u32,
 }
 
 impl Worker {
@@ -85,6 +90,7 @@ impl Worker {
         let listener = tokio::spawn(listen(self.store.clone(), wake.clone(), shutdown.clone()));
         let mut tasks: JoinSet<Attempt> = JoinSet::new();
         let mut breakers = Breakers::new(self.breaker_failures, self.breaker_open_for);
+        let mut batches = Batches::default();
         let mut running: HashMap<Id, Running> = HashMap::new();
         let mut in_flight: HashMap<RuleId, u32> = HashMap::new();
         let mut claim_failures: u32 = 0;
@@ -101,25 +107,36 @@ impl Worker {
                     &mut running,
                     &mut in_flight,
                     self.max_in_flight_total,
+                    &batches,
                     &mut breakers,
                 );
             }
+            for batch in batches.take_due(Instant::now()) {
+                self.spawn(batch, &mut tasks, &mut running, &mut in_flight);
+            }
+            // Held deliveries count like requests: each becomes at most one request.
             let free = self
                 .max_in_flight_total
-                .saturating_sub(len_u32(tasks.len()));
+                .saturating_sub(len_u32(tasks.len()))
+                .saturating_sub(len_u32(batches.held()));
             // With no free capacity `claim_now` stays set and is served when a task ends;
             // claiming (or looping) before that would only spin.
             if claim_now && free > 0 {
                 let limit = free.min(self.claim_batch);
-                let (busy, probes) = claim_limits(&in_flight, &mut breakers);
+                let (busy, probes) = claim_limits(&in_flight, &batches, &mut breakers);
                 let claim = self
                     .store
                     .claim_deliveries(&self.id, limit, self.lease, &busy)
                     .await;
                 let mut pause = self.poll_interval;
                 match claim {
-                    Ok(claimed) => {
+                    Ok(mut claimed) => {
                         claim_failures = 0;
+                        // Batches list their messages in the order they were received, and
+                        // a retried batch keeps its order (and so its Idempotency-Key).
+                        claimed.sort_by(|a, b| {
+                            (a.received_at, a.id.as_str()).cmp(&(b.received_at, b.id.as_str()))
+                        });
                         // A full batch suggests more is due right now.
                         claim_now = len_u32(claimed.len()) == limit;
                         for rule in &probes {
@@ -127,14 +144,20 @@ impl Worker {
                                 breakers.probe_not_started(rule);
                             }
                         }
+                        let now = Instant::now();
                         for delivery in claimed {
-                            *in_flight.entry(delivery.rule_id.clone()).or_default() += 1;
-                            let entry = Running {
-                                rule: delivery.rule_id.clone(),
-                                rule_limit: delivery.webhook.max_in_flight,
+                            let ready = if delivery.webhook.batch_max_messages > 1 {
+                                batches.add(delivery, now)
+                            } else {
+                                vec![vec![delivery]]
                             };
-                            let handle = tasks.spawn(self.clone().process(delivery));
-                            running.insert(handle.id(), entry);
+                            for request in ready {
+                                self.spawn(request, &mut tasks, &mut running, &mut in_flight);
+                            }
+                        }
+                        // Batches without a wait go out with what this claim found.
+                        for batch in batches.take_due(now) {
+                            self.spawn(batch, &mut tasks, &mut running, &mut in_flight);
                         }
                     }
                     Err(err) => {
@@ -152,17 +175,24 @@ impl Worker {
                     continue;
                 }
             }
+            let batch_due = batches.next_deadline();
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                    claim_now |= finished(done, &mut running, &mut in_flight, self.max_in_flight_total, &mut breakers);
+                    claim_now |= finished(done, &mut running, &mut in_flight, self.max_in_flight_total, &batches, &mut breakers);
                 }
                 _ = wake.notified() => claim_now = true,
                 _ = tokio::time::sleep_until(next_poll), if free > 0 => claim_now = true,
+                // Sent at the top of the loop; claiming too may fill other batches.
+                _ = tokio::time::sleep_until(batch_due.unwrap_or(next_poll)), if batch_due.is_some() => {}
             }
         }
 
         listener.abort();
+        // Filling batches are sent now rather than left to their leases' expiry.
+        for batch in batches.take_all() {
+            self.spawn(batch, &mut tasks, &mut running, &mut in_flight);
+        }
         let still_running = tasks.len();
         if still_running > 0 {
             tracing::info!(deliveries = still_running, "waiting for running deliveries");
@@ -182,23 +212,53 @@ impl Worker {
         tracing::info!(worker = %self.id, "rules worker stopped");
     }
 
-    /// Makes one attempt at `delivery` and records what became of it.
-    async fn process(self: Arc<Self>, delivery: ClaimedDelivery) -> Attempt {
+    /// Starts the task that sends `request` (deliveries of one rule) and counts it against
+    /// its rule's capacity.
+    fn spawn(
+        self: &Arc<Self>,
+        request: Vec<ClaimedDelivery>,
+        tasks: &mut JoinSet<Attempt>,
+        running: &mut HashMap<Id, Running>,
+        in_flight: &mut HashMap<RuleId, u32>,
+    ) {
+        let Some(first) = request.first() else {
+            return;
+        };
+        let webhook = &first.webhook;
+        let weight = webhook.batch_max_messages.max(1);
+        let entry = Running {
+            rule: first.rule_id.clone(),
+            rule_limit: webhook.max_in_flight.saturating_mul(weight),
+            weight,
+        };
+        let count = in_flight.entry(entry.rule.clone()).or_default();
+        *count = count.saturating_add(weight);
+        let handle = tasks.spawn(self.clone().process(request));
+        running.insert(handle.id(), entry);
+    }
+
+    /// Makes one attempt at `request` (one delivery, or a batch of one rule's) and records
+    /// what became of each of its deliveries.
+    async fn process(self: Arc<Self>, request: Vec<ClaimedDelivery>) -> Attempt {
+        let Some(first) = request.first() else {
+            return Attempt::Neutral;
+        };
         let span = tracing::info_span!(
             "delivery",
-            tenant_id = %delivery.tenant_id,
-            rule_id = %delivery.rule_id,
-            message_id = %delivery.id,
-            attempt = delivery.attempts.saturating_add(1),
+            tenant_id = %first.tenant_id,
+            rule_id = %first.rule_id,
+            message_id = %first.id,
+            messages = request.len(),
+            attempt = first.attempts.saturating_add(1),
         );
         async move {
-            let outcome = self.deliverer.deliver(&delivery).await;
+            let outcome = self.deliverer.deliver_batch(&request).await;
             let attempt = match &outcome {
                 Outcome::Delivered => Attempt::Delivered,
                 Outcome::Retry { .. } => Attempt::Failed,
                 Outcome::Reject { .. } => Attempt::Neutral,
             };
-            if let Err(err) = self.record(&delivery, outcome).await {
+            if let Err(err) = self.record(&request, outcome).await {
                 tracing::warn!(error = %err, "could not record the delivery outcome; it will be retried when its lease expires");
             }
             attempt
@@ -207,56 +267,76 @@ impl Worker {
         .await
     }
 
+    /// Records the outcome of one request for each of its deliveries: a batch is
+    /// delivered, retried or dead-lettered as a whole.
     async fn record(
         &self,
-        delivery: &ClaimedDelivery,
+        request: &[ClaimedDelivery],
         outcome: Outcome,
     ) -> iotcore_store::Result<()> {
+        let Some(first) = request.first() else {
+            return Ok(());
+        };
         let store = &self.store;
-        let (tenant, id) = (&delivery.tenant_id, &delivery.id);
+        let tenant = &first.tenant_id;
+        let ids: Vec<MessageId> = request.iter().map(|d| d.id.clone()).collect();
         match outcome {
             Outcome::Delivered => {
-                store.complete_delivery(tenant, id).await?;
-                metrics::delivered(tenant, OUTCOME_SUCCESS);
+                store.complete_deliveries(tenant, &ids).await?;
+                count(tenant, OUTCOME_SUCCESS, ids.len());
                 tracing::debug!("delivered");
             }
             Outcome::Retry { error, retry_after } => {
-                let failures = delivery.attempts.saturating_add(1);
+                // One delay for the whole batch, so that its messages come due together
+                // and are likely to travel together again.
+                let attempts = request.iter().map(|d| d.attempts).max().unwrap_or(0);
+                let failures = attempts.saturating_add(1);
                 let delay = self
                     .backoff
                     .delay(failures, retry_after, &mut rand::thread_rng());
                 let next = chrono::Duration::from_std(delay)
                     .ok()
                     .and_then(|delay| Utc::now().checked_add_signed(delay));
-                let deadline = delivery.received_at.checked_add_signed(self.max_age);
-                match (next, deadline) {
-                    (Some(next), Some(deadline)) if next <= deadline => {
-                        store
-                            .reschedule_delivery(tenant, id, &self.id, next, &error)
-                            .await?;
-                        metrics::delivered(tenant, OUTCOME_RETRY);
-                        tracing::debug!(%error, retry_in_ms = delay.as_millis(), "delivery failed, will retry");
-                    }
-                    _ => {
-                        let error =
-                            format!("{error} (gave up after {failures} attempts: message too old)");
-                        store
-                            .dead_letter_delivery(tenant, id, &self.id, &error)
-                            .await?;
-                        metrics::delivered(tenant, OUTCOME_DEAD_LETTER);
-                        tracing::info!(%error, "dead-lettered");
-                    }
+                let (retry, too_old): (Vec<&ClaimedDelivery>, Vec<&ClaimedDelivery>) =
+                    request.iter().partition(|d| {
+                        let deadline = d.received_at.checked_add_signed(self.max_age);
+                        matches!((next, deadline), (Some(next), Some(deadline)) if next <= deadline)
+                    });
+                if let (Some(next), false) = (next, retry.is_empty()) {
+                    let ids: Vec<MessageId> = retry.iter().map(|d| d.id.clone()).collect();
+                    store
+                        .reschedule_deliveries(tenant, &ids, &self.id, next, &error)
+                        .await?;
+                    count(tenant, OUTCOME_RETRY, ids.len());
+                    tracing::debug!(%error, retry_in_ms = delay.as_millis(), "delivery failed, will retry");
+                }
+                for delivery in too_old {
+                    let failures = delivery.attempts.saturating_add(1);
+                    let error =
+                        format!("{error} (gave up after {failures} attempts: message too old)");
+                    store
+                        .dead_letter_delivery(tenant, &delivery.id, &self.id, &error)
+                        .await?;
+                    metrics::delivered(tenant, OUTCOME_DEAD_LETTER);
+                    tracing::info!(message_id = %delivery.id, %error, "dead-lettered");
                 }
             }
             Outcome::Reject { error } => {
                 store
-                    .dead_letter_delivery(tenant, id, &self.id, &error)
+                    .dead_letter_deliveries(tenant, &ids, &self.id, &error)
                     .await?;
-                metrics::delivered(tenant, OUTCOME_DEAD_LETTER);
+                count(tenant, OUTCOME_DEAD_LETTER, ids.len());
                 tracing::info!(%error, "dead-lettered");
             }
         }
         Ok(())
+    }
+}
+
+/// Counts `messages` attempts with `outcome`: the metrics count messages, not requests.
+fn count(tenant: &iotcore_store::TenantId, outcome: &'static str, messages: usize) {
+    for _ in 0..messages {
+        metrics::delivered(tenant, outcome);
     }
 }
 
@@ -267,6 +347,7 @@ fn finished(
     running: &mut HashMap<Id, Running>,
     in_flight: &mut HashMap<RuleId, u32>,
     max_in_flight_total: u32,
+    batches: &Batches,
     breakers: &mut Breakers,
 ) -> bool {
     let attempt = match &done {
@@ -284,15 +365,17 @@ fn finished(
             err.id()
         }
     };
-    let process_was_full = len_u32(running.len()) >= max_in_flight_total;
+    let process_was_full =
+        len_u32(running.len()).saturating_add(len_u32(batches.held())) >= max_in_flight_total;
     let Some(entry) = running.remove(&id) else {
         return false;
     };
     breakers.record(&entry.rule, attempt, entry.rule_limit, Instant::now());
     let mut rule_was_full = false;
     if let Some(count) = in_flight.get_mut(&entry.rule) {
-        rule_was_full = *count >= entry.rule_limit;
-        *count = count.saturating_sub(1);
+        let held = len_u32(batches.held_of(&entry.rule));
+        rule_was_full = count.saturating_add(held) >= entry.rule_limit;
+        *count = count.saturating_sub(entry.weight);
         if *count == 0 {
             in_flight.remove(&entry.rule);
         }
@@ -300,21 +383,27 @@ fn finished(
     rule_was_full || process_was_full
 }
 
-/// What the claim query is told about each rule's deliveries in flight: the real counts,
-/// and for rules whose breaker is open a count that leaves no room (or, for the probe of a
-/// half-open breaker, room for one). Returns the map and the rules given a probe.
+/// What the claim query is told about each rule's capacity in use (in deliveries: those
+/// of running requests, a whole batch each, and those held in a filling batch), and for
+/// rules whose breaker is open a count that leaves no room (or, for the probe of a
+/// half-open breaker, room for one delivery). Returns the map and the rules given a probe.
 fn claim_limits(
     in_flight: &HashMap<RuleId, u32>,
+    batches: &Batches,
     breakers: &mut Breakers,
 ) -> (HashMap<RuleId, u32>, Vec<RuleId>) {
     let mut busy = in_flight.clone();
+    for (rule, held) in batches.held_by_rule() {
+        let count = busy.entry(rule.clone()).or_default();
+        *count = count.saturating_add(len_u32(held));
+    }
     let mut probes = Vec::new();
     let now = Instant::now();
     for (rule, limit) in breakers.limited() {
-        let running = in_flight.get(&rule).copied().unwrap_or(0);
+        let running = busy.get(&rule).copied().unwrap_or(0);
         match breakers.allowance(&rule, now) {
             Some(0) => {
-                // The claim subtracts this from the rule's max_in_flight (at most 1024).
+                // The claim subtracts this from the rule's capacity (at most 102,400).
                 busy.insert(rule, u32::MAX / 2);
             }
             Some(_) => {

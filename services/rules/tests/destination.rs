@@ -49,6 +49,8 @@ fn delivery(url: String) -> ClaimedDelivery {
             secret: None,
             timeout_ms: 5000,
             max_in_flight: 1,
+            batch_max_messages: 1,
+            batch_max_wait_ms: 0,
         },
     }
 }

@@ -192,6 +192,7 @@ mod tests {
                 secret: None,
                 timeout_ms: 1000,
                 max_in_flight: 64,
+                batch: Default::default(),
             },
             enabled: true,
         };

@@ -172,8 +172,13 @@ pub struct Webhook {
     /// The signing secret; `None` when the rule has none. Never logged: `Debug` redacts it.
     pub secret: Option<String>,
     pub timeout_ms: u32,
-    /// How many deliveries of the rule one worker process may have in flight at once.
+    /// How many requests to the rule's webhook one worker process may have in flight at
+    /// once.
     pub max_in_flight: u32,
+    /// Envelopes per request: 1 sends each alone, more sends JSON arrays of up to this many.
+    pub batch_max_messages: u32,
+    /// How long a partial batch waits for more messages before it is sent anyway.
+    pub batch_max_wait_ms: u32,
 }
 
 impl fmt::Debug for Webhook {
@@ -187,6 +192,8 @@ impl fmt::Debug for Webhook {
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("timeout_ms", &self.timeout_ms)
             .field("max_in_flight", &self.max_in_flight)
+            .field("batch_max_messages", &self.batch_max_messages)
+            .field("batch_max_wait_ms", &self.batch_max_wait_ms)
             .finish_non_exhaustive()
     }
 }
@@ -211,6 +218,8 @@ struct ClaimedRow {
     webhook_secret: Option<String>,
     timeout_ms: i32,
     max_in_flight: i32,
+    batch_max_messages: i32,
+    batch_max_wait_ms: i32,
 }
 
 impl From<ClaimedRow> for ClaimedDelivery {
@@ -235,6 +244,8 @@ impl From<ClaimedRow> for ClaimedDelivery {
                 secret: row.webhook_secret.filter(|s| !s.is_empty()),
                 timeout_ms: u32::try_from(row.timeout_ms).unwrap_or(1).max(1),
                 max_in_flight: u32::try_from(row.max_in_flight).unwrap_or(1).max(1),
+                batch_max_messages: u32::try_from(row.batch_max_messages).unwrap_or(1).max(1),
+                batch_max_wait_ms: u32::try_from(row.batch_max_wait_ms).unwrap_or(0),
             },
         }
     }
@@ -279,8 +290,9 @@ fn header_pairs(value: Value) -> Vec<(String, String)> {
 impl Store {
     /// Leases up to `limit` due deliveries of enabled rules to `worker`.
     ///
-    /// `in_flight` says how many deliveries of each rule the worker is still sending; a
-    /// rule never gets more than its `max_in_flight` minus that, so a slow webhook's backlog
+    /// `in_flight` says, in messages, how much of each rule's capacity the worker is
+    /// using: a rule's capacity is `max_in_flight` requests of `batch_max_messages` each,
+    /// and a rule never gets more than its capacity minus that, so a slow webhook's backlog
     /// is left in the queue instead of crowding out other rules. Rules are visited in a
     /// random order, so when `limit` is the constraint no rule is always served last.
     /// Rows leased by a live worker are skipped without waiting (`SKIP LOCKED`, leases).
@@ -304,8 +316,9 @@ impl Store {
              ),
              claimable AS (
                  SELECT c.id
-                   FROM (SELECT r.tenant_id, r.id, r.max_in_flight FROM rules r
-                          WHERE r.enabled ORDER BY random()) r
+                   FROM (SELECT r.tenant_id, r.id,
+                                r.max_in_flight::int8 * r.batch_max_messages AS capacity
+                           FROM rules r WHERE r.enabled ORDER BY random()) r
                    LEFT JOIN busy b ON b.rule_id = r.id
                   CROSS JOIN LATERAL (
                         SELECT d.id FROM deliveries d
@@ -313,21 +326,22 @@ impl Store {
                            AND d.next_attempt_at <= now()
                            AND (d.lease_until IS NULL OR d.lease_until < now())
                          ORDER BY d.next_attempt_at
-                         LIMIT GREATEST(r.max_in_flight - COALESCE(b.in_flight, 0), 0)
+                         LIMIT GREATEST(r.capacity - COALESCE(b.in_flight, 0), 0)
                            FOR UPDATE OF d SKIP LOCKED
                   ) c
                   LIMIT $1
              )
              UPDATE deliveries d
                 SET lease_until = now() + make_interval(
-                        secs => GREATEST($2::float8, r.timeout_ms / 1000.0 + $6::float8)),
+                        secs => GREATEST($2::float8,
+                                         (r.timeout_ms + r.batch_max_wait_ms) / 1000.0 + $6::float8)),
                     leased_by = $3
                FROM claimable c, rules r
               WHERE d.id = c.id AND r.tenant_id = d.tenant_id AND r.id = d.rule_id
           RETURNING d.id, d.tenant_id, d.rule_id, d.registry_id, d.device_id, d.topic, d.qos,
                     d.retain, d.payload, d.content_type, d.user_properties, d.received_at,
                     d.attempts, r.webhook_url, r.webhook_headers, r.webhook_secret,
-                    r.timeout_ms, r.max_in_flight",
+                    r.timeout_ms, r.max_in_flight, r.batch_max_messages, r.batch_max_wait_ms",
         )
         .bind(i64::from(limit))
         .bind(lease.as_secs_f64())
@@ -354,22 +368,35 @@ impl Store {
     /// Succeeds whoever holds the lease, because the webhook has the message either way;
     /// returns whether the delivery was still queued (a duplicate is not counted twice).
     pub async fn complete_delivery(&self, tenant: &TenantId, id: &MessageId) -> Result<bool> {
-        let done = sqlx::query(
+        Ok(self
+            .complete_deliveries(tenant, std::slice::from_ref(id))
+            .await?
+            > 0)
+    }
+
+    /// [`Store::complete_delivery`] for every message of a batch the webhook accepted, in
+    /// one statement; returns how many were still queued.
+    pub async fn complete_deliveries(&self, tenant: &TenantId, ids: &[MessageId]) -> Result<u64> {
+        let ids: Vec<&str> = ids.iter().map(MessageId::as_str).collect();
+        let done: i64 = sqlx::query_scalar(
             "WITH gone AS (
-                 DELETE FROM deliveries WHERE tenant_id = $1 AND id = $2
+                 DELETE FROM deliveries WHERE tenant_id = $1 AND id = ANY($2)
               RETURNING tenant_id, rule_id
+             ),
+             counted AS (
+                 INSERT INTO rule_stats AS s (rule_id, tenant_id, delivered, last_success_at)
+                 SELECT rule_id, tenant_id, count(*), now() FROM gone GROUP BY rule_id, tenant_id
+                 ON CONFLICT (rule_id) DO UPDATE
+                    SET delivered = s.delivered + EXCLUDED.delivered, last_success_at = now()
+                  WHERE s.tenant_id = EXCLUDED.tenant_id
              )
-             INSERT INTO rule_stats AS s (rule_id, tenant_id, delivered, last_success_at)
-             SELECT rule_id, tenant_id, 1, now() FROM gone
-             ON CONFLICT (rule_id) DO UPDATE
-                SET delivered = s.delivered + 1, last_success_at = now()
-              WHERE s.tenant_id = EXCLUDED.tenant_id",
+             SELECT count(*) FROM gone",
         )
         .bind(tenant)
-        .bind(id)
-        .execute(&self.pool)
+        .bind(&ids)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(done.rows_affected() > 0)
+        Ok(u64::try_from(done).unwrap_or(0))
     }
 
     /// Records a failed attempt and makes the delivery due again at `next_attempt_at`,
@@ -384,29 +411,57 @@ impl Store {
         next_attempt_at: DateTime<Utc>,
         error: &str,
     ) -> Result<bool> {
-        let done = sqlx::query(
+        let done = self
+            .reschedule_deliveries(
+                tenant,
+                std::slice::from_ref(id),
+                worker,
+                next_attempt_at,
+                error,
+            )
+            .await?;
+        Ok(done > 0)
+    }
+
+    /// [`Store::reschedule_delivery`] for every message of a batch, all due again at the
+    /// same moment so that they are likely to travel together again; returns how many
+    /// `worker` still held.
+    pub async fn reschedule_deliveries(
+        &self,
+        tenant: &TenantId,
+        ids: &[MessageId],
+        worker: &str,
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<u64> {
+        let ids: Vec<&str> = ids.iter().map(MessageId::as_str).collect();
+        let done: i64 = sqlx::query_scalar(
             "WITH retried AS (
                  UPDATE deliveries
                     SET attempts = attempts + 1, next_attempt_at = $4, last_error = $5,
                         lease_until = NULL, leased_by = NULL
-                  WHERE tenant_id = $1 AND id = $2 AND leased_by = $3
+                  WHERE tenant_id = $1 AND id = ANY($2) AND leased_by = $3
               RETURNING tenant_id, rule_id
+             ),
+             counted AS (
+                 INSERT INTO rule_stats AS s (rule_id, tenant_id, retried, last_error, last_error_at)
+                 SELECT rule_id, tenant_id, count(*), $5, now() FROM retried
+                  GROUP BY rule_id, tenant_id
+                 ON CONFLICT (rule_id) DO UPDATE
+                    SET retried = s.retried + EXCLUDED.retried, last_error = EXCLUDED.last_error,
+                        last_error_at = EXCLUDED.last_error_at
+                  WHERE s.tenant_id = EXCLUDED.tenant_id
              )
-             INSERT INTO rule_stats AS s (rule_id, tenant_id, retried, last_error, last_error_at)
-             SELECT rule_id, tenant_id, 1, $5, now() FROM retried
-             ON CONFLICT (rule_id) DO UPDATE
-                SET retried = s.retried + 1, last_error = EXCLUDED.last_error,
-                    last_error_at = EXCLUDED.last_error_at
-              WHERE s.tenant_id = EXCLUDED.tenant_id",
+             SELECT count(*) FROM retried",
         )
         .bind(tenant)
-        .bind(id)
+        .bind(&ids)
         .bind(worker)
         .bind(next_attempt_at)
         .bind(error)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(done.rows_affected() > 0)
+        Ok(u64::try_from(done).unwrap_or(0))
     }
 
     /// Moves a delivery that will never succeed (or is too old) to `dead_letters`, with
@@ -420,10 +475,26 @@ impl Store {
         worker: &str,
         error: &str,
     ) -> Result<bool> {
-        let done = sqlx::query(
+        let done = self
+            .dead_letter_deliveries(tenant, std::slice::from_ref(id), worker, error)
+            .await?;
+        Ok(done > 0)
+    }
+
+    /// [`Store::dead_letter_delivery`] for every message of a batch; returns how many
+    /// `worker` still held.
+    pub async fn dead_letter_deliveries(
+        &self,
+        tenant: &TenantId,
+        ids: &[MessageId],
+        worker: &str,
+        error: &str,
+    ) -> Result<u64> {
+        let ids: Vec<&str> = ids.iter().map(MessageId::as_str).collect();
+        let done: i64 = sqlx::query_scalar(
             "WITH gone AS (
                  DELETE FROM deliveries
-                  WHERE tenant_id = $1 AND id = $2 AND leased_by = $3
+                  WHERE tenant_id = $1 AND id = ANY($2) AND leased_by = $3
               RETURNING *
              ),
              dead AS (
@@ -439,21 +510,24 @@ impl Store {
                         dead_at = now()
                   WHERE dead_letters.tenant_id = EXCLUDED.tenant_id
               RETURNING tenant_id, rule_id
+             ),
+             counted AS (
+                 INSERT INTO rule_stats AS s (rule_id, tenant_id, dead_lettered, last_error, last_error_at)
+                 SELECT rule_id, tenant_id, count(*), $4, now() FROM dead GROUP BY rule_id, tenant_id
+                 ON CONFLICT (rule_id) DO UPDATE
+                    SET dead_lettered = s.dead_lettered + EXCLUDED.dead_lettered,
+                        last_error = EXCLUDED.last_error, last_error_at = EXCLUDED.last_error_at
+                  WHERE s.tenant_id = EXCLUDED.tenant_id
              )
-             INSERT INTO rule_stats AS s (rule_id, tenant_id, dead_lettered, last_error, last_error_at)
-             SELECT rule_id, tenant_id, 1, $4, now() FROM dead
-             ON CONFLICT (rule_id) DO UPDATE
-                SET dead_lettered = s.dead_lettered + 1, last_error = EXCLUDED.last_error,
-                    last_error_at = EXCLUDED.last_error_at
-              WHERE s.tenant_id = EXCLUDED.tenant_id",
+             SELECT count(*) FROM dead",
         )
         .bind(tenant)
-        .bind(id)
+        .bind(&ids)
         .bind(worker)
         .bind(error)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(done.rows_affected() > 0)
+        Ok(u64::try_from(done).unwrap_or(0))
     }
 }
 

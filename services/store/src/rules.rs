@@ -32,6 +32,26 @@ pub struct NewWebhook {
     pub secret: Option<String>,
     pub timeout_ms: i32,
     pub max_in_flight: i32,
+    pub batch: Batch,
+}
+
+/// How a rule's messages are grouped into webhook requests (SPEC §5). With
+/// `max_messages` 1 every request carries one envelope; above 1 a request carries a JSON
+/// array of up to `max_messages` envelopes, sent once it is full or `max_wait_ms` after
+/// its first message was claimed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub max_messages: i32,
+    pub max_wait_ms: i32,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            max_messages: 1,
+            max_wait_ms: 0,
+        }
+    }
 }
 
 impl std::fmt::Debug for NewWebhook {
@@ -43,6 +63,7 @@ impl std::fmt::Debug for NewWebhook {
             .field("has_secret", &self.secret.is_some())
             .field("timeout_ms", &self.timeout_ms)
             .field("max_in_flight", &self.max_in_flight)
+            .field("batch", &self.batch)
             .finish()
     }
 }
@@ -72,6 +93,7 @@ pub struct Webhook {
     pub has_secret: bool,
     pub timeout_ms: i32,
     pub max_in_flight: i32,
+    pub batch: Batch,
 }
 
 /// A change to a rule; `None` leaves a field as it is. The caller has validated it.
@@ -80,6 +102,10 @@ pub struct RuleChanges {
     pub enabled: Option<bool>,
     /// `Some(None)` removes the condition.
     pub condition: Option<Option<String>>,
+    /// A new `batch.max_messages`.
+    pub batch_max_messages: Option<i32>,
+    /// A new `batch.max_wait_ms`.
+    pub batch_max_wait_ms: Option<i32>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -95,6 +121,8 @@ struct RuleRow {
     has_secret: bool,
     timeout_ms: i32,
     max_in_flight: i32,
+    batch_max_messages: i32,
+    batch_max_wait_ms: i32,
     enabled: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -115,6 +143,10 @@ impl From<RuleRow> for Rule {
                 has_secret: row.has_secret,
                 timeout_ms: row.timeout_ms,
                 max_in_flight: row.max_in_flight,
+                batch: Batch {
+                    max_messages: row.batch_max_messages,
+                    max_wait_ms: row.batch_max_wait_ms,
+                },
             },
             enabled: row.enabled,
             created_at: row.created_at,
@@ -123,8 +155,10 @@ impl From<RuleRow> for Rule {
     }
 }
 
-const COLUMNS: &str = "id, tenant_id, name, topic_filter, registry_id, condition, webhook_url, webhook_headers,
-                       webhook_secret IS NOT NULL AS has_secret, timeout_ms, max_in_flight, enabled, created_at, updated_at";
+const COLUMNS: &str =
+    "id, tenant_id, name, topic_filter, registry_id, condition, webhook_url, webhook_headers,
+                       webhook_secret IS NOT NULL AS has_secret, timeout_ms, max_in_flight,
+                       batch_max_messages, batch_max_wait_ms, enabled, created_at, updated_at";
 
 /// Marks the tenant's rules as changed, inside the transaction that changes them.
 async fn rules_changed(tx: &mut Transaction<'_, Postgres>, tenant: &TenantId) -> Result<()> {
@@ -152,8 +186,9 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let row: RuleRow = sqlx::query_as(&format!(
             "INSERT INTO rules (id, tenant_id, name, topic_filter, registry_id, condition, webhook_url,
-                                webhook_headers, webhook_secret, timeout_ms, max_in_flight, enabled)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
+                                webhook_headers, webhook_secret, timeout_ms, max_in_flight, enabled,
+                                batch_max_messages, batch_max_wait_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING {COLUMNS}"
         ))
         .bind(&id)
         .bind(tenant)
@@ -167,6 +202,8 @@ impl Store {
         .bind(new.webhook.timeout_ms)
         .bind(new.webhook.max_in_flight)
         .bind(new.enabled)
+        .bind(new.webhook.batch.max_messages)
+        .bind(new.webhook.batch.max_wait_ms)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
@@ -249,6 +286,8 @@ impl Store {
             "UPDATE rules
                 SET enabled = COALESCE($3, enabled),
                     condition = CASE WHEN $4 THEN $5 ELSE condition END,
+                    batch_max_messages = COALESCE($6, batch_max_messages),
+                    batch_max_wait_ms = COALESCE($7, batch_max_wait_ms),
                     updated_at = {BUMP}
               WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
         ))
@@ -257,6 +296,8 @@ impl Store {
         .bind(changes.enabled)
         .bind(changes.condition.is_some())
         .bind(changes.condition.clone().flatten())
+        .bind(changes.batch_max_messages)
+        .bind(changes.batch_max_wait_ms)
         .fetch_optional(&mut *tx)
         .await?;
         let row = row.ok_or(StoreError::NotFound)?;
@@ -305,6 +346,7 @@ mod tests {
                 secret: Some("s3cret".into()),
                 timeout_ms: 5000,
                 max_in_flight: 64,
+                batch: Batch::default(),
             },
             enabled: true,
         }
@@ -356,6 +398,7 @@ mod tests {
         let set = RuleChanges {
             enabled: None,
             condition: Some(Some("qos == 1".into())),
+            ..RuleChanges::default()
         };
         let updated = store
             .update_rule(&a, &created.id, &set, None)
@@ -369,6 +412,7 @@ mod tests {
         let keep = RuleChanges {
             enabled: Some(false),
             condition: None,
+            ..RuleChanges::default()
         };
         let updated = store
             .update_rule(&a, &created.id, &keep, None)
@@ -379,6 +423,7 @@ mod tests {
         let clear = RuleChanges {
             enabled: None,
             condition: Some(None),
+            ..RuleChanges::default()
         };
         let updated = store
             .update_rule(&a, &created.id, &clear, None)
@@ -389,6 +434,46 @@ mod tests {
             store.update_rule(&b, &created.id, &set, None).await,
             Err(StoreError::NotFound)
         ));
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn batch_settings_are_stored_and_changed_field_by_field(pool: sqlx::PgPool) {
+        let store = Store::from_pool(pool);
+        let (a, _) = tenant_with_registry(&store, "a").await;
+        let created = store.create_rule(&a, &rule("r1", None)).await.unwrap();
+        assert_eq!(created.webhook.batch, Batch::default());
+        let mut new = rule("r2", None);
+        new.webhook.batch = Batch {
+            max_messages: 50,
+            max_wait_ms: 200,
+        };
+        let batched = store.create_rule(&a, &new).await.unwrap();
+        assert_eq!(batched.webhook.batch, new.webhook.batch);
+        let wait_only = RuleChanges {
+            batch_max_wait_ms: Some(1000),
+            ..RuleChanges::default()
+        };
+        let updated = store
+            .update_rule(&a, &batched.id, &wait_only, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            updated.webhook.batch,
+            Batch {
+                max_messages: 50,
+                max_wait_ms: 1000
+            }
+        );
+        assert_eq!(store.get_rule(&a, &batched.id).await.unwrap(), updated);
+        // The database keeps the bounds the API enforces.
+        let too_big = RuleChanges {
+            batch_max_messages: Some(101),
+            ..RuleChanges::default()
+        };
+        assert!(store
+            .update_rule(&a, &batched.id, &too_big, None)
+            .await
+            .is_err());
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use iotcore_condition::Condition;
 use iotcore_rules::destination::{self, DestinationError};
 use iotcore_store::dead_letters::{DeadLetter, RuleStats};
-use iotcore_store::rules::{NewRule, NewWebhook, Rule, RuleChanges};
+use iotcore_store::rules::{Batch, NewRule, NewWebhook, Rule, RuleChanges};
 use iotcore_store::{MessageId, RegistryId, RuleId};
 use iotcore_topic::{TopicFilter, TopicLimits};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -32,6 +32,10 @@ const DEFAULT_TIMEOUT_MS: i64 = 5000;
 const MAX_TIMEOUT_MS: i64 = 60_000;
 const DEFAULT_MAX_IN_FLIGHT: i64 = 64;
 const MAX_MAX_IN_FLIGHT: i64 = 1024;
+/// Envelopes per request; the database holds the same bound (migration 0012).
+const MAX_BATCH_MESSAGES: i64 = 100;
+/// Longest wait for a batch to fill; its messages are leased meanwhile.
+const MAX_BATCH_WAIT_MS: i64 = 10_000;
 /// Most ids one replay request may name.
 const MAX_REPLAY_IDS: usize = 1000;
 
@@ -69,7 +73,8 @@ pub fn router() -> Router<ApiState> {
 #[schema(example = json!({
     "name": "temperature-to-backend", "topic_filter": "$devices/+/events/temperature",
     "webhook": {"url": "https://backend.example.com/iot", "headers": {"Authorization": "Bearer abc"},
-                "secret": "signing-secret", "timeout_ms": 5000, "max_in_flight": 64},
+                "secret": "signing-secret", "timeout_ms": 5000, "max_in_flight": 64,
+                "batch": {"max_messages": 50, "max_wait_ms": 200}},
     "enabled": true
 }))]
 pub struct CreateRule {
@@ -111,11 +116,43 @@ pub struct CreateWebhook {
     /// Concurrent requests to this webhook, 1 to 1024; 64 when absent.
     #[schema(minimum = 1, maximum = 1024)]
     pub max_in_flight: Option<i64>,
+    /// Several messages per request; one envelope per request when absent.
+    pub batch: Option<BatchSettings>,
+}
+
+/// Batching of a rule's messages (SPEC §5). With `max_messages` above 1 each request
+/// carries a JSON array of up to that many envelopes (at most 1 MiB of payloads), sent when
+/// full or `max_wait_ms` after its first message; the batch is delivered, retried or
+/// dead-lettered as a whole, and its `Idempotency-Key` is `bat_` followed by the hex
+/// SHA-256 of its envelope ids. Absent fields keep their current value (1 and 0 for a new
+/// rule).
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"max_messages": 50, "max_wait_ms": 200}))]
+pub struct BatchSettings {
+    /// Envelopes per request, 1 to 100; 1 sends each message alone (a single envelope,
+    /// not an array).
+    #[schema(minimum = 1, maximum = 100, example = 50)]
+    pub max_messages: Option<i64>,
+    /// How long a partial batch waits for more messages, 0 to 10000 ms; 0 sends at once
+    /// whatever one claim of the queue found.
+    #[schema(minimum = 0, maximum = 10000, example = 200)]
+    pub max_wait_ms: Option<i64>,
+}
+
+/// Changes to a rule's webhook; only its batching can be changed.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"batch": {"max_messages": 20, "max_wait_ms": 100}}))]
+pub struct UpdateWebhook {
+    /// New batching settings; absent fields are kept.
+    pub batch: Option<BatchSettings>,
 }
 
 /// A change to a rule; absent fields are left as they are.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
-#[schema(example = json!({"enabled": false, "condition": "payload.celsius > 35"}))]
+#[schema(example = json!({"enabled": false, "condition": "payload.celsius > 35",
+                          "webhook": {"batch": {"max_messages": 20, "max_wait_ms": 100}}}))]
 pub struct UpdateRule {
     /// Enables or disables the rule.
     pub enabled: Option<bool>,
@@ -123,6 +160,8 @@ pub struct UpdateRule {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub condition: Option<Option<String>>,
+    /// New batching settings for the webhook.
+    pub webhook: Option<UpdateWebhook>,
 }
 
 /// Tells an explicit `null` (`Some(None)`) from an absent field (`None`).
@@ -134,7 +173,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({
     "url": "https://backend.example.com/iot", "headers": {}, "has_secret": true,
-    "timeout_ms": 5000, "max_in_flight": 64
+    "timeout_ms": 5000, "max_in_flight": 64, "batch": {"max_messages": 1, "max_wait_ms": 0}
 }))]
 pub struct WebhookView {
     /// The URL messages are POSTed to.
@@ -147,6 +186,18 @@ pub struct WebhookView {
     pub timeout_ms: i32,
     /// Most concurrent requests to this webhook.
     pub max_in_flight: i32,
+    /// How messages are grouped into requests.
+    pub batch: BatchView,
+}
+
+/// A rule's batching: `max_messages` 1 sends one envelope per request.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"max_messages": 1, "max_wait_ms": 0}))]
+pub struct BatchView {
+    /// Envelopes per request.
+    pub max_messages: i32,
+    /// How long a partial batch waits for more messages, in milliseconds.
+    pub max_wait_ms: i32,
 }
 
 /// A rule.
@@ -155,7 +206,8 @@ pub struct WebhookView {
     "id": "rul_0123456789abcdefghij", "name": "temperature-to-backend",
     "topic_filter": "$devices/+/events/temperature", "registry_id": null, "condition": null, "enabled": true,
     "webhook": {"url": "https://backend.example.com/iot", "headers": {}, "has_secret": true,
-                "timeout_ms": 5000, "max_in_flight": 64},
+                "timeout_ms": 5000, "max_in_flight": 64,
+                "batch": {"max_messages": 1, "max_wait_ms": 0}},
     "created_at": "2026-01-01T12:00:00Z"
 }))]
 pub struct RuleView {
@@ -192,6 +244,10 @@ impl From<Rule> for RuleView {
                 has_secret: r.webhook.has_secret,
                 timeout_ms: r.webhook.timeout_ms,
                 max_in_flight: r.webhook.max_in_flight,
+                batch: BatchView {
+                    max_messages: r.webhook.batch.max_messages,
+                    max_wait_ms: r.webhook.batch.max_wait_ms,
+                },
             },
             created_at: r.created_at,
         }
@@ -320,14 +376,40 @@ fn parse_secret(secret: Option<String>) -> Result<Option<String>, FieldError> {
 }
 
 fn in_range(field: &str, value: Option<i64>, default: i64, max: i64) -> Result<i32, FieldError> {
-    let value = value.unwrap_or(default);
-    if !(1..=max).contains(&value) {
-        return Err(FieldError::new(
-            field,
-            format!("must be between 1 and {max}"),
-        ));
+    bounded(field, value.unwrap_or(default), 1, max)
+}
+
+fn bounded(field: &str, value: i64, min: i64, max: i64) -> Result<i32, FieldError> {
+    let error = || FieldError::new(field, format!("must be between {min} and {max}"));
+    if !(min..=max).contains(&value) {
+        return Err(error());
     }
-    i32::try_from(value).map_err(|_| FieldError::new(field, format!("must be between 1 and {max}")))
+    i32::try_from(value).map_err(|_| error())
+}
+
+/// The batch settings of a request, checked; an absent field is `None`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct BatchChanges {
+    max_messages: Option<i32>,
+    max_wait_ms: Option<i32>,
+}
+
+/// Checks `batch`, recording invalid fields in `fields` (and returning `None`) .
+fn parse_batch(fields: &mut Fields, batch: Option<BatchSettings>) -> Option<BatchChanges> {
+    let batch = batch.unwrap_or_default();
+    let max_messages = batch
+        .max_messages
+        .map(|v| bounded("webhook.batch.max_messages", v, 1, MAX_BATCH_MESSAGES))
+        .transpose();
+    let max_wait_ms = batch
+        .max_wait_ms
+        .map(|v| bounded("webhook.batch.max_wait_ms", v, 0, MAX_BATCH_WAIT_MS))
+        .transpose();
+    let (max_messages, max_wait_ms) = (fields.take(max_messages), fields.take(max_wait_ms));
+    Some(BatchChanges {
+        max_messages: max_messages?,
+        max_wait_ms: max_wait_ms?,
+    })
 }
 
 /// Checks every field of `body`, naming each invalid one.
@@ -352,6 +434,7 @@ fn parse_rule(body: CreateRule) -> Result<NewRule, Error> {
         DEFAULT_MAX_IN_FLIGHT,
         MAX_MAX_IN_FLIGHT,
     ));
+    let batch = parse_batch(&mut fields, body.webhook.batch);
     let (
         Some(name),
         Some(topic_filter),
@@ -362,6 +445,7 @@ fn parse_rule(body: CreateRule) -> Result<NewRule, Error> {
         Some(secret),
         Some(timeout_ms),
         Some(max_in_flight),
+        Some(batch),
     ) = (
         name,
         topic_filter,
@@ -372,6 +456,7 @@ fn parse_rule(body: CreateRule) -> Result<NewRule, Error> {
         secret,
         timeout_ms,
         max_in_flight,
+        batch,
     )
     else {
         return Err(fields.into_error());
@@ -388,6 +473,10 @@ fn parse_rule(body: CreateRule) -> Result<NewRule, Error> {
             secret,
             timeout_ms,
             max_in_flight,
+            batch: Batch {
+                max_messages: batch.max_messages.unwrap_or(1),
+                max_wait_ms: batch.max_wait_ms.unwrap_or(0),
+            },
         },
         enabled: body.enabled.unwrap_or(true),
     })
@@ -479,7 +568,7 @@ pub async fn get_rule(
     Ok(tagged(rule.updated_at, RuleView::from(rule)))
 }
 
-/// Change a rule: enable or disable it, set or remove its condition.
+/// Change a rule: enable or disable it, set or remove its condition, change its batching.
 #[utoipa::path(
     patch, path = "/v1/rules/{id}", tag = "rules",
     params(
@@ -505,13 +594,21 @@ pub async fn update_rule(
     if_match: IfMatch,
     ApiJson(body): ApiJson<UpdateRule>,
 ) -> Result<Response, Error> {
+    let mut fields = Fields::default();
     let condition = match body.condition {
-        None => None,
-        Some(text) => Some(parse_condition(text).map_err(|e| Error::invalid([e]))?),
+        None => Some(None),
+        Some(text) => fields.take(parse_condition(text)).map(Some),
     };
+    let batch = parse_batch(&mut fields, body.webhook.and_then(|w| w.batch));
+    let (Some(condition), Some(batch)) = (condition, batch) else {
+        return Err(fields.into_error());
+    };
+    fields.finish()?;
     let changes = RuleChanges {
         enabled: body.enabled,
         condition,
+        batch_max_messages: batch.max_messages,
+        batch_max_wait_ms: batch.max_wait_ms,
     };
     let rule = if changes == RuleChanges::default() {
         let rule = state
@@ -845,6 +942,50 @@ mod tests {
             "line\nbreak".into()
         )])))
         .is_err());
+    }
+
+    #[test]
+    fn batch_settings_are_bounded_and_every_bad_field_is_named() {
+        let mut fields = Fields::default();
+        let ok = parse_batch(
+            &mut fields,
+            Some(BatchSettings {
+                max_messages: Some(100),
+                max_wait_ms: Some(0),
+            }),
+        );
+        assert_eq!(
+            ok,
+            Some(BatchChanges {
+                max_messages: Some(100),
+                max_wait_ms: Some(0)
+            })
+        );
+        assert_eq!(
+            parse_batch(&mut fields, None),
+            Some(BatchChanges::default())
+        );
+        assert!(fields.finish().is_ok());
+
+        let mut fields = Fields::default();
+        let bad = parse_batch(
+            &mut fields,
+            Some(BatchSettings {
+                max_messages: Some(0),
+                max_wait_ms: Some(10_001),
+            }),
+        );
+        assert_eq!(bad, None);
+        let Err(Error::Unprocessable(errors)) = fields.finish() else {
+            panic!("invalid batch settings accepted");
+        };
+        assert_eq!(
+            errors,
+            [
+                FieldError::new("webhook.batch.max_messages", "must be between 1 and 100"),
+                FieldError::new("webhook.batch.max_wait_ms", "must be between 0 and 10000"),
+            ]
+        );
     }
 
     #[test]

@@ -143,7 +143,8 @@ async fn tenant_registry_device_password_rule(pool: sqlx::PgPool) {
     assert_eq!(
         rule.body["webhook"],
         json!({ "url": "https://backend.example.com/iot", "headers": { "Authorization": "Bearer x" },
-                "has_secret": true, "timeout_ms": 5000, "max_in_flight": 64 })
+                "has_secret": true, "timeout_ms": 5000, "max_in_flight": 64,
+                "batch": { "max_messages": 1, "max_wait_ms": 0 } })
     );
     assert!(!rule.body.to_string().contains("very-secret-value"));
     let rule_id = rule.body["id"].as_str().unwrap().to_owned();
