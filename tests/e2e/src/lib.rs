@@ -256,6 +256,25 @@ impl TestApp {
         rule["id"].as_str().unwrap_or_default().to_owned()
     }
 
+    /// Polls `GET /v1/rules/{rule_id}/stats` with the tenant's token until `done` holds
+    /// for the statistics, and returns them; panics with the last ones after a minute.
+    pub async fn wait_for_rule_stats(&self, rule_id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let stats = self
+                .ok("GET", &format!("/v1/rules/{rule_id}/stats"), Value::Null)
+                .await;
+            if done(&stats) {
+                return stats;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "statistics never got there: {stats}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The resident memory of the iotcore process, in KiB (from `/proc`).
     pub fn rss_kib(&self) -> Option<u64> {
         let pid = self.child.id()?;

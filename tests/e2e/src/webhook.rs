@@ -6,6 +6,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +28,41 @@ impl Received {
 
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Checks `X-Iotcore-Signature: t=…,v1=…` the way a receiver would: HMAC-SHA256 of
+    /// "{t}.{body}" with the shared secret, compared in constant time.
+    pub fn signature_is_valid(&self, secret: &str) -> bool {
+        let Some(header) = self.header("x-iotcore-signature") else {
+            return false;
+        };
+        let (mut t, mut v1) = (None, None);
+        for part in header.split(',') {
+            match part.split_once('=') {
+                Some(("t", value)) => t = Some(value),
+                Some(("v1", value)) => v1 = Some(value),
+                _ => {}
+            }
+        }
+        let (Some(t), Some(v1)) = (t, v1) else {
+            return false;
+        };
+        let expected: Option<Vec<u8>> = (0..v1.len())
+            .step_by(2)
+            .map(|i| {
+                v1.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect();
+        let (Some(expected), Ok(mut mac)) =
+            (expected, Hmac::<Sha256>::new_from_slice(secret.as_bytes()))
+        else {
+            return false;
+        };
+        mac.update(t.as_bytes());
+        mac.update(b".");
+        mac.update(&self.body);
+        mac.verify_slice(&expected).is_ok()
     }
 }
 

@@ -2,51 +2,15 @@
 //! envelopes, and the at-least-once rules hold for every envelope of a batch — a 5xx
 //! retries the batch whole, a 4xx dead-letters each of its messages, replay delivers them.
 
-use hmac::{Hmac, Mac};
 use iotcore_e2e::mqtt::connect_v311;
 use iotcore_e2e::webhook::{Received, Webhook};
 use iotcore_e2e::{Device, TestApp};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// How long a test waits for something that should happen; it ends as soon as it does.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Checks `X-Iotcore-Signature: t=…,v1=…` over the whole body, as a receiver would.
-fn signature_is_valid(received: &Received, secret: &str) -> bool {
-    let Some(header) = received.header("x-iotcore-signature") else {
-        return false;
-    };
-    let (mut t, mut v1) = (None, None);
-    for part in header.split(',') {
-        match part.split_once('=') {
-            Some(("t", value)) => t = Some(value),
-            Some(("v1", value)) => v1 = Some(value),
-            _ => {}
-        }
-    }
-    let (Some(t), Some(v1)) = (t, v1) else {
-        return false;
-    };
-    let expected: Option<Vec<u8>> = (0..v1.len())
-        .step_by(2)
-        .map(|i| {
-            v1.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect();
-    let (Some(expected), Ok(mut mac)) =
-        (expected, Hmac::<Sha256>::new_from_slice(secret.as_bytes()))
-    else {
-        return false;
-    };
-    mac.update(t.as_bytes());
-    mac.update(b".");
-    mac.update(&received.body);
-    mac.verify_slice(&expected).is_ok()
-}
 
 /// The envelopes of a batched request; panics when the body is not an array.
 fn envelopes(received: &Received) -> Vec<Value> {
@@ -98,24 +62,6 @@ async fn publish(app: &TestApp, device: &Device, count: u64) {
     }
 }
 
-/// Polls the rule's statistics until `done` holds for them.
-async fn wait_for_stats(app: &TestApp, rule_id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let stats = app
-            .ok("GET", &format!("/v1/rules/{rule_id}/stats"), Value::Null)
-            .await;
-        if done(&stats) {
-            return stats;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "statistics never got there: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn batched_rule_delivers_every_message_once_in_signed_arrays() {
     let app = TestApp::spawn().await;
@@ -135,8 +81,8 @@ async fn batched_rule_delivers_every_message_once_in_signed_arrays() {
     while seen_ids.len() < COUNT as usize {
         let received = webhook.next(PATIENCE).await.expect("a batch");
         requests += 1;
-        assert!(signature_is_valid(&received, secret), "{received:?}");
-        assert!(!signature_is_valid(&received, "another-secret"));
+        assert!(received.signature_is_valid(secret), "{received:?}");
+        assert!(!received.signature_is_valid("another-secret"));
         let items = envelopes(&received);
         assert!((1..=10).contains(&items.len()), "{} envelopes", items.len());
         assert_eq!(
@@ -166,7 +112,9 @@ async fn batched_rule_delivers_every_message_once_in_signed_arrays() {
         "{requests} requests: messages published together travel together"
     );
     assert!(webhook.nothing_within(Duration::from_millis(1000)).await);
-    let stats = wait_for_stats(&app, &rule_id, |s| s["delivered"] == COUNT).await;
+    let stats = app
+        .wait_for_rule_stats(&rule_id, |s| s["delivered"] == COUNT)
+        .await;
     assert_eq!(stats["queue_depth"], 0);
     app.stop().await;
 }
@@ -194,7 +142,9 @@ async fn batch_answered_5xx_is_retried_whole() {
         retried.header("idempotency-key"),
         failed.header("idempotency-key")
     );
-    let stats = wait_for_stats(&app, &rule_id, |s| s["delivered"] == 5).await;
+    let stats = app
+        .wait_for_rule_stats(&rule_id, |s| s["delivered"] == 5)
+        .await;
     assert_eq!(stats["retried"], 5);
     assert_eq!(stats["dead_lettered"], 0);
     assert_eq!(stats["queue_depth"], 0);
@@ -217,7 +167,9 @@ async fn rejected_batch_dead_letters_each_message_and_replay_delivers_them() {
     assert_eq!(refused.status, 422);
     let refused_ids: BTreeSet<String> = ids(&envelopes(&refused)).into_iter().collect();
     assert_eq!(refused_ids.len(), 4);
-    let stats = wait_for_stats(&app, &rule_id, |s| s["dead_letters"] == 4).await;
+    let stats = app
+        .wait_for_rule_stats(&rule_id, |s| s["dead_letters"] == 4)
+        .await;
     assert_eq!(stats["dead_lettered"], 4);
     assert_eq!(stats["last_error"], "HTTP 422 Unprocessable Entity");
     assert!(
@@ -252,7 +204,9 @@ async fn rejected_batch_dead_letters_each_message_and_replay_delivers_them() {
         delivered.extend(ids(&envelopes(&received)));
     }
     assert_eq!(delivered, refused_ids);
-    let stats = wait_for_stats(&app, &rule_id, |s| s["delivered"] == 4).await;
+    let stats = app
+        .wait_for_rule_stats(&rule_id, |s| s["delivered"] == 4)
+        .await;
     assert_eq!(stats["dead_letters"], 0);
     assert_eq!(stats["queue_depth"], 0);
     app.stop().await;

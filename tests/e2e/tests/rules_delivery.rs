@@ -2,12 +2,10 @@
 //! replay, the SSRF guard of the production profile, and no loss of acknowledged
 //! publishes across a kill -9.
 
-use hmac::{Hmac, Mac};
 use iotcore_e2e::mqtt::{connect_v311, WAIT};
-use iotcore_e2e::webhook::{Received, Webhook};
+use iotcore_e2e::webhook::Webhook;
 use iotcore_e2e::{binary, free_port, TestApp};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,64 +15,6 @@ use tokio::process::{Child, Command};
 
 /// How long a test waits for something that should happen; it ends as soon as it does.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Checks `X-Iotcore-Signature: t=…,v1=…` the way a receiver would: HMAC-SHA256 of
-/// "{t}.{body}" with the shared secret, compared in constant time.
-fn signature_is_valid(received: &Received, secret: &str) -> bool {
-    let Some(header) = received.header("x-iotcore-signature") else {
-        return false;
-    };
-    let mut t = None;
-    let mut v1 = None;
-    for part in header.split(',') {
-        match part.split_once('=') {
-            Some(("t", value)) => t = Some(value),
-            Some(("v1", value)) => v1 = Some(value),
-            _ => {}
-        }
-    }
-    let (Some(t), Some(v1)) = (t, v1) else {
-        return false;
-    };
-    let expected: Option<Vec<u8>> = (0..v1.len())
-        .step_by(2)
-        .map(|i| {
-            v1.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect();
-    let Some(expected) = expected else {
-        return false;
-    };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
-        return false;
-    };
-    mac.update(t.as_bytes());
-    mac.update(b".");
-    mac.update(&received.body);
-    mac.verify_slice(&expected).is_ok()
-}
-
-async fn stats(app: &TestApp, rule_id: &str) -> Value {
-    app.ok("GET", &format!("/v1/rules/{rule_id}/stats"), Value::Null)
-        .await
-}
-
-/// Polls the rule's statistics until `done` holds for them.
-async fn wait_for_stats(app: &TestApp, rule_id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let stats = stats(app, rule_id).await;
-        if done(&stats) {
-            return stats;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "statistics never got there: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test]
 async fn condition_filters_messages_and_the_receiver_verifies_the_signature() {
@@ -115,8 +55,8 @@ async fn condition_filters_messages_and_the_receiver_verifies_the_signature() {
     let mut seen = Vec::new();
     for _ in 0..2 {
         let received = webhook.next(WAIT).await.expect("a hot reading");
-        assert!(signature_is_valid(&received, secret), "{received:?}");
-        assert!(!signature_is_valid(&received, "another-secret"));
+        assert!(received.signature_is_valid(secret), "{received:?}");
+        assert!(!received.signature_is_valid("another-secret"));
         seen.push(received.json()["payload"]["celsius"].as_i64().unwrap_or(0));
     }
     seen.sort();
@@ -160,7 +100,9 @@ async fn rejected_message_is_dead_lettered_then_replayed_and_delivered() {
         .header("x-iotcore-message-id")
         .unwrap_or_default()
         .to_owned();
-    let stats = wait_for_stats(&app, &rule_id, |s| s["dead_letters"] == 1).await;
+    let stats = app
+        .wait_for_rule_stats(&rule_id, |s| s["dead_letters"] == 1)
+        .await;
     assert_eq!(stats["dead_lettered"], 1);
     assert_eq!(stats["last_error"], "HTTP 404 Not Found");
     assert!(
@@ -188,7 +130,9 @@ async fn rejected_message_is_dead_lettered_then_replayed_and_delivered() {
     let delivered = webhook.next(WAIT).await.expect("the replayed message");
     assert_eq!(delivered.status, 200);
     assert_eq!(delivered.header("x-iotcore-message-id"), Some(id.as_str()));
-    let stats = wait_for_stats(&app, &rule_id, |s| s["delivered"] == 1).await;
+    let stats = app
+        .wait_for_rule_stats(&rule_id, |s| s["delivered"] == 1)
+        .await;
     assert_eq!(stats["dead_letters"], 0);
     assert_eq!(stats["queue_depth"], 0);
     app.stop().await;
@@ -245,7 +189,9 @@ async fn private_destination_is_refused_in_the_production_profile() {
         .expect("publish");
     mqtt.puback().await;
 
-    let stats = wait_for_stats(&app, &rule_id, |s| s["dead_letters"] == 1).await;
+    let stats = app
+        .wait_for_rule_stats(&rule_id, |s| s["dead_letters"] == 1)
+        .await;
     let error = stats["last_error"].as_str().unwrap_or_default();
     assert!(error.contains("not a public address"), "{error}");
     assert!(webhook.nothing_within(Duration::from_millis(500)).await);
