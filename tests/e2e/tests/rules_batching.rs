@@ -69,7 +69,10 @@ async fn batched_rule_delivers_every_message_once_in_signed_arrays() {
     let registry = app.create_registry(&app.token, "meters").await;
     let device = app.create_device(&app.token, &registry, "m-1").await;
     let secret = "a-shared-signing-secret";
-    let batch = json!({ "max_messages": 10, "max_wait_ms": 5000 });
+    // The longest wait allowed: the 45 messages are queued long before any batch's wait
+    // ends, so four batches leave because they are full and only the last five wait —
+    // the sizes below do not depend on how fast the machine is.
+    let batch = json!({ "max_messages": 10, "max_wait_ms": 10000 });
     let rule_id = batched_rule(&app, &webhook.url, batch, Some(secret)).await;
 
     const COUNT: u64 = 45;
@@ -77,6 +80,7 @@ async fn batched_rule_delivers_every_message_once_in_signed_arrays() {
 
     let mut seen_ids = Vec::new();
     let mut seqs = Vec::new();
+    let mut sizes = Vec::new();
     let mut requests = 0;
     while seen_ids.len() < COUNT as usize {
         let received = webhook.next(PATIENCE).await.expect("a batch");
@@ -85,6 +89,7 @@ async fn batched_rule_delivers_every_message_once_in_signed_arrays() {
         assert!(!received.signature_is_valid("another-secret"));
         let items = envelopes(&received);
         assert!((1..=10).contains(&items.len()), "{} envelopes", items.len());
+        sizes.push(items.len());
         assert_eq!(
             received.header("x-iotcore-batch-size"),
             Some(items.len().to_string().as_str())
@@ -110,6 +115,11 @@ async fn batched_rule_delivers_every_message_once_in_signed_arrays() {
     assert!(
         requests < COUNT,
         "{requests} requests: messages published together travel together"
+    );
+    assert_eq!(
+        sizes,
+        [10, 10, 10, 10, 5],
+        "full batches leave when full, the rest when its wait is over"
     );
     assert!(webhook.nothing_within(Duration::from_millis(1000)).await);
     let stats = app
