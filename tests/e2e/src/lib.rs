@@ -311,7 +311,6 @@ impl TestApp {
         self
     }
 
-    /// Stops the process with SIGTERM-like semantics (kill) and waits for it.
     /// Kills the process (SIGKILL) and keeps its database, for tests that go on with
     /// other processes on it.
     pub async fn kill(mut self) {

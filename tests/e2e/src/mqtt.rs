@@ -101,6 +101,19 @@ impl V311 {
         }
     }
 
+    /// Subscribes to `filter` and waits for the SUBACK.
+    pub async fn subscribe(
+        &mut self,
+        filter: impl Into<String>,
+        qos: rumqttc::QoS,
+    ) -> rumqttc::SubAck {
+        let filter = filter.into();
+        if let Err(e) = self.client.subscribe(filter.as_str(), qos).await {
+            panic!("subscribe to {filter}: {e}");
+        }
+        self.suback().await
+    }
+
     /// The next SUBACK within [`WAIT`].
     pub async fn suback(&mut self) -> rumqttc::SubAck {
         loop {
@@ -215,6 +228,19 @@ impl V5 {
                 Err(_) => return None,
             }
         }
+    }
+
+    /// Subscribes to `filter` and waits for the SUBACK.
+    pub async fn subscribe(
+        &mut self,
+        filter: impl Into<String>,
+        qos: rumqttc::v5::mqttbytes::QoS,
+    ) -> v5packets::SubAck {
+        let filter = filter.into();
+        if let Err(e) = self.client.subscribe(filter.as_str(), qos).await {
+            panic!("subscribe to {filter}: {e}");
+        }
+        self.suback().await
     }
 
     pub async fn suback(&mut self) -> v5packets::SubAck {

@@ -15,22 +15,14 @@ async fn a_command_from_the_api_reaches_the_device() {
         .await
         .expect("device");
     let filter = format!("$devices/{}/commands/#", device.id);
-    target
-        .client
-        .subscribe(&filter, rumqttc::QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    target.suback().await;
+    target.subscribe(&filter, rumqttc::QoS::AtLeastOnce).await;
     let mut bystander = connect_v5(app.mqtt, &other.id, &other.id, &other.password)
         .await
         .expect("other device");
     let filter = format!("$devices/{}/commands/#", other.id);
     bystander
-        .client
         .subscribe(&filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    bystander.suback().await;
+        .await;
 
     let body = json!({ "subtopic": "reboot", "payload": "{\"delay_s\": 5}", "qos": 1 });
     let (status, answer) = app

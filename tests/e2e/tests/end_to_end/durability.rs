@@ -40,11 +40,8 @@ async fn retained_messages_survive_a_restart() {
         .await
         .expect("subscriber");
     subscriber
-        .client
         .subscribe("$devices/+/state/#", rumqttc::QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    subscriber.suback().await;
+        .await;
     let retained = subscriber
         .next_publish(WAIT)
         .await
@@ -108,11 +105,8 @@ async fn retained_wills_published_at_a_graceful_stop_survive_it() {
         .await
         .expect("subscriber");
     subscriber
-        .client
         .subscribe("$devices/+/state/#", rumqttc::QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    subscriber.suback().await;
+        .await;
     let mut got = Vec::new();
     for _ in 0..expected.len() {
         let will = subscriber

@@ -170,11 +170,7 @@ async fn metrics_move_when_devices_connect_publish_receive_and_rules_deliver() {
         .await
         .expect("device connects");
     let commands = format!("$devices/{}/commands/#", device.id);
-    mqtt.client
-        .subscribe(&commands, rumqttc::QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    mqtt.suback().await;
+    mqtt.subscribe(&commands, rumqttc::QoS::AtLeastOnce).await;
     let topic = format!("$devices/{}/events/reading", device.id);
     for n in 0..3 {
         let payload = json!({ "n": n }).to_string();

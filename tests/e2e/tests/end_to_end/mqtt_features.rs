@@ -22,12 +22,7 @@ async fn device_and_watcher(
     let mut watcher = connect_v311(app.mqtt, &format!("{user}:watcher"), &user, &pass)
         .await
         .expect("watcher");
-    watcher
-        .client
-        .subscribe(filter, qos)
-        .await
-        .expect("subscribe");
-    watcher.suback().await;
+    watcher.subscribe(filter, qos).await;
     (device, watcher)
 }
 
@@ -359,11 +354,8 @@ async fn a_shared_subscription_spreads_messages_over_its_members() {
         .await
         .expect("all");
     everything
-        .client
         .subscribe("$devices/+/events/#", rumqttc::QoS::AtLeastOnce)
-        .await
-        .expect("sub");
-    everything.suback().await;
+        .await;
 
     let mut publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
         .await

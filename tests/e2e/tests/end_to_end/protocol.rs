@@ -31,11 +31,8 @@ async fn retained_message_is_sent_on_subscribe_and_an_empty_one_deletes_it() {
         .await
         .expect("registry client");
     first
-        .client
         .subscribe("$devices/+/state/#", rumqttc::QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    first.suback().await;
+        .await;
     let retained = first
         .next_publish(WAIT)
         .await
@@ -57,11 +54,8 @@ async fn retained_message_is_sent_on_subscribe_and_an_empty_one_deletes_it() {
         .await
         .expect("registry client");
     second
-        .client
         .subscribe("$devices/+/state/#", rumqttc::QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    second.suback().await;
+        .await;
     assert!(
         second.next_publish(Duration::from_secs(1)).await.is_none(),
         "the retained message was deleted"
@@ -81,16 +75,10 @@ async fn delivery_qos_is_the_lower_of_publish_and_subscription() {
     let mut qos1 = connect_v311(app.mqtt, &format!("{user}:q1"), &user, &pass)
         .await
         .expect("q1");
-    qos0.client
-        .subscribe("$devices/+/events/#", rumqttc::QoS::AtMostOnce)
-        .await
-        .expect("subscribe");
-    qos0.suback().await;
-    qos1.client
-        .subscribe("$devices/+/events/+", rumqttc::QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    qos1.suback().await;
+    qos0.subscribe("$devices/+/events/#", rumqttc::QoS::AtMostOnce)
+        .await;
+    qos1.subscribe("$devices/+/events/+", rumqttc::QoS::AtLeastOnce)
+        .await;
 
     let publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
         .await
@@ -272,11 +260,8 @@ async fn a_subscriber_that_never_reads_does_not_grow_memory() {
     .await
     .expect("healthy");
     healthy
-        .client
         .subscribe("$devices/+/events/#", rumqttc::QoS::AtMostOnce)
-        .await
-        .expect("subscribe");
-    healthy.suback().await;
+        .await;
 
     let publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
         .await
@@ -331,11 +316,8 @@ async fn retained_messages_beyond_the_limit_are_not_kept() {
     let mut late = connect_v311(app.mqtt, &format!("{user}:late"), &user, &pass)
         .await
         .expect("subscriber");
-    late.client
-        .subscribe("$devices/+/state/#", rumqttc::QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    late.suback().await;
+    late.subscribe("$devices/+/state/#", rumqttc::QoS::AtLeastOnce)
+        .await;
     let retained = late
         .next_publish(WAIT)
         .await

@@ -45,11 +45,8 @@ async fn a_persistent_subscription_survives_a_restart_mqtt311() {
     let mut subscriber = persistent_v311(&app, &backend, "s").await;
     assert!(!subscriber.session_present);
     subscriber
-        .client
         .subscribe(EVENTS, rumqttc::QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    subscriber.suback().await;
+        .await;
     leave_v311(subscriber).await;
 
     let app = app.restart_gracefully().await;
