@@ -228,6 +228,24 @@ impl TestApp {
         }
     }
 
+    /// Connects `device` with MQTT 3.1.1 as itself (client id and username its id);
+    /// `Err` carries the CONNACK return code of a refusal.
+    pub async fn mqtt_v311(
+        &self,
+        device: &Device,
+    ) -> std::result::Result<mqtt::V311, rumqttc::ConnectReturnCode> {
+        mqtt::connect_v311(self.mqtt, &device.id, &device.id, &device.password).await
+    }
+
+    /// Connects `device` with MQTT 5 as itself (client id and username its id); `Err`
+    /// carries the CONNACK reason code of a refusal.
+    pub async fn mqtt_v5(
+        &self,
+        device: &Device,
+    ) -> std::result::Result<mqtt::V5, mqtt::v5packets::ConnectReturnCode> {
+        mqtt::connect_v5(self.mqtt, &device.id, &device.id, &device.password).await
+    }
+
     /// A registry client credential: `(username, password)`.
     pub async fn create_registry_password(
         &self,

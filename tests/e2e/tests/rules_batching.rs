@@ -2,7 +2,6 @@
 //! envelopes, and the at-least-once rules hold for every envelope of a batch — a 5xx
 //! retries the batch whole, a 4xx dead-letters each of its messages, replay delivers them.
 
-use iotcore_e2e::mqtt::connect_v311;
 use iotcore_e2e::webhook::{Received, Webhook};
 use iotcore_e2e::{Device, TestApp};
 use serde_json::{json, Value};
@@ -46,9 +45,7 @@ async fn batched_rule(app: &TestApp, url: &str, batch: Value, secret: Option<&st
 /// Publishes `count` QoS 1 messages `{"seq": n}` without waiting between them, then waits
 /// for every acknowledgement.
 async fn publish(app: &TestApp, device: &Device, count: u64) {
-    let mut mqtt = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device connects");
+    let mut mqtt = app.mqtt_v311(device).await.expect("device connects");
     let topic = format!("$devices/{}/events/readings", device.id);
     for seq in 0..count {
         let payload = json!({ "seq": seq }).to_string().into_bytes();

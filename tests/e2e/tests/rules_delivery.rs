@@ -34,9 +34,7 @@ async fn condition_filters_messages_and_the_receiver_verifies_the_signature() {
     )
     .await;
 
-    let mut mqtt = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device connects");
+    let mut mqtt = app.mqtt_v311(&device).await.expect("device connects");
     let topic = format!("$devices/{}/events/temperature", device.id);
     for celsius in [20, 35, 25, 31] {
         let payload = json!({ "celsius": celsius }).to_string();
@@ -79,9 +77,7 @@ async fn rejected_message_is_dead_lettered_then_replayed_and_delivered() {
         .create_rule(&app.token, "readings", "$devices/+/events/#", &webhook.url)
         .await;
 
-    let mut mqtt = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device connects");
+    let mut mqtt = app.mqtt_v311(&device).await.expect("device connects");
     let topic = format!("$devices/{}/events/readings", device.id);
     mqtt.client
         .publish(
@@ -179,9 +175,7 @@ async fn private_destination_is_refused_in_the_production_profile() {
         .expect("rule changed behind the API's back");
     db.close().await;
 
-    let mut mqtt = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device connects");
+    let mut mqtt = app.mqtt_v311(&device).await.expect("device connects");
     let topic = format!("$devices/{}/events/readings", device.id);
     mqtt.client
         .publish(&topic, rumqttc::QoS::AtLeastOnce, false, b"{}".to_vec())

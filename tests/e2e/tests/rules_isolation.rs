@@ -4,7 +4,7 @@
 
 use axum::routing::post;
 use axum::Router;
-use iotcore_e2e::mqtt::{connect_v311, V311};
+use iotcore_e2e::mqtt::V311;
 use iotcore_e2e::webhook::Webhook;
 use iotcore_e2e::{binary, free_port, Device, TestApp};
 use serde_json::json;
@@ -61,9 +61,7 @@ async fn everything_is_delivered_once_a_down_webhook_comes_back() {
         &format!("http://127.0.0.1:{port}/hook"),
     )
     .await;
-    let mut mqtt = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device connects");
+    let mut mqtt = app.mqtt_v311(&device).await.expect("device connects");
     publish_readings(&mut mqtt, &device, 20).await;
 
     // Wait until delivery has failed at least once, then bring the endpoint up.
@@ -153,9 +151,7 @@ async fn a_hanging_endpoint_does_not_hold_up_another_rule() {
     app.create_rule(&app.token, "healthy", "$devices/+/events/#", &healthy.url)
         .await;
 
-    let mut mqtt = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device connects");
+    let mut mqtt = app.mqtt_v311(&device).await.expect("device connects");
     publish_readings(&mut mqtt, &device, 50).await;
     // Every message reaches the healthy endpoint while the other one holds its requests
     // for a minute: that rule's backlog waits in the queue, not in front of this rule.
@@ -188,9 +184,7 @@ async fn two_rules_processes_share_one_queue_and_deliver_each_message_once() {
         .spawn()
         .expect("a second rules process starts");
 
-    let mut mqtt = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device connects");
+    let mut mqtt = app.mqtt_v311(&device).await.expect("device connects");
     publish_readings(&mut mqtt, &device, 200).await;
     let received = collect(&mut webhook, 200).await;
     let duplicates: Vec<_> = received.iter().filter(|(_, n)| **n > 1).collect();
@@ -233,9 +227,7 @@ async fn a_failing_endpoint_trips_its_circuit_breaker() {
     app.create_rule(&app.token, "healthy", "$devices/+/events/#", &healthy.url)
         .await;
 
-    let mut mqtt = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device connects");
+    let mut mqtt = app.mqtt_v311(&device).await.expect("device connects");
     publish_readings(&mut mqtt, &device, 10).await;
     assert_eq!(collect(&mut healthy, 10).await.len(), 10);
 

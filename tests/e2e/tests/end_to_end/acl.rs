@@ -2,7 +2,7 @@
 //! SPEC §3.4.
 
 use iotcore_codec::{ProtocolVersion, ReasonCode};
-use iotcore_e2e::mqtt::{connect_v311, connect_v5, WAIT};
+use iotcore_e2e::mqtt::{connect_v5, WAIT};
 use iotcore_e2e::raw::Raw;
 use iotcore_e2e::{Device, TestApp};
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
@@ -68,9 +68,7 @@ async fn device_cannot_publish_or_subscribe_outside_its_defaults() {
     }
 
     // 3.1.1 has no reason codes: a refused subscription is 0x80.
-    let mut old = connect_v311(app.mqtt, &other.id, &other.id, &other.password)
-        .await
-        .expect("connects");
+    let mut old = app.mqtt_v311(&other).await.expect("connects");
     old.client
         .subscribe("#", rumqttc::QoS::AtLeastOnce)
         .await
@@ -91,9 +89,7 @@ async fn registry_client_commands_reach_devices_of_its_registry_only() {
     let foreign = app.create_device(&app.token, &foreign_registry, "f").await;
     let (user, pass) = app.create_registry_password(&app.token, &registry).await;
 
-    let mut target = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let mut target = app.mqtt_v311(&device).await.expect("device");
     target
         .subscribe(
             format!("$devices/{}/commands/#", device.id),
@@ -140,9 +136,7 @@ async fn registry_client_commands_reach_devices_of_its_registry_only() {
     backend
         .subscribe("$devices/+/events/#", QoS::AtMostOnce)
         .await;
-    let foreign_client = connect_v311(app.mqtt, &foreign.id, &foreign.id, &foreign.password)
-        .await
-        .expect("foreign");
+    let foreign_client = app.mqtt_v311(&foreign).await.expect("foreign");
     let foreign_events = format!("$devices/{}/events", foreign.id);
     foreign_client
         .client

@@ -1,7 +1,7 @@
 //! Publishing from the API (SPEC §6.2): the api hands the message to the broker through
 //! PostgreSQL, so this works whether they share a process or not.
 
-use iotcore_e2e::mqtt::{connect_v311, connect_v5, WAIT};
+use iotcore_e2e::mqtt::WAIT;
 use iotcore_e2e::TestApp;
 use serde_json::json;
 
@@ -11,14 +11,10 @@ async fn a_command_from_the_api_reaches_the_device() {
     let registry = app.create_registry(&app.token, "r").await;
     let device = app.create_device(&app.token, &registry, "d").await;
     let other = app.create_device(&app.token, &registry, "other").await;
-    let mut target = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let mut target = app.mqtt_v311(&device).await.expect("device");
     let filter = format!("$devices/{}/commands/#", device.id);
     target.subscribe(&filter, rumqttc::QoS::AtLeastOnce).await;
-    let mut bystander = connect_v5(app.mqtt, &other.id, &other.id, &other.password)
-        .await
-        .expect("other device");
+    let mut bystander = app.mqtt_v5(&other).await.expect("other device");
     let filter = format!("$devices/{}/commands/#", other.id);
     bystander
         .subscribe(&filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)

@@ -33,16 +33,8 @@ async fn wrong_password_and_unknown_device_get_the_same_refusal_in_v311_and_v5()
     assert_eq!(missing, Some(V5Code::BadUserNamePassword));
 
     // The right password is accepted, in both versions.
-    assert!(
-        connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-            .await
-            .is_ok()
-    );
-    assert!(
-        connect_v5(app.mqtt, &device.id, &device.id, &device.password)
-            .await
-            .is_ok()
-    );
+    assert!(app.mqtt_v311(&device).await.is_ok());
+    assert!(app.mqtt_v5(&device).await.is_ok());
     app.stop().await;
 }
 

@@ -15,9 +15,7 @@ async fn retained_messages_survive_a_restart() {
     let device = app.create_device(&app.token, &registry, "d").await;
     let (user, pass) = app.create_registry_password(&app.token, &registry).await;
 
-    let mut publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let mut publisher = app.mqtt_v311(&device).await.expect("device");
     let firmware = format!("$devices/{}/state/firmware", device.id);
     let scratch = format!("$devices/{}/state/scratch", device.id);
     for (topic, payload) in [

@@ -58,9 +58,7 @@ async fn device_of_another_tenant_never_receives_and_cannot_subscribe_to_everyth
     }
 
     // Device B publishes events and a retained state.
-    let publisher = connect_v5(app.mqtt, &device_b.id, &device_b.id, &device_b.password)
-        .await
-        .expect("device B");
+    let publisher = app.mqtt_v5(&device_b).await.expect("device B");
     let events = format!("$devices/{}/events/secret", device_b.id);
     let state = format!("$devices/{}/state", device_b.id);
     publisher

@@ -1,6 +1,6 @@
 //! Device connection status and lifecycle events (SPEC §6.3).
 
-use iotcore_e2e::mqtt::{connect_v311, connect_v5, WAIT};
+use iotcore_e2e::mqtt::{connect_v311, WAIT};
 use iotcore_e2e::TestApp;
 use serde_json::Value;
 use std::time::Duration;
@@ -37,9 +37,7 @@ async fn connection_status_and_lifecycle_events_follow_the_device() {
         )
         .await;
 
-    let client = connect_v5(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let client = app.mqtt_v5(&device).await.expect("device");
     let event = watcher.next_publish(WAIT).await.expect("connected event");
     assert_eq!(
         event.topic,
@@ -71,9 +69,7 @@ async fn connection_status_and_lifecycle_events_follow_the_device() {
     assert!(connection["disconnect_reason"].is_string(), "{connection}");
 
     // A device may not forge lifecycle events: the topic is the broker's alone.
-    let client = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let client = app.mqtt_v311(&device).await.expect("device");
     watcher.next_publish(WAIT).await.expect("connected again");
     let forged = format!("$registries/{registry}/lifecycle/{}", device.id);
     client
@@ -110,13 +106,9 @@ async fn takeover_leaves_the_device_online() {
         )
         .await;
 
-    let _first = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("first");
+    let _first = app.mqtt_v311(&device).await.expect("first");
     connection_when(&app, &device.id, true).await;
-    let _second = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("second");
+    let _second = app.mqtt_v311(&device).await.expect("second");
     // The old connection's end is recorded before its `disconnected` event is published.
     loop {
         let event = watcher.next_publish(WAIT).await.expect("lifecycle events");
@@ -127,9 +119,7 @@ async fn takeover_leaves_the_device_online() {
         }
     }
     // Status changes are written in order: once a later one is visible, so is that end.
-    let later = connect_v311(app.mqtt, &marker.id, &marker.id, &marker.password)
-        .await
-        .expect("marker");
+    let later = app.mqtt_v311(&marker).await.expect("marker");
     connection_when(&app, &marker.id, true).await;
     later.client.disconnect().await.expect("disconnect");
     connection_when(&app, &marker.id, false).await;

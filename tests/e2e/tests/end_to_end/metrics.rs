@@ -166,9 +166,7 @@ async fn metrics_move_when_devices_connect_publish_receive_and_rules_deliver() {
     })
     .await;
 
-    let mut mqtt = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device connects");
+    let mut mqtt = app.mqtt_v311(&device).await.expect("device connects");
     let commands = format!("$devices/{}/commands/#", device.id);
     mqtt.subscribe(&commands, rumqttc::QoS::AtLeastOnce).await;
     let topic = format!("$devices/{}/events/reading", device.id);

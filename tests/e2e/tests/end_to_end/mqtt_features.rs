@@ -32,9 +32,7 @@ async fn qos2_is_delivered_exactly_once_end_to_end() {
     let app = TestApp::spawn().await;
     let (device, mut watcher) =
         device_and_watcher(&app, "$devices/+/events/#", rumqttc::QoS::ExactlyOnce).await;
-    let mut publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let mut publisher = app.mqtt_v311(&device).await.expect("device");
     let topic = format!("$devices/{}/events/q2", device.id);
     publisher
         .client
@@ -171,9 +169,7 @@ async fn mqtt5_properties_reach_subscribers_unchanged() {
         .expect("subscribe");
     watcher.suback().await;
 
-    let publisher = connect_v5(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let publisher = app.mqtt_v5(&device).await.expect("device");
     let sent = PublishProperties {
         payload_format_indicator: Some(1),
         message_expiry_interval: Some(600),
@@ -282,9 +278,7 @@ async fn mosquitto_sub_receives_a_devices_retained_state() {
     let registry = app.create_registry(&app.token, "r").await;
     let device = app.create_device(&app.token, &registry, "d").await;
     let (user, pass) = app.create_registry_password(&app.token, &registry).await;
-    let mut publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let mut publisher = app.mqtt_v311(&device).await.expect("device");
     let topic = format!("$devices/{}/state/mode", device.id);
     publisher
         .client
@@ -357,9 +351,7 @@ async fn a_shared_subscription_spreads_messages_over_its_members() {
         .subscribe("$devices/+/events/#", rumqttc::QoS::AtLeastOnce)
         .await;
 
-    let mut publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let mut publisher = app.mqtt_v311(&device).await.expect("device");
     let topic = format!("$devices/{}/events", device.id);
     for n in 0..6 {
         publisher

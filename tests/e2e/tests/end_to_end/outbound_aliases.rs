@@ -1,16 +1,14 @@
 //! MQTT 5 topic aliases from the broker to clients that accept them (MQTT 5 §3.3.2.3.4).
 
 use iotcore_codec::{Packet, ProtocolVersion};
-use iotcore_e2e::mqtt::{connect_v311, connect_v5_with, options_v5, WAIT};
+use iotcore_e2e::mqtt::{connect_v5_with, options_v5, WAIT};
 use iotcore_e2e::raw::Raw;
 use iotcore_e2e::{Device, TestApp};
 use std::collections::HashMap;
 
 /// Publishes `topics` (suffixes of the device's events topic) at QoS 1, in order.
 async fn publish_all(app: &TestApp, device: &Device, topics: &[&str]) -> Vec<String> {
-    let mut publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("publisher");
+    let mut publisher = app.mqtt_v311(device).await.expect("publisher");
     let mut full = Vec::new();
     for topic in topics {
         let topic = format!("$devices/{}/events/{topic}", device.id);

@@ -15,9 +15,7 @@ async fn retained_message_is_sent_on_subscribe_and_an_empty_one_deletes_it() {
     let device = app.create_device(&app.token, &registry, "d").await;
     let (user, pass) = app.create_registry_password(&app.token, &registry).await;
 
-    let mut publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let mut publisher = app.mqtt_v311(&device).await.expect("device");
     let state = format!("$devices/{}/state/firmware", device.id);
     publisher
         .client
@@ -80,9 +78,7 @@ async fn delivery_qos_is_the_lower_of_publish_and_subscription() {
     qos1.subscribe("$devices/+/events/+", rumqttc::QoS::AtLeastOnce)
         .await;
 
-    let publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let publisher = app.mqtt_v311(&device).await.expect("device");
     let topic = format!("$devices/{}/events/t", device.id);
     publisher
         .client
@@ -263,9 +259,7 @@ async fn a_subscriber_that_never_reads_does_not_grow_memory() {
         .subscribe("$devices/+/events/#", rumqttc::QoS::AtMostOnce)
         .await;
 
-    let publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let publisher = app.mqtt_v311(&device).await.expect("device");
     let topic = format!("$devices/{}/events/bulk", device.id);
     // 8 KiB: under rumqttc's default packet size limit.
     let payload = vec![0x5a_u8; 8 * 1024];
@@ -301,9 +295,7 @@ async fn retained_messages_beyond_the_limit_are_not_kept() {
     let registry = app.create_registry(&app.token, "r").await;
     let device = app.create_device(&app.token, &registry, "d").await;
     let (user, pass) = app.create_registry_password(&app.token, &registry).await;
-    let mut publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let mut publisher = app.mqtt_v311(&device).await.expect("device");
     for (topic, payload) in [("first", "kept"), ("second", "over the limit")] {
         let topic = format!("$devices/{}/state/{topic}", device.id);
         publisher

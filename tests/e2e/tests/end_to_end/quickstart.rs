@@ -2,7 +2,7 @@
 //! device publishes; the webhook receives the envelope of SPEC §5.
 
 use base64::Engine;
-use iotcore_e2e::mqtt::{connect_v311, connect_v5, WAIT};
+use iotcore_e2e::mqtt::WAIT;
 use iotcore_e2e::webhook::Webhook;
 use iotcore_e2e::TestApp;
 use serde_json::json;
@@ -24,9 +24,7 @@ async fn device_message_reaches_the_webhook_as_published() {
         )
         .await;
 
-    let mut mqtt = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device connects");
+    let mut mqtt = app.mqtt_v311(&device).await.expect("device connects");
     let topic = format!("$devices/{}/events/temperature", device.id);
     let payload = br#"{"celsius":21.5}"#;
     mqtt.client
@@ -78,9 +76,7 @@ async fn binary_payload_arrives_base64_encoded_over_mqtt5() {
     )
     .await;
 
-    let mqtt = connect_v5(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device connects");
+    let mqtt = app.mqtt_v5(&device).await.expect("device connects");
     let payload = vec![0xff, 0x00, 0x01, b'{'];
     let topic = format!("$devices/{}/events/frame", device.id);
     mqtt.client

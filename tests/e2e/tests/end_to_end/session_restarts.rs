@@ -7,8 +7,7 @@ use iotcore_codec::{
     Packet, Properties, ProtocolVersion, PubRec, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 use iotcore_e2e::mqtt::{
-    connect_v311, connect_v311_with, connect_v5, connect_v5_with, options_v311, options_v5,
-    v5packets, V311, WAIT,
+    connect_v311_with, connect_v5_with, options_v311, options_v5, v5packets, V311, WAIT,
 };
 use iotcore_e2e::raw::Raw;
 use iotcore_e2e::{Device, TestApp};
@@ -87,9 +86,7 @@ async fn queued_messages_are_delivered_after_a_restart_mqtt5() {
     subscriber.client.disconnect().await.expect("DISCONNECT");
     while let Some(Ok(_)) = subscriber.next(WAIT).await {}
 
-    let publisher = connect_v5(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let publisher = app.mqtt_v5(&device).await.expect("device");
     let mut publisher = publisher;
     let topic = format!("$devices/{}/events", device.id);
     for payload in ["one", "two", "three"] {
@@ -199,9 +196,7 @@ async fn in_flight_messages_are_redelivered_after_a_restart() {
     .await;
     assert!(matches!(raw.packet().await, Some(Packet::SubAck(_))));
 
-    let publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let publisher = app.mqtt_v311(&device).await.expect("device");
     let topic = format!("$devices/{}/events", device.id);
     publisher
         .client

@@ -3,7 +3,6 @@
 
 use bytes::Bytes;
 use iotcore_codec::{Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode};
-use iotcore_e2e::mqtt::connect_v311;
 use iotcore_e2e::raw::Raw;
 use iotcore_e2e::{Device, TestApp};
 
@@ -58,9 +57,7 @@ pub(crate) async fn next_publish(raw: &mut Raw) -> Publish {
 }
 
 pub(crate) async fn publish_events(app: &TestApp, device: &Device, payloads: &[&str]) {
-    let mut publisher = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let mut publisher = app.mqtt_v311(device).await.expect("device");
     let topic = format!("$devices/{}/events", device.id);
     for payload in payloads {
         publisher

@@ -54,9 +54,7 @@ async fn clients_of_a_virtual_broker_use_free_topics_and_nothing_crosses() {
         .await
         .expect("other broker");
     outsider.subscribe("#", rumqttc::QoS::AtLeastOnce).await;
-    let mut target = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device");
+    let mut target = app.mqtt_v311(&device).await.expect("device");
     target
         .subscribe(
             format!("$devices/{}/commands/#", device.id),

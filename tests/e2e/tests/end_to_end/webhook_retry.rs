@@ -1,6 +1,6 @@
 //! At-least-once delivery: a failing webhook is retried with the same message id.
 
-use iotcore_e2e::mqtt::{connect_v311, WAIT};
+use iotcore_e2e::mqtt::WAIT;
 use iotcore_e2e::webhook::Webhook;
 use iotcore_e2e::TestApp;
 
@@ -14,9 +14,7 @@ async fn webhook_failing_twice_then_succeeding_gets_one_message_id_three_times()
     app.create_rule(&app.token, "readings", "$devices/+/events/#", &webhook.url)
         .await;
 
-    let mut mqtt = connect_v311(app.mqtt, &device.id, &device.id, &device.password)
-        .await
-        .expect("device connects");
+    let mut mqtt = app.mqtt_v311(&device).await.expect("device connects");
     let payload = br#"{"kwh": 12.25, "note": "exactly as published"}"#;
     let topic = format!("$devices/{}/events/readings", device.id);
     mqtt.client
