@@ -12,11 +12,13 @@ use tokio_util::sync::CancellationToken;
 /// at every scrape; Prometheus sees a value at most this old.
 const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(15);
 
-/// Counts one recorded attempt by its outcome; a dead letter also in the dead letters.
-pub fn delivered(tenant: &TenantId, outcome: &'static str) {
-    DELIVERIES.with(&[tenant.as_str(), outcome]).inc();
+/// Counts the `messages` of one recorded attempt (one request) by its outcome; dead
+/// letters also in the dead letters. The metrics count messages, not requests.
+pub fn delivered(tenant: &TenantId, outcome: &'static str, messages: usize) {
+    let messages = u64::try_from(messages).unwrap_or(u64::MAX);
+    DELIVERIES.with(&[tenant.as_str(), outcome]).add(messages);
     if outcome == OUTCOME_DEAD_LETTER {
-        DEAD_LETTERS.with(&[tenant.as_str()]).inc();
+        DEAD_LETTERS.with(&[tenant.as_str()]).add(messages);
     }
 }
 

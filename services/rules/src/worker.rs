@@ -283,7 +283,7 @@ impl Worker {
         match outcome {
             Outcome::Delivered => {
                 store.complete_deliveries(tenant, &ids).await?;
-                count(tenant, OUTCOME_SUCCESS, ids.len());
+                metrics::delivered(tenant, OUTCOME_SUCCESS, ids.len());
                 tracing::debug!("delivered");
             }
             Outcome::Retry { error, retry_after } => {
@@ -307,7 +307,7 @@ impl Worker {
                     store
                         .reschedule_deliveries(tenant, &ids, &self.id, next, &error)
                         .await?;
-                    count(tenant, OUTCOME_RETRY, ids.len());
+                    metrics::delivered(tenant, OUTCOME_RETRY, ids.len());
                     tracing::debug!(%error, retry_in_ms = delay.as_millis(), "delivery failed, will retry");
                 }
                 for delivery in too_old {
@@ -317,7 +317,7 @@ impl Worker {
                     store
                         .dead_letter_delivery(tenant, &delivery.id, &self.id, &error)
                         .await?;
-                    metrics::delivered(tenant, OUTCOME_DEAD_LETTER);
+                    metrics::delivered(tenant, OUTCOME_DEAD_LETTER, 1);
                     tracing::info!(message_id = %delivery.id, %error, "dead-lettered");
                 }
             }
@@ -325,18 +325,11 @@ impl Worker {
                 store
                     .dead_letter_deliveries(tenant, &ids, &self.id, &error)
                     .await?;
-                count(tenant, OUTCOME_DEAD_LETTER, ids.len());
+                metrics::delivered(tenant, OUTCOME_DEAD_LETTER, ids.len());
                 tracing::info!(%error, "dead-lettered");
             }
         }
         Ok(())
-    }
-}
-
-/// Counts `messages` attempts with `outcome`: the metrics count messages, not requests.
-fn count(tenant: &iotcore_store::TenantId, outcome: &'static str, messages: usize) {
-    for _ in 0..messages {
-        metrics::delivered(tenant, outcome);
     }
 }
 
