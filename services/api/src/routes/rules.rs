@@ -256,7 +256,7 @@ impl From<Rule> for RuleView {
 
 list_type!(
     /// A page of rules.
-    #[schema(example = json!({"items": [{"id": "rul_0123456789abcdefghij", "name": "hot", "topic_filter": "$devices/+/events/temperature", "registry_id": null, "condition": "payload.celsius > 30", "enabled": true, "webhook": {"url": "https://backend.example.com/iot", "headers": {}, "has_secret": false, "timeout_ms": 5000, "max_in_flight": 64}, "created_at": "2026-01-01T12:00:00Z"}], "next_page_token": null}))]
+    #[schema(example = json!({"items": [{"id": "rul_0123456789abcdefghij", "name": "hot", "topic_filter": "$devices/+/events/temperature", "registry_id": null, "condition": "payload.celsius > 30", "enabled": true, "webhook": {"url": "https://backend.example.com/iot", "headers": {}, "has_secret": false, "timeout_ms": 5000, "max_in_flight": 64, "batch": {"max_messages": 1, "max_wait_ms": 0}}, "created_at": "2026-01-01T12:00:00Z"}], "next_page_token": null}))]
     RuleList,
     RuleView
 );
