@@ -1,12 +1,14 @@
 //! `/healthz`, `/readyz` and `/metrics` for a process that runs without the API
 //! (`serve --only broker`, `--only rules`), on `telemetry.listen`: orchestrators probe it
-//! and Prometheus scrapes it like the API port.
+//! and Prometheus scrapes it like the API port. Liveness and metrics are the API's own
+//! handlers; readiness is answered here because the API's needs the whole API state.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use iotcore_api::routes::health::{healthz, metrics};
 use iotcore_store::Store;
 use serde_json::json;
 use std::time::Duration;
@@ -41,11 +43,6 @@ pub async fn serve(
     Ok(())
 }
 
-/// Liveness: the process serves HTTP.
-async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
-}
-
 /// Readiness: PostgreSQL answers.
 async fn readyz(State(store): State<Store>) -> impl IntoResponse {
     match tokio::time::timeout(READY_TIMEOUT, store.ping()).await {
@@ -65,12 +62,5 @@ fn unavailable() -> (StatusCode, Json<serde_json::Value>) {
     (
         StatusCode::SERVICE_UNAVAILABLE,
         Json(json!({"status": "unavailable", "detail": "the database does not answer"})),
-    )
-}
-
-async fn metrics() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, iotcore_telemetry::TEXT_CONTENT_TYPE)],
-        iotcore_telemetry::render(),
     )
 }
