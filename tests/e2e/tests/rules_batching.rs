@@ -59,6 +59,31 @@ async fn publish(app: &TestApp, device: &Device, count: u64) {
     }
 }
 
+/// Polls `/metrics` until the series `series` (name and labels as rendered) reads `value`.
+async fn wait_for_metric(app: &TestApp, series: &str, value: u64) {
+    let expected = format!("{series} {value}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let text = app
+            .http
+            .get(format!("{}/metrics", app.api))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics");
+        if text.lines().any(|line| line == expected) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{expected} never appeared in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn batched_rule_delivers_every_message_once_in_signed_arrays() {
     let app = TestApp::spawn().await;
@@ -155,6 +180,21 @@ async fn batch_answered_5xx_is_retried_whole() {
     assert_eq!(stats["retried"], 5);
     assert_eq!(stats["dead_lettered"], 0);
     assert_eq!(stats["queue_depth"], 0);
+    // The metrics count messages, not requests: one retried and one delivered batch of 5.
+    let t = &app.tenant_id;
+    let deliveries = "iotcore_rules_deliveries_total";
+    wait_for_metric(
+        &app,
+        &format!("{deliveries}{{tenant=\"{t}\",outcome=\"retry\"}}"),
+        5,
+    )
+    .await;
+    wait_for_metric(
+        &app,
+        &format!("{deliveries}{{tenant=\"{t}\",outcome=\"success\"}}"),
+        5,
+    )
+    .await;
     assert!(webhook.nothing_within(Duration::from_millis(1000)).await);
     app.stop().await;
 }
@@ -179,6 +219,16 @@ async fn rejected_batch_dead_letters_each_message_and_replay_delivers_them() {
         .await;
     assert_eq!(stats["dead_lettered"], 4);
     assert_eq!(stats["last_error"], "HTTP 422 Unprocessable Entity");
+    let t = &app.tenant_id;
+    let outcome =
+        format!("iotcore_rules_deliveries_total{{tenant=\"{t}\",outcome=\"dead_letter\"}}");
+    wait_for_metric(&app, &outcome, 4).await;
+    wait_for_metric(
+        &app,
+        &format!("iotcore_rules_dead_letters_total{{tenant=\"{t}\"}}"),
+        4,
+    )
+    .await;
     assert!(
         webhook.nothing_within(Duration::from_millis(1000)).await,
         "a 4xx is not retried"
