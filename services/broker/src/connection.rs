@@ -443,7 +443,11 @@ impl Session {
         };
         let far_future = Duration::from_secs(86400 * 365);
         let mut deadline = Instant::now() + keep_alive.unwrap_or(far_future);
-        let max_packet = self.shared.config.max_packet_size as usize;
+        // Packets the client pipelined behind its CONNECT arrived in the same read and are
+        // already buffered; without this they would wait for the client's next bytes.
+        if let Err(close) = self.handle_buffered(io).await {
+            return close;
+        }
         loop {
             let can_send = self.outbound.has_room();
             tokio::select! {
@@ -454,22 +458,8 @@ impl Session {
                         Err(why) => return Close::silently(why),
                     }
                     deadline = Instant::now() + keep_alive.unwrap_or(far_future);
-                    loop {
-                        match decode(&mut io.rbuf, self.version, max_packet) {
-                            Ok(Some(packet)) => {
-                                if let Err(close) = self.handle(packet, io).await {
-                                    return close;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                tracing::info!(error = %e, "malformed packet");
-                                return Close::with(e.reason_code(), "malformed packet");
-                            }
-                        }
-                    }
-                    if io.flush().await.is_err() {
-                        return Close::silently("write error");
+                    if let Err(close) = self.handle_buffered(io).await {
+                        return close;
                     }
                 }
                 Some(outgoing) = outbound.recv(), if can_send => {
@@ -501,6 +491,26 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Handles every whole packet in the read buffer and flushes the answers.
+    async fn handle_buffered<R, W>(&mut self, io: &mut Io<R, W>) -> Result<(), Close>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let max_packet = self.shared.config.max_packet_size as usize;
+        loop {
+            match decode(&mut io.rbuf, self.version, max_packet) {
+                Ok(Some(packet)) => self.handle(packet, io).await?,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(error = %e, "malformed packet");
+                    return Err(Close::with(e.reason_code(), "malformed packet"));
+                }
+            }
+        }
+        io.flush().await.map_err(|_| Close::silently("write error"))
     }
 
     async fn handle<R, W>(&mut self, packet: Packet, io: &mut Io<R, W>) -> Result<(), Close>

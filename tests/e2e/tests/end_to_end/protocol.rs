@@ -323,3 +323,51 @@ async fn retained_messages_beyond_the_limit_are_not_kept() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn packets_pipelined_behind_connect_are_answered() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let filter = format!("$devices/{}/commands/#", device.id);
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        // CONNECT and SUBSCRIBE in one write, so the broker reads both at once; nothing
+        // follows them, so the SUBACK comes only if the buffered SUBSCRIBE is handled.
+        let mut bytes = bytes::BytesMut::new();
+        Packet::Connect(Raw::connect_packet(version, &device.id, &device, 60))
+            .encode(version, &mut bytes)
+            .expect("encode CONNECT");
+        Packet::Subscribe(iotcore_codec::Subscribe {
+            packet_id: 7,
+            filters: vec![(
+                filter.clone(),
+                iotcore_codec::SubscriptionOptions {
+                    qos: iotcore_codec::QoS::AtLeastOnce,
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: 0,
+                },
+            )],
+            properties: iotcore_codec::Properties::default(),
+        })
+        .encode(version, &mut bytes)
+        .expect("encode SUBSCRIBE");
+        let mut raw = Raw::open(app.mqtt, version).await;
+        raw.write(&bytes).await;
+        match raw.packet().await {
+            Some(Packet::ConnAck(connack)) => assert_eq!(connack.code, 0, "{version:?} CONNACK"),
+            other => panic!("{version:?}: expected CONNACK, got {other:?}"),
+        }
+        match raw.packet().await {
+            Some(Packet::SubAck(ack)) => {
+                assert_eq!(ack.packet_id, 7, "{version:?}");
+                assert_eq!(
+                    ack.reasons,
+                    vec![ReasonCode(1)],
+                    "{version:?} granted QoS 1"
+                );
+            }
+            other => panic!("{version:?}: expected SUBACK, got {other:?}"),
+        }
+    }
+}
