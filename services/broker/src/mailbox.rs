@@ -88,22 +88,20 @@ impl Mailbox {
 
     /// Queues `outgoing` only if there is room; gives it back otherwise.
     pub fn try_push(&self, outgoing: Outgoing) -> Result<(), Outgoing> {
-        match self.offer(outgoing.clone(), false) {
-            Some(_) => Ok(()),
-            None => Err(outgoing),
-        }
+        self.offer(outgoing, false).map(|_| ())
     }
 
-    fn offer(&self, mut outgoing: Outgoing, evict: bool) -> Option<Pushed> {
+    /// Gives `outgoing` back when it is not queued.
+    fn offer(&self, mut outgoing: Outgoing, evict: bool) -> Result<Pushed, Outgoing> {
         let inner = &self.inner;
         let mut state = lock(&inner.state);
         if state.closed {
-            return None;
+            return Err(outgoing);
         }
         let mut pushed = Pushed::Queued;
         if state.messages.len() >= inner.capacity {
             if !evict || outgoing.qos == QoS::AtMostOnce {
-                return None;
+                return Err(outgoing);
             }
             if let Some(oldest) = state.messages.pop_front() {
                 if let Some(journal) = &inner.journal {
@@ -120,7 +118,7 @@ impl Mailbox {
         state.messages.push_back(outgoing);
         drop(state);
         inner.ready.notify_one();
-        Some(pushed)
+        Ok(pushed)
     }
 
     /// The journal of a persistent session.
