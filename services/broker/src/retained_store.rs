@@ -7,7 +7,7 @@
 //! was not yet written, at most `MAX_WAIT` of changes. A graceful shutdown writes them all.
 
 use crate::router::{Message, MessageProperties, Namespace, NamespaceRoutes};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use iotcore_codec::QoS;
 use iotcore_store::retained::{Json, RetainedChange, RetainedMessage, RetainedProperties};
 use iotcore_store::{RegistryId, Store, TenantId};
@@ -53,11 +53,6 @@ impl RetainedWriter {
                 topic: message.topic.clone(),
             }
         } else {
-            let properties = &message.properties;
-            let expires_at = properties.expires_at.map(|at| {
-                let left = at.saturating_duration_since(Instant::now());
-                Utc::now() + chrono::Duration::from_std(left).unwrap_or(chrono::Duration::MAX)
-            });
             RetainedChange::Set {
                 tenant_id,
                 broker_id,
@@ -65,15 +60,9 @@ impl RetainedWriter {
                     topic: message.topic.clone(),
                     payload: message.payload.to_vec(),
                     qos: i16::from(message.qos as u8),
-                    properties: Json(RetainedProperties {
-                        payload_format_indicator: properties.payload_format_indicator,
-                        content_type: properties.content_type.clone(),
-                        response_topic: properties.response_topic.clone(),
-                        correlation_data: properties.correlation_data.as_ref().map(|d| d.to_vec()),
-                        user_properties: properties.user_properties.clone(),
-                    }),
+                    properties: stored_properties(&message.properties),
                     origin_registry: message.origin_registry.as_ref().map(|r| r.to_string()),
-                    expires_at,
+                    expires_at: message.properties.expires_at.map(wall_clock),
                 },
             }
         };
@@ -124,6 +113,43 @@ fn last_per_topic(changes: Vec<RetainedChange>) -> Vec<RetainedChange> {
         .collect()
 }
 
+/// A message's properties as the store keeps them, with a retained or a queued message.
+pub(crate) fn stored_properties(properties: &MessageProperties) -> Json<RetainedProperties> {
+    Json(RetainedProperties {
+        payload_format_indicator: properties.payload_format_indicator,
+        content_type: properties.content_type.clone(),
+        response_topic: properties.response_topic.clone(),
+        correlation_data: properties.correlation_data.as_ref().map(|d| d.to_vec()),
+        user_properties: properties.user_properties.clone(),
+    })
+}
+
+/// A message's properties read back from the store, with when it expires.
+pub(crate) fn message_properties(
+    stored: RetainedProperties,
+    expires_at: Option<DateTime<Utc>>,
+) -> MessageProperties {
+    MessageProperties {
+        payload_format_indicator: stored.payload_format_indicator,
+        content_type: stored.content_type,
+        response_topic: stored.response_topic,
+        correlation_data: stored.correlation_data.map(Into::into),
+        user_properties: stored.user_properties,
+        expires_at: expires_at.map(instant),
+    }
+}
+
+/// `at` by the wall clock, which is what survives a restart.
+pub(crate) fn wall_clock(at: Instant) -> DateTime<Utc> {
+    let left = at.saturating_duration_since(Instant::now());
+    Utc::now() + chrono::Duration::from_std(left).unwrap_or(chrono::Duration::MAX)
+}
+
+/// A stored wall-clock time as an instant of this process; one passed is now.
+pub(crate) fn instant(at: DateTime<Utc>) -> Instant {
+    Instant::now() + (at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+}
+
 /// Loads a namespace's retained messages into its routes.
 pub async fn load(store: &Store, namespace: &Namespace, routes: &NamespaceRoutes) {
     let (tenant, broker) = broker_key(namespace);
@@ -135,23 +161,12 @@ pub async fn load(store: &Store, namespace: &Namespace, routes: &NamespaceRoutes
         }
     };
     for row in rows {
-        let properties = row.properties.0;
-        let expires_at = row
-            .expires_at
-            .map(|at| Instant::now() + (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
         let message = Message {
             topic: row.topic,
             payload: row.payload.into(),
             qos: QoS::from_u8(u8::try_from(row.qos).unwrap_or(0)).unwrap_or(QoS::AtMostOnce),
             retain: true,
-            properties: MessageProperties {
-                payload_format_indicator: properties.payload_format_indicator,
-                content_type: properties.content_type,
-                response_topic: properties.response_topic,
-                correlation_data: properties.correlation_data.map(Into::into),
-                user_properties: properties.user_properties,
-                expires_at,
-            },
+            properties: message_properties(row.properties.0, row.expires_at),
             origin: None,
             origin_registry: row.origin_registry.as_deref().and_then(RegistryId::parse),
         };

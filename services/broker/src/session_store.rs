@@ -24,11 +24,12 @@
 use crate::broker::Shared;
 use crate::mailbox;
 use crate::outbound::Outbound;
-use crate::router::{Message, MessageProperties, Namespace, Outgoing, Subscriber};
+use crate::retained_store::{message_properties, stored_properties, wall_clock};
+use crate::router::{Message, Namespace, Outgoing, Subscriber};
 use crate::sessions::SessionState;
 use chrono::{DateTime, Utc};
 use iotcore_codec::QoS;
-use iotcore_store::retained::{Json, RetainedProperties};
+use iotcore_store::retained::Json;
 use iotcore_store::sessions::{
     SessionBatch, SessionKey, SessionMessage, StoredSession, StoredSubscription,
 };
@@ -321,7 +322,6 @@ fn key_of(change: &Change) -> &SessionKey {
 fn reduce(changes: Vec<Stamped>, owners: &mut HashMap<SessionKey, u64>) -> SessionBatch {
     let mut deletes: Vec<SessionKey> = Vec::new();
     let mut keys: HashMap<Arc<SessionKey>, KeyOps> = HashMap::new();
-    let now = Instant::now();
     for (generation, change) in changes {
         match &change {
             Change::Start(key) | Change::Own(key) => {
@@ -356,7 +356,7 @@ fn reduce(changes: Vec<Stamped>, owners: &mut HashMap<SessionKey, u64>) -> Sessi
                 keys.entry(key).or_default().incoming_qos2 = Some(ids);
             }
             Change::Queued(key, outgoing) => {
-                let row = message_row(&outgoing, now);
+                let row = message_row(&outgoing);
                 keys.entry(key)
                     .or_default()
                     .messages
@@ -419,7 +419,7 @@ fn reduce(changes: Vec<Stamped>, owners: &mut HashMap<SessionKey, u64>) -> Sessi
     batch
 }
 
-fn message_row(outgoing: &Outgoing, now: Instant) -> SessionMessage {
+fn message_row(outgoing: &Outgoing) -> SessionMessage {
     let message = &outgoing.message;
     let properties = &message.properties;
     SessionMessage {
@@ -435,46 +435,19 @@ fn message_row(outgoing: &Outgoing, now: Instant) -> SessionMessage {
             .iter()
             .map(|&id| i64::from(id))
             .collect(),
-        properties: Json(RetainedProperties {
-            payload_format_indicator: properties.payload_format_indicator,
-            content_type: properties.content_type.clone(),
-            response_topic: properties.response_topic.clone(),
-            correlation_data: properties.correlation_data.as_ref().map(|d| d.to_vec()),
-            user_properties: properties.user_properties.clone(),
-        }),
-        expires_at: properties.expires_at.map(|at| {
-            Utc::now()
-                + chrono::Duration::from_std(at.saturating_duration_since(now))
-                    .unwrap_or(chrono::Duration::MAX)
-        }),
+        properties: stored_properties(properties),
+        expires_at: properties.expires_at.map(wall_clock),
     }
-}
-
-fn wall_clock(at: Instant) -> DateTime<Utc> {
-    let left = at.saturating_duration_since(Instant::now());
-    Utc::now() + chrono::Duration::from_std(left).unwrap_or(chrono::Duration::MAX)
-}
-
-fn instant(at: DateTime<Utc>) -> Instant {
-    Instant::now() + (at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
 }
 
 fn outgoing_from_row(row: SessionMessage) -> Option<Outgoing> {
     let qos = QoS::from_u8(u8::try_from(row.qos).ok()?)?;
-    let properties = row.properties.0;
     let message = Message {
         topic: row.topic,
         payload: row.payload.into(),
         qos,
         retain: row.retain,
-        properties: MessageProperties {
-            payload_format_indicator: properties.payload_format_indicator,
-            content_type: properties.content_type,
-            response_topic: properties.response_topic,
-            correlation_data: properties.correlation_data.map(Into::into),
-            user_properties: properties.user_properties,
-            expires_at: row.expires_at.map(instant),
-        },
+        properties: message_properties(row.properties.0, row.expires_at),
         origin: None,
         origin_registry: None,
     };
@@ -657,7 +630,7 @@ mod tests {
                 payload: "p".into(),
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                properties: MessageProperties::default(),
+                properties: crate::router::MessageProperties::default(),
                 origin: None,
                 origin_registry: None,
             }),
@@ -801,11 +774,27 @@ mod tests {
 
     #[test]
     fn a_stored_message_reads_back_as_it_was_queued() {
-        let row = message_row(&outgoing(3), Instant::now());
+        let mut queued = outgoing(3);
+        let expires_at = Instant::now() + Duration::from_secs(600);
+        Arc::make_mut(&mut queued.message).properties = crate::router::MessageProperties {
+            content_type: Some("text/plain".into()),
+            correlation_data: Some("c".into()),
+            user_properties: vec![("k".into(), "v".into())],
+            expires_at: Some(expires_at),
+            ..Default::default()
+        };
+        let row = message_row(&queued);
         let back = outgoing_from_row(row).expect("valid row");
         assert_eq!(back.seq, 3);
         assert_eq!(back.qos, QoS::AtLeastOnce);
         assert_eq!(back.subscription_ids, vec![7]);
         assert_eq!(back.message.payload.as_ref(), b"p");
+        let properties = &back.message.properties;
+        assert_eq!(properties.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(properties.correlation_data.as_deref(), Some(&b"c"[..]));
+        assert_eq!(properties.user_properties, [("k".into(), "v".into())]);
+        let back_at = properties.expires_at.expect("an expiry");
+        let drift = back_at.max(expires_at) - back_at.min(expires_at);
+        assert!(drift < Duration::from_secs(5), "expiry kept: {drift:?}");
     }
 }
