@@ -285,10 +285,15 @@ async fn publishes_beyond_the_client_rate_disconnect_with_0x96() {
     let topic = format!("$devices/{}/events", device.id);
     for version in [ProtocolVersion::V5, ProtocolVersion::V3_1_1] {
         let mut raw = Raw::connect(app.mqtt, version, &device, 60).await;
+        // One write: sent one by one, a later PUBLISH could meet the socket the broker
+        // already closed after an earlier one, and the write would fail.
+        let mut six = bytes::BytesMut::new();
         for id in 1..=6 {
-            raw.send(&publish(&topic, QoS::AtLeastOnce, id, b"p".to_vec()))
-                .await;
+            publish(&topic, QoS::AtLeastOnce, id, b"p".to_vec())
+                .encode(version, &mut six)
+                .expect("encode");
         }
+        raw.write(&six).await;
         let mut acked = 0;
         let reason = loop {
             match raw.packet().await {
