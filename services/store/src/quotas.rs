@@ -2,6 +2,7 @@
 //! not override comes from configuration; the store knows only the overrides.
 
 use crate::notify::{self, Change};
+use crate::versions::BUMP;
 use crate::{Result, Store, StoreError, TenantId};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
@@ -39,13 +40,14 @@ impl Store {
         overrides: &QuotaOverrides,
     ) -> Result<QuotaOverrides> {
         let mut tx = self.pool.begin().await?;
-        let updated =
-            sqlx::query("UPDATE tenants SET quotas = $2, updated_at = now() WHERE id = $1")
-                .bind(tenant)
-                .bind(Json(overrides))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let updated = sqlx::query(&format!(
+            "UPDATE tenants SET quotas = $2, updated_at = {BUMP} WHERE id = $1"
+        ))
+        .bind(tenant)
+        .bind(Json(overrides))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if updated == 0 {
             return Err(StoreError::NotFound);
         }

@@ -162,9 +162,9 @@ const COLUMNS: &str =
 
 /// Marks the tenant's rules as changed, inside the transaction that changes them.
 async fn rules_changed(tx: &mut Transaction<'_, Postgres>, tenant: &TenantId) -> Result<()> {
-    sqlx::query(
-        "UPDATE tenants SET rules_version = rules_version + 1, updated_at = now() WHERE id = $1",
-    )
+    sqlx::query(&format!(
+        "UPDATE tenants SET rules_version = rules_version + 1, updated_at = {BUMP} WHERE id = $1"
+    ))
     .bind(tenant)
     .execute(&mut **tx)
     .await?;
@@ -315,7 +315,7 @@ impl Store {
     ) -> Result<Rule> {
         let mut tx = self.pool.begin().await?;
         let row: Option<RuleRow> = sqlx::query_as(&format!(
-            "UPDATE rules SET enabled = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
+            "UPDATE rules SET enabled = $3, updated_at = {BUMP} WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
         ))
         .bind(tenant)
         .bind(id)
@@ -474,6 +474,29 @@ mod tests {
             .update_rule(&a, &batched.id, &too_big, None)
             .await
             .is_err());
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn changing_rules_moves_the_tenants_version_forward_only(pool: sqlx::PgPool) {
+        let store = Store::from_pool(pool.clone());
+        let (a, _) = tenant_with_registry(&store, "a").await;
+        // A version ahead of this transaction's now(): a change committed by a transaction
+        // that started later, or a clock that stepped back.
+        let ahead: DateTime<Utc> =
+            sqlx::query_scalar("UPDATE tenants SET updated_at = now() + interval '1 hour' WHERE id = $1 RETURNING updated_at")
+                .bind(&a)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let created = store.create_rule(&a, &rule("r1", None)).await.unwrap();
+        let after_create = store.get_tenant(&a).await.unwrap().updated_at;
+        assert!(after_create > ahead, "{after_create} after {ahead}");
+        store
+            .set_rule_enabled(&a, &created.id, false)
+            .await
+            .unwrap();
+        let after_disable = store.get_tenant(&a).await.unwrap().updated_at;
+        assert!(after_disable > after_create);
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]

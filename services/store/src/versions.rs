@@ -2,7 +2,7 @@
 //! last changed (`updated_at`), and a change or deletion may be made conditional on it.
 //!
 //! The check locks the row (`FOR UPDATE`) in the transaction that then changes it, so two
-//! writers holding the same version cannot both succeed. Every conditional change moves
+//! writers holding the same version cannot both succeed. Every change of a versioned row moves
 //! `updated_at` forward by at least a microsecond ([`BUMP`]), so the version changes even
 //! when two changes fall in the same microsecond or the clock steps back.
 
