@@ -5,6 +5,7 @@
 //! what it needs through the API (`app.create_device(&registry)`), and connects devices
 //! with `app.mqtt_v311(&device)` or `app.mqtt_v5(&device)`.
 
+pub mod mosquitto;
 pub mod mqtt;
 pub mod raw;
 pub mod tls;

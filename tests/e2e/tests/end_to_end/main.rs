@@ -1,5 +1,5 @@
 //! End-to-end tests: the real `iotcore` binary, real PostgreSQL, real MQTT clients
-//! (rumqttc 3.1.1 and 5, mosquitto_pub) and a real HTTP webhook receiver.
+//! (rumqttc 3.1.1 and 5, mosquitto_pub and mosquitto_sub) and a real HTTP webhook receiver.
 
 mod acl;
 mod api_publish;
@@ -9,6 +9,7 @@ mod isolation;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod mosquitto_interop;
 mod mqtt5_conformance;
 mod mqtt_features;
 mod outbound_aliases;
