@@ -4,6 +4,7 @@
 mod acl;
 mod api_publish;
 mod authentication;
+mod connect_and_subscribe;
 mod durability;
 mod isolation;
 mod lifecycle;

@@ -1,0 +1,205 @@
+//! Statements of CONNECT, SUBSCRIBE, UNSUBSCRIBE and topic aliases that the other files
+//! leave out, each test naming the statement it checks (MQTT 5.0 numbering unless it says
+//! 3.1.1). Raw clients, so that every code the broker answers with is visible.
+
+use crate::sessions::next_publish;
+use crate::virtual_brokers::create_broker;
+use bytes::Bytes;
+use iotcore_codec::{Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, Unsubscribe};
+use iotcore_e2e::raw::Raw;
+use iotcore_e2e::{Device, TestApp};
+
+async fn broker_credential(app: &TestApp) -> Device {
+    let (id, password) = create_broker(app, "statements").await;
+    Device {
+        id,
+        registry_id: String::new(),
+        password,
+    }
+}
+
+/// MQTT-3.1.2-2 (both versions): a CONNECT with a protocol level the broker does not speak
+/// is answered with CONNACK return code 0x01 (unacceptable protocol version, in the 3.1.1
+/// form a client of any version can read), then the connection is closed.
+#[tokio::test]
+async fn an_unknown_protocol_level_is_answered_with_0x01_and_closed() {
+    let app = TestApp::spawn().await;
+    let mut raw = Raw::open(app.mqtt, ProtocolVersion::V3_1_1).await;
+    // CONNECT, protocol "MQTT" level 6, clean session, keep alive 60, client id "x".
+    raw.write(&[
+        0x10, 13, 0x00, 0x04, b'M', b'Q', b'T', b'T', 6, 0x02, 0x00, 60, 0x00, 0x01, b'x',
+    ])
+    .await;
+    match raw.packet().await {
+        Some(Packet::ConnAck(ack)) => {
+            assert_eq!(ack.code, 0x01);
+            assert!(!ack.session_present);
+        }
+        other => panic!("expected CONNACK 0x01, got {other:?}"),
+    }
+    assert!(raw.packet().await.is_none(), "closed after the refusal");
+    app.stop().await;
+}
+
+/// MQTT-4.12.0-1: enhanced authentication is not supported; a CONNECT with an
+/// Authentication Method gets CONNACK 0x8C (Bad authentication method), and
+/// MQTT-3.2.2-7: a CONNACK code of 0x80 or more is followed by the close.
+#[tokio::test]
+async fn enhanced_authentication_is_refused_with_0x8c() {
+    let app = TestApp::spawn().await;
+    let vb = broker_credential(&app).await;
+    let mut connect = Raw::connect_packet(ProtocolVersion::V5, "scram", &vb, 60);
+    connect.properties.authentication_method = Some("SCRAM-SHA-256".into());
+    let (mut raw, answer) = Raw::handshake(app.mqtt, connect).await;
+    match answer {
+        Some(Packet::ConnAck(ack)) => {
+            assert_eq!(ack.code, ReasonCode::BAD_AUTHENTICATION_METHOD.0);
+            assert!(!ack.session_present, "MQTT-3.2.2-6");
+        }
+        other => panic!("expected CONNACK 0x8C, got {other:?}"),
+    }
+    assert!(raw.packet().await.is_none(), "closed after the refusal");
+    app.stop().await;
+}
+
+/// MQTT 3.1.1 MQTT-3.1.3-8: a 3.1.1 client with an empty client id must ask for a clean
+/// session; with Clean Session 0 it is refused with return code 0x02 (identifier
+/// rejected). MQTT 5 assigns one either way (MQTT-3.1.3-6).
+#[tokio::test]
+async fn an_empty_client_id_with_clean_session_0_is_refused_in_3_1_1() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    for (version, clean_start, code) in [
+        (ProtocolVersion::V3_1_1, false, 0x02),
+        (ProtocolVersion::V3_1_1, true, 0x00),
+        (ProtocolVersion::V5, false, 0x00),
+    ] {
+        let mut connect = Raw::connect_packet(version, "", &device, 60);
+        connect.clean_start = clean_start;
+        connect.properties.session_expiry_interval = None;
+        match Raw::handshake(app.mqtt, connect).await {
+            (_, Some(Packet::ConnAck(ack))) => {
+                assert_eq!(ack.code, code, "{version:?}, clean {clean_start}")
+            }
+            (_, other) => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+    app.stop().await;
+}
+
+/// MQTT-3.10.4-1: UNSUBSCRIBE compares filters character by character (`U/#` is not `u/#`:
+/// 0x11, No subscription existed); MQTT-3.10.4-2: once unsubscribed, no new message
+/// matching the filter is sent. The message on the other filter arriving first shows it.
+#[tokio::test]
+async fn unsubscribe_matches_filters_exactly_and_stops_delivery() {
+    let app = TestApp::spawn().await;
+    let vb = broker_credential(&app).await;
+    let mut sub = Raw::connect_as(app.mqtt, ProtocolVersion::V5, "sub", &vb, 60).await;
+    for filter in ["u/#", "v/#"] {
+        assert_eq!(sub.subscribe_qos1(filter).await, ReasonCode::GRANTED_QOS_1);
+    }
+    sub.send(&Packet::Unsubscribe(Unsubscribe {
+        packet_id: 9,
+        filters: vec!["U/#".into(), "u/#".into()],
+        properties: Properties::default(),
+    }))
+    .await;
+    match sub.packet().await {
+        Some(Packet::UnsubAck(ack)) => {
+            assert_eq!(ack.packet_id, 9);
+            assert_eq!(
+                ack.reasons,
+                vec![ReasonCode::NO_SUBSCRIPTION_EXISTED, ReasonCode::SUCCESS]
+            );
+        }
+        other => panic!("expected UNSUBACK, got {other:?}"),
+    }
+    let mut publisher = Raw::connect_as(app.mqtt, ProtocolVersion::V5, "pub", &vb, 60).await;
+    for topic in ["u/1", "v/1"] {
+        assert_eq!(
+            publisher.publish_qos1(topic, b"x").await,
+            ReasonCode::SUCCESS
+        );
+    }
+    assert_eq!(next_publish(&mut sub).await.topic, "v/1");
+    app.stop().await;
+}
+
+/// MQTT-3.8.4-4 (3.1.1: MQTT-3.8.4-3): subscribing again to the same filter replaces the
+/// subscription, and with Retain Handling 0 the retained messages are sent again, RETAIN
+/// set.
+#[tokio::test]
+async fn subscribing_again_sends_the_retained_messages_again() {
+    let app = TestApp::spawn().await;
+    let vb = broker_credential(&app).await;
+    let mut publisher = Raw::connect_as(app.mqtt, ProtocolVersion::V5, "pub", &vb, 60).await;
+    assert_eq!(
+        publisher.publish_qos1_retained("r/x", b"kept").await,
+        ReasonCode::SUCCESS
+    );
+    let mut sub = Raw::connect_as(app.mqtt, ProtocolVersion::V5, "sub", &vb, 60).await;
+    for round in ["first", "again"] {
+        assert_eq!(sub.subscribe_qos1("r/#").await, ReasonCode::GRANTED_QOS_1);
+        let retained = next_publish(&mut sub).await;
+        assert_eq!(
+            (
+                retained.topic.as_str(),
+                retained.retain,
+                retained.payload.as_ref()
+            ),
+            ("r/x", true, &b"kept"[..]),
+            "{round}"
+        );
+    }
+    app.stop().await;
+}
+
+fn aliased(topic: &str, alias: u16, packet_id: u16) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: topic.to_owned(),
+        packet_id: Some(packet_id),
+        payload: Bytes::from_static(b"x"),
+        properties: Properties {
+            topic_alias: Some(alias),
+            ..Properties::default()
+        },
+    })
+}
+
+/// MQTT-3.3.2-7: topic alias mappings end with their network connection; an alias set on
+/// one connection and used alone on the next is a protocol error (DISCONNECT 0x82).
+/// MQTT-3.3.2-8: an alias of 0 is refused with 0x94 (Topic Alias invalid).
+#[tokio::test]
+async fn topic_aliases_do_not_outlive_their_connection_and_0_is_invalid() {
+    let app = TestApp::spawn().await;
+    let vb = broker_credential(&app).await;
+    let mut first = Raw::connect_as(app.mqtt, ProtocolVersion::V5, "aliaser", &vb, 60).await;
+    first.send(&aliased("a/b", 1, 1)).await;
+    assert!(
+        matches!(first.packet().await, Some(Packet::PubAck(ack)) if ack.reason == ReasonCode::SUCCESS)
+    );
+    first.send(&aliased("", 1, 2)).await;
+    assert!(
+        matches!(first.packet().await, Some(Packet::PubAck(ack)) if ack.reason == ReasonCode::SUCCESS),
+        "the alias works on its own connection"
+    );
+    drop(first);
+
+    for (alias, topic, expected) in [
+        (1, "", ReasonCode::PROTOCOL_ERROR),
+        (0, "a/b", ReasonCode::TOPIC_ALIAS_INVALID),
+    ] {
+        let mut next = Raw::connect_as(app.mqtt, ProtocolVersion::V5, "aliaser", &vb, 60).await;
+        next.send(&aliased(topic, alias, 1)).await;
+        match next.packet().await {
+            Some(Packet::Disconnect(d)) => assert_eq!(d.reason, expected, "alias {alias}"),
+            other => panic!("alias {alias}: expected DISCONNECT, got {other:?}"),
+        }
+        assert!(next.packet().await.is_none());
+    }
+    app.stop().await;
+}
