@@ -22,3 +22,4 @@ mod session_restarts;
 mod sessions;
 mod virtual_brokers;
 mod webhook_retry;
+mod wills;
