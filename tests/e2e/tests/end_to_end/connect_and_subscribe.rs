@@ -1,6 +1,7 @@
-//! Statements of CONNECT, SUBSCRIBE, UNSUBSCRIBE and topic aliases that the other files
-//! leave out, each test naming the statement it checks (MQTT 5.0 numbering unless it says
-//! 3.1.1). Raw clients, so that every code the broker answers with is visible.
+//! Statements of CONNECT, SUBSCRIBE, UNSUBSCRIBE, topic aliases, shared subscriptions and
+//! the QoS flows that the other files leave out, each test naming the statement it checks
+//! (MQTT 5.0 numbering unless it says 3.1.1). Raw clients, so that every code the broker
+//! answers with is visible.
 
 use crate::sessions::next_publish;
 use crate::virtual_brokers::create_broker;
@@ -201,5 +202,151 @@ async fn topic_aliases_do_not_outlive_their_connection_and_0_is_invalid() {
         }
         assert!(next.packet().await.is_none());
     }
+    app.stop().await;
+}
+
+/// MQTT 5 §4.8.2: retained messages are not sent for a shared subscription; the marker
+/// published afterwards arriving first shows it.
+#[tokio::test]
+async fn a_shared_subscription_gets_no_retained_messages() {
+    let app = TestApp::spawn().await;
+    let vb = broker_credential(&app).await;
+    let mut publisher = Raw::connect_as(app.mqtt, ProtocolVersion::V5, "pub", &vb, 60).await;
+    assert_eq!(
+        publisher.publish_qos1_retained("s/kept", b"retained").await,
+        ReasonCode::SUCCESS
+    );
+    let mut member = Raw::connect_as(app.mqtt, ProtocolVersion::V5, "member", &vb, 60).await;
+    assert_eq!(
+        member.subscribe_qos1("$share/g/s/#").await,
+        ReasonCode::GRANTED_QOS_1
+    );
+    assert_eq!(
+        publisher.publish_qos1("s/marker", b"live").await,
+        ReasonCode::SUCCESS
+    );
+    let got = next_publish(&mut member).await;
+    assert_eq!((got.topic.as_str(), got.retain), ("s/marker", false));
+    app.stop().await;
+}
+
+/// MQTT-3.3.1-3: the DUP flag a subscriber sees says whether the broker is retransmitting,
+/// not what the publisher's flag was: a first delivery has DUP 0 even when the PUBLISH it
+/// came from had DUP 1.
+#[tokio::test]
+async fn the_outgoing_dup_flag_does_not_copy_the_incoming_one() {
+    let app = TestApp::spawn().await;
+    let vb = broker_credential(&app).await;
+    let mut sub = Raw::connect_as(app.mqtt, ProtocolVersion::V5, "sub", &vb, 60).await;
+    assert_eq!(sub.subscribe_qos1("d/#").await, ReasonCode::GRANTED_QOS_1);
+    let mut publisher = Raw::connect_as(app.mqtt, ProtocolVersion::V5, "pub", &vb, 60).await;
+    publisher
+        .send(&Packet::Publish(Publish {
+            dup: true,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "d/1".into(),
+            packet_id: Some(3),
+            payload: Bytes::from_static(b"sent again by its client"),
+            properties: Properties::default(),
+        }))
+        .await;
+    assert!(matches!(publisher.packet().await, Some(Packet::PubAck(ack)) if ack.packet_id == 3));
+    let got = next_publish(&mut sub).await;
+    assert_eq!(got.topic, "d/1");
+    assert!(!got.dup, "a first delivery");
+    app.stop().await;
+}
+
+/// MQTT-4.3.3-9: after a PUBREC with a code of 0x80 or more, a PUBLISH with the same packet
+/// id is a new message: here a QoS 2 PUBLISH to a topic the device may not use gets PUBREC
+/// 0x87, and the next one with the same id, to its own events, is taken and delivered.
+#[tokio::test]
+async fn a_packet_id_refused_with_pubrec_0x87_is_free_for_a_new_message() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let (user, password) = app.create_registry_password(&app.token, &registry).await;
+    let backend = Device {
+        id: user.clone(),
+        registry_id: registry,
+        password,
+    };
+    let mut watcher = Raw::connect(app.mqtt, ProtocolVersion::V5, &backend, 60).await;
+    assert_eq!(
+        watcher.subscribe_qos1("$devices/+/events/#").await,
+        ReasonCode::GRANTED_QOS_1
+    );
+    let mut raw = Raw::connect(app.mqtt, ProtocolVersion::V5, &device, 60).await;
+    let events = format!("$devices/{}/events/q2", device.id);
+    for (topic, expected) in [
+        ("free/topic", ReasonCode::NOT_AUTHORIZED),
+        (events.as_str(), ReasonCode::SUCCESS),
+    ] {
+        raw.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: topic.to_owned(),
+            packet_id: Some(7),
+            payload: Bytes::from_static(b"q2"),
+            properties: Properties::default(),
+        }))
+        .await;
+        match raw.packet().await {
+            Some(Packet::PubRec(rec)) => assert_eq!((rec.packet_id, rec.reason), (7, expected)),
+            other => panic!("{topic}: expected PUBREC, got {other:?}"),
+        }
+    }
+    raw.send(&Packet::PubRel(iotcore_codec::PubRel {
+        packet_id: 7,
+        reason: ReasonCode::SUCCESS,
+        properties: Properties::default(),
+    }))
+    .await;
+    match raw.packet().await {
+        Some(Packet::PubComp(comp)) => assert_eq!(comp.reason, ReasonCode::SUCCESS),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    assert_eq!(next_publish(&mut watcher).await.topic, events);
+    app.stop().await;
+}
+
+/// MQTT-4.4.0-2: a message the subscriber answered with a PUBACK of 0x80 or more counts as
+/// acknowledged and is not sent again when the session resumes; the message published
+/// after it is the first to arrive.
+#[tokio::test]
+async fn a_message_refused_by_its_subscriber_is_not_sent_again() {
+    let app = TestApp::spawn().await;
+    let vb = broker_credential(&app).await;
+    let (mut sub, _) =
+        crate::sessions::connect(&app, ProtocolVersion::V5, &vb, false, Some(300)).await;
+    assert_eq!(sub.subscribe_qos1("n/#").await, ReasonCode::GRANTED_QOS_1);
+    let mut publisher = Raw::connect_as(app.mqtt, ProtocolVersion::V5, "pub", &vb, 60).await;
+    assert_eq!(
+        publisher.publish_qos1("n/refused", b"no").await,
+        ReasonCode::SUCCESS
+    );
+    let got = next_publish(&mut sub).await;
+    sub.send(&Packet::PubAck(iotcore_codec::PubAck {
+        packet_id: got.packet_id.unwrap_or(0),
+        reason: ReasonCode::UNSPECIFIED_ERROR,
+        properties: Properties::default(),
+    }))
+    .await;
+    // The PINGRESP shows the PUBACK was read before the connection is lost.
+    sub.send(&Packet::PingReq).await;
+    assert!(matches!(sub.packet().await, Some(Packet::PingResp)));
+    drop(sub);
+
+    assert_eq!(
+        publisher.publish_qos1("n/after", b"yes").await,
+        ReasonCode::SUCCESS
+    );
+    let (mut sub, present) =
+        crate::sessions::connect(&app, ProtocolVersion::V5, &vb, false, Some(300)).await;
+    assert!(present);
+    let got = next_publish(&mut sub).await;
+    assert_eq!(got.topic, "n/after", "the refused message came back");
     app.stop().await;
 }

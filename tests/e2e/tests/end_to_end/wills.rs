@@ -130,7 +130,8 @@ async fn a_delayed_will_goes_out_after_the_delay_or_at_the_end_of_the_session() 
 }
 
 /// MQTT 5 §3.14.2.1: DISCONNECT with reason 0x04 (Disconnect with Will Message) asks for
-/// the will to be published, where 0x00 discards it (MQTT-3.14.4-3).
+/// the will to be published, where 0x00 discards it (MQTT-3.14.4-3); a will without Will
+/// Retain is not retained (MQTT-3.1.2-14).
 #[tokio::test]
 async fn disconnect_with_will_message_publishes_the_will() {
     let app = TestApp::spawn().await;
@@ -150,5 +151,17 @@ async fn disconnect_with_will_message_publishes_the_will() {
     }
     let will = next_publish(&mut watcher).await;
     assert_eq!(will.topic, "status/asks", "only the will asked for");
+    // MQTT-3.1.2-14: a will with Will Retain 0 is not retained; a new subscriber's first
+    // message is the marker published after it.
+    let mut late = Raw::connect_as(app.mqtt, ProtocolVersion::V5, "late", &vb, 60).await;
+    assert_eq!(
+        late.subscribe_qos1("status/#").await,
+        ReasonCode::GRANTED_QOS_1
+    );
+    assert_eq!(
+        late.publish_qos1("status/marker", b"m").await,
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(next_publish(&mut late).await.topic, "status/marker");
     app.stop().await;
 }
