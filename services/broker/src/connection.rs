@@ -411,7 +411,7 @@ pub struct Session {
     pub subscriptions: HashMap<String, Subscription>,
     pub outbound: Outbound,
     /// Inbound QoS 2 packet ids between PUBREC and PUBREL; a PUBLISH that repeats one is
-    /// not routed again (MQTT-4.3.3-9).
+    /// not routed again (MQTT-4.3.3-10).
     pub incoming_qos2: HashSet<u16>,
     /// Inbound MQTT 5 topic aliases (MQTT-3.3.2-10..12).
     pub topic_aliases: HashMap<u16, String>,

@@ -179,7 +179,7 @@ impl Session {
     }
 
     /// A persistent session keeps its incoming QoS 2 packet ids across a restart, so a
-    /// retransmitted PUBLISH is still not routed twice (MQTT-4.3.3-9).
+    /// retransmitted PUBLISH is still not routed twice (MQTT-4.3.3-10).
     fn journal_incoming_qos2(&self) {
         if let Some(journal) = self.mailbox.journal() {
             journal.incoming_qos2(&self.incoming_qos2);

@@ -417,7 +417,7 @@ async fn an_absent_sessions_queue_keeps_the_newest_messages_across_a_restart() {
     app.stop().await;
 }
 
-/// MQTT-4.3.3-9 across a restart: the packet id of an incoming QoS 2 message whose PUBREC
+/// MQTT-4.3.3-10 across a restart: the packet id of an incoming QoS 2 message whose PUBREC
 /// was sent is kept with the session, so the PUBREL after the restart completes it
 /// (PUBCOMP 0x00, not 0x92 Packet Identifier not found) and a retransmitted PUBLISH is
 /// not routed a second time.
@@ -492,7 +492,7 @@ async fn incoming_qos2_state_survives_a_restart() {
     loop {
         match subscriber.packet().await {
             Some(Packet::PingResp) => break,
-            Some(Packet::Publish(p)) => panic!("MQTT-4.3.3-9: routed twice: {p:?}"),
+            Some(Packet::Publish(p)) => panic!("MQTT-4.3.3-10: routed twice: {p:?}"),
             Some(_) => continue,
             None => panic!("connection closed"),
         }
