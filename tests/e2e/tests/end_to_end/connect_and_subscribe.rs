@@ -63,6 +63,68 @@ async fn enhanced_authentication_is_refused_with_0x8c() {
     app.stop().await;
 }
 
+/// MQTT-3.1.4-6 (3.1.1: MQTT-3.1.4-5): nothing a client sends behind a refused CONNECT is
+/// processed. A PUBLISH and a SUBSCRIBE written in the same segment as a CONNECT with a
+/// wrong password are dropped with it; the message the device publishes afterwards is the
+/// first the watcher receives.
+#[tokio::test]
+async fn packets_behind_a_refused_connect_are_not_processed() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let (user, password) = app.create_registry_password(&app.token, &registry).await;
+    let backend = Device {
+        id: user,
+        registry_id: registry,
+        password,
+    };
+    let mut watcher = Raw::connect(app.mqtt, ProtocolVersion::V5, &backend, 60).await;
+    assert_eq!(
+        watcher.subscribe_qos1("$devices/+/events/#").await,
+        ReasonCode::GRANTED_QOS_1
+    );
+    let events = format!("$devices/{}/events", device.id);
+    for (version, refusal) in [(ProtocolVersion::V3_1_1, 4), (ProtocolVersion::V5, 0x86)] {
+        let mut impostor = device.clone();
+        impostor.password = "not the password".into();
+        let mut bytes = bytes::BytesMut::new();
+        let connect = Raw::connect_packet(version, &device.id, &impostor, 60);
+        Packet::Connect(connect)
+            .encode(version, &mut bytes)
+            .expect("encode CONNECT");
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: events.clone(),
+            packet_id: None,
+            payload: Bytes::from_static(b"smuggled"),
+            properties: Properties::default(),
+        })
+        .encode(version, &mut bytes)
+        .expect("encode PUBLISH");
+        let mut raw = Raw::open(app.mqtt, version).await;
+        raw.write(&bytes).await;
+        match raw.packet().await {
+            Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, refusal, "{version:?}"),
+            other => panic!("{version:?}: expected CONNACK, got {other:?}"),
+        }
+        assert!(raw.packet().await.is_none(), "{version:?}: closed");
+    }
+    let mut real = Raw::connect(app.mqtt, ProtocolVersion::V5, &device, 60).await;
+    assert_eq!(
+        real.publish_qos1(&events, b"genuine").await,
+        ReasonCode::SUCCESS
+    );
+    let got = next_publish(&mut watcher).await;
+    assert_eq!(
+        got.payload.as_ref(),
+        b"genuine",
+        "a smuggled PUBLISH was routed"
+    );
+    app.stop().await;
+}
+
 /// MQTT 3.1.1 MQTT-3.1.3-8: a 3.1.1 client with an empty client id must ask for a clean
 /// session; with Clean Session 0 it is refused with return code 0x02 (identifier
 /// rejected). MQTT 5 assigns one either way (MQTT-3.1.3-6).
@@ -173,7 +235,8 @@ fn aliased(topic: &str, alias: u16, packet_id: u16) -> Packet {
 
 /// MQTT-3.3.2-7: topic alias mappings end with their network connection; an alias set on
 /// one connection and used alone on the next is a protocol error (DISCONNECT 0x82).
-/// MQTT-3.3.2-8: an alias of 0 is refused with 0x94 (Topic Alias invalid).
+/// MQTT-3.3.2-8: an alias of 0 is refused with 0x94 (Topic Alias invalid). MQTT-3.14.2-2:
+/// the server's DISCONNECT carries no Session Expiry Interval.
 #[tokio::test]
 async fn topic_aliases_do_not_outlive_their_connection_and_0_is_invalid() {
     let app = TestApp::spawn().await;
@@ -197,7 +260,11 @@ async fn topic_aliases_do_not_outlive_their_connection_and_0_is_invalid() {
         let mut next = Raw::connect_as(app.mqtt, ProtocolVersion::V5, "aliaser", &vb, 60).await;
         next.send(&aliased(topic, alias, 1)).await;
         match next.packet().await {
-            Some(Packet::Disconnect(d)) => assert_eq!(d.reason, expected, "alias {alias}"),
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason, expected, "alias {alias}");
+                // MQTT-3.14.2-2: never a Session Expiry Interval from the server.
+                assert_eq!(d.properties.session_expiry_interval, None);
+            }
             other => panic!("alias {alias}: expected DISCONNECT, got {other:?}"),
         }
         assert!(next.packet().await.is_none());

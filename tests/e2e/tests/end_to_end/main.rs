@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `iotcore` binary, real PostgreSQL, real MQTT clients
 //! (rumqttc 3.1.1 and 5, mosquitto_pub and mosquitto_sub) and a real HTTP webhook receiver.
 
+mod acknowledgements;
 mod acl;
 mod api_publish;
 mod authentication;
