@@ -471,7 +471,6 @@ async fn proxy_protocol_v2_works_on_the_tls_and_websocket_listeners() {
         ("IOTCORE_MQTT_TLS_PROXY_PROTOCOL", "true"),
         ("IOTCORE_MQTT_WS_PROXY_PROTOCOL", "true"),
         ("IOTCORE_MQTT_WSS_PROXY_PROTOCOL", "true"),
-        ("IOTCORE_MQTT_CONNECT_TIMEOUT_SECS", "2"),
     ])
     .await;
     let registry = l.app.create_registry(&l.app.token, "proxied").await;

@@ -78,13 +78,14 @@ async fn a_client_back_within_the_will_delay_cancels_its_will() {
     let vb = broker_credential(&app).await;
     let mut watcher = watcher(&app, &vb).await;
 
-    let (lost, _) = connected(&app, connect_packet(&vb, "sensor", true, 300, Some(3))).await;
+    // Five seconds leave the reconnection (a password check) ample time on a busy machine.
+    let (lost, _) = connected(&app, connect_packet(&vb, "sensor", true, 300, Some(5))).await;
     drop(lost);
     let (mut back, present) =
         connected(&app, connect_packet(&vb, "sensor", false, 300, None)).await;
     assert!(present, "the session outlived the connection");
     // This waits for the will delay to pass, not for the broker.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    tokio::time::sleep(Duration::from_millis(5500)).await;
     assert_eq!(
         back.publish_qos1("status/marker", b"after the delay").await,
         ReasonCode::SUCCESS
