@@ -5,6 +5,7 @@ mod acknowledgements;
 mod acl;
 mod api_publish;
 mod authentication;
+mod conformance_document;
 mod connect_and_subscribe;
 mod durability;
 mod isolation;
