@@ -103,7 +103,16 @@ where
             Err(refused) => {
                 tracing::info!(reason = refused.reason, "CONNECT refused");
                 crate::metrics::connect_refused(refused.code, version);
-                let _ = io.send(&handshake::refusal(&refused, version), version, None);
+                let mut answer = handshake::refusal(&refused, version);
+                let max = connect.properties.maximum_packet_size;
+                if io.send(&answer, version, max).is_err() {
+                    // MQTT-3.2.2-19: no reason string where it would make the CONNACK larger
+                    // than the client's Maximum Packet Size; the code alone.
+                    if let Packet::ConnAck(connack) = &mut answer {
+                        connack.properties.reason_string = None;
+                    }
+                    let _ = io.send(&answer, version, max);
+                }
                 let _ = io.flush().await;
                 return;
             }

@@ -417,3 +417,31 @@ async fn a_message_refused_by_its_subscriber_is_not_sent_again() {
     assert_eq!(got.topic, "n/after", "the refused message came back");
     app.stop().await;
 }
+
+/// MQTT-3.2.2-19: a refused CONNACK says why in a reason string, except where that would
+/// make it larger than the client's Maximum Packet Size: then the code comes alone.
+#[tokio::test]
+async fn a_refusal_leaves_out_its_reason_string_when_it_would_not_fit() {
+    let app = TestApp::spawn().await;
+    let vb = broker_credential(&app).await;
+    let mut wrong = vb.clone();
+    wrong.password = "not the password".into();
+    for (maximum, explained) in [(None, true), (Some(16), false)] {
+        let mut connect = Raw::connect_packet(ProtocolVersion::V5, "refused", &wrong, 60);
+        connect.properties.maximum_packet_size = maximum;
+        let (mut raw, answer) = Raw::handshake(app.mqtt, connect).await;
+        match answer {
+            Some(Packet::ConnAck(ack)) => {
+                assert_eq!(ack.code, ReasonCode::BAD_USER_NAME_OR_PASSWORD.0);
+                assert_eq!(
+                    ack.properties.reason_string.is_some(),
+                    explained,
+                    "maximum packet size {maximum:?}: {ack:?}"
+                );
+            }
+            other => panic!("expected CONNACK 0x86, got {other:?}"),
+        }
+        assert!(raw.packet().await.is_none(), "closed after the refusal");
+    }
+    app.stop().await;
+}
