@@ -445,3 +445,157 @@ async fn a_refusal_leaves_out_its_reason_string_when_it_would_not_fit() {
     }
     app.stop().await;
 }
+
+/// MQTT 3.1.1 MQTT-3.3.5-2: a PUBLISH the client may not make is answered with a positive
+/// acknowledgement (3.1.1 has no way to say no) and dropped; the connection stays. The
+/// allowed message published after it is the first the watcher receives.
+#[tokio::test]
+async fn an_unauthorized_publish_in_3_1_1_is_acknowledged_and_dropped() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let other = app.create_device(&app.token, &registry, "other").await;
+    let (user, password) = app.create_registry_password(&app.token, &registry).await;
+    let backend = Device {
+        id: user,
+        registry_id: registry,
+        password,
+    };
+    let mut watcher = Raw::connect(app.mqtt, ProtocolVersion::V5, &backend, 60).await;
+    assert_eq!(
+        watcher.subscribe_qos1("$devices/+/events/#").await,
+        ReasonCode::GRANTED_QOS_1
+    );
+    let mut raw = Raw::connect(app.mqtt, ProtocolVersion::V3_1_1, &device, 60).await;
+    let forged = format!("$devices/{}/events", other.id);
+    assert_eq!(
+        raw.publish_qos1(&forged, b"forged").await,
+        ReasonCode::SUCCESS
+    );
+    let own = format!("$devices/{}/events", device.id);
+    assert_eq!(raw.publish_qos1(&own, b"own").await, ReasonCode::SUCCESS);
+    let got = next_publish(&mut watcher).await;
+    assert_eq!(
+        (got.topic.as_str(), got.payload.as_ref()),
+        (own.as_str(), &b"own"[..])
+    );
+    app.stop().await;
+}
+
+/// MQTT-3.1.2-29: with Request Problem Information 0, no reason string or user property
+/// comes on anything but CONNACK, DISCONNECT and PUBLISH: refusals in PUBACK, PUBREC and
+/// SUBACK carry their codes alone.
+#[tokio::test]
+async fn request_problem_information_0_keeps_reason_strings_off_acknowledgements() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let mut connect = Raw::connect_packet(ProtocolVersion::V5, &device.id, &device, 60);
+    connect.properties.request_problem_information = Some(0);
+    let (mut raw, answer) = Raw::handshake(app.mqtt, connect).await;
+    assert!(
+        matches!(answer, Some(Packet::ConnAck(ref c)) if c.code == 0),
+        "{answer:?}"
+    );
+    let quiet = |properties: &Properties| {
+        properties.reason_string.is_none() && properties.user_properties.is_empty()
+    };
+    raw.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "free/topic".into(),
+        packet_id: Some(1),
+        payload: Bytes::from_static(b"x"),
+        properties: Properties::default(),
+    }))
+    .await;
+    match raw.packet().await {
+        Some(Packet::PubAck(ack)) => {
+            assert_eq!(ack.reason, ReasonCode::NOT_AUTHORIZED);
+            assert!(quiet(&ack.properties), "{ack:?}");
+        }
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    raw.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        topic: "free/topic".into(),
+        packet_id: Some(2),
+        payload: Bytes::from_static(b"x"),
+        properties: Properties::default(),
+    }))
+    .await;
+    match raw.packet().await {
+        Some(Packet::PubRec(rec)) => {
+            assert_eq!(rec.reason, ReasonCode::NOT_AUTHORIZED);
+            assert!(quiet(&rec.properties), "{rec:?}");
+        }
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    raw.send(&Packet::Subscribe(iotcore_codec::Subscribe {
+        packet_id: 3,
+        filters: vec![(
+            "#".into(),
+            iotcore_codec::SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: 0,
+            },
+        )],
+        properties: Properties::default(),
+    }))
+    .await;
+    match raw.packet().await {
+        Some(Packet::SubAck(ack)) => {
+            assert_eq!(ack.reasons, vec![ReasonCode::NOT_AUTHORIZED]);
+            assert!(quiet(&ack.properties), "{ack:?}");
+        }
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+    app.stop().await;
+}
+
+/// MQTT-1.5.4-3 and MQTT-4.7.3-4: topics are matched byte for byte: a U+FEFF in a topic is
+/// neither stripped nor skipped, and a precomposed "é" is not its decomposed form. Each
+/// subscriber receives the one message published to its exact topic.
+#[tokio::test]
+async fn topics_are_matched_byte_for_byte() {
+    let app = TestApp::spawn().await;
+    let vb = broker_credential(&app).await;
+    let topics = ["t/\u{feff}x", "t/x", "t/caf\u{e9}", "t/cafe\u{301}"];
+    let mut subscribers = Vec::new();
+    for (n, topic) in topics.iter().enumerate() {
+        let mut sub =
+            Raw::connect_as(app.mqtt, ProtocolVersion::V5, &format!("sub{n}"), &vb, 60).await;
+        // Both before anything is published: waiting for a SUBACK skips other packets.
+        for filter in [topic, "marker"] {
+            assert_eq!(sub.subscribe_qos1(filter).await, ReasonCode::GRANTED_QOS_1);
+        }
+        subscribers.push(sub);
+    }
+    let mut publisher = Raw::connect_as(app.mqtt, ProtocolVersion::V5, "pub", &vb, 60).await;
+    for topic in topics {
+        assert_eq!(
+            publisher.publish_qos1(topic, topic.as_bytes()).await,
+            ReasonCode::SUCCESS
+        );
+    }
+    // Then a marker every subscriber receives: anything else would have come before it.
+    assert_eq!(
+        publisher.publish_qos1("marker", b"m").await,
+        ReasonCode::SUCCESS
+    );
+    for (sub, topic) in subscribers.iter_mut().zip(topics) {
+        let got = next_publish(sub).await;
+        assert_eq!(
+            got.topic, topic,
+            "first message of the {topic:?} subscriber"
+        );
+        assert_eq!(got.payload.as_ref(), topic.as_bytes());
+        assert_eq!(next_publish(sub).await.topic, "marker", "{topic:?}");
+    }
+    app.stop().await;
+}
