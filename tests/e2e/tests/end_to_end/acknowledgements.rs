@@ -1,7 +1,7 @@
 //! What the broker owes a subscriber while acknowledgements are outstanding: the client's
 //! Receive Maximum holds back PUBLISH packets only, a delivery started before UNSUBSCRIBE
-//! is completed, and a shared subscription member's refusal is final. MQTT 5.0 numbering,
-//! inside a virtual broker (free client ids and topics), raw clients.
+//! is completed, and a shared subscription member keeps what it was sent, refused or not.
+//! MQTT 5.0 numbering, inside a virtual broker (free client ids and topics), raw clients.
 
 use crate::sessions::next_publish;
 use crate::virtual_brokers::create_broker;
@@ -197,5 +197,65 @@ async fn a_message_refused_by_a_shared_member_goes_to_no_other_member() {
     }
     seen.sort();
     assert_eq!(seen, later);
+    app.stop().await;
+}
+
+/// A shared subscription member with a persistent session (Session Expiry 300).
+async fn persistent_member(app: &TestApp, vb: &Device, client_id: &str) -> (Raw, bool) {
+    let mut connect = Raw::connect_packet(ProtocolVersion::V5, client_id, vb, 60);
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval = Some(300);
+    match Raw::handshake(app.mqtt, connect).await {
+        (raw, Some(Packet::ConnAck(ack))) if ack.code == 0 => (raw, ack.session_present),
+        (_, other) => panic!("CONNECT refused: {other:?}"),
+    }
+}
+
+/// MQTT-4.8.2-4 and -5: a QoS 1 message in flight to a shared subscription member whose
+/// connection is lost stays with that member's session: it is not given to the other
+/// member (whose own marker, published afterwards, arrives first), and it is completed,
+/// with DUP set, when the member comes back.
+#[tokio::test]
+async fn a_shared_message_in_flight_stays_with_its_member() {
+    let app = TestApp::spawn().await;
+    let vb = broker_credential(&app).await;
+    let (mut a, _) = persistent_member(&app, &vb, "a").await;
+    let (mut b, _) = persistent_member(&app, &vb, "b").await;
+    for (member, marker) in [(&mut a, "m/a"), (&mut b, "m/b")] {
+        for filter in ["$share/g/t/#", marker] {
+            assert_eq!(
+                member.subscribe_qos1(filter).await,
+                ReasonCode::GRANTED_QOS_1
+            );
+        }
+    }
+    let mut publisher = client(&app, &vb, "pub").await;
+    assert_eq!(
+        publisher.publish_qos1("t/in-flight", b"x").await,
+        ReasonCode::SUCCESS
+    );
+    let (got, member) = tokio::select! {
+        got = next_publish(&mut a) => (got, "a"),
+        got = next_publish(&mut b) => (got, "b"),
+    };
+    assert_eq!(got.topic, "t/in-flight");
+    let (lost, mut other, other_marker) = match member {
+        "a" => (a, b, "m/b"),
+        _ => (b, a, "m/a"),
+    };
+    drop(lost); // without a PUBACK
+
+    assert_eq!(
+        publisher.publish_qos1(other_marker, b"m").await,
+        ReasonCode::SUCCESS
+    );
+    let first = next_publish(&mut other).await;
+    assert_eq!(first.topic, other_marker, "the other member got it");
+
+    let (mut back, present) = persistent_member(&app, &vb, member).await;
+    assert!(present);
+    let again = next_publish(&mut back).await;
+    assert_eq!((again.topic.as_str(), again.dup), ("t/in-flight", true));
+    assert_eq!(again.packet_id, got.packet_id);
     app.stop().await;
 }
