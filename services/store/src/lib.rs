@@ -17,6 +17,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod notify;
 pub mod passwords;
+pub mod policies;
 pub mod publishes;
 pub mod quotas;
 pub mod registries;

@@ -19,6 +19,8 @@ pub enum Change {
     /// A credential, device, registry or the tenant itself changed in a way that can
     /// invalidate cached authentication results or live sessions.
     Principals { tenant_id: TenantId },
+    /// A policy of the tenant changed, or one was attached or detached.
+    Policies { tenant_id: TenantId },
 }
 
 /// Sends `change` on [`CHANNEL`]; call it with the transaction that makes the change.

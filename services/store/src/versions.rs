@@ -21,6 +21,7 @@ pub(crate) enum Versioned {
     Devices,
     Brokers,
     Rules,
+    Policies,
 }
 
 impl Versioned {
@@ -41,6 +42,9 @@ impl Versioned {
             }
             Versioned::Rules => {
                 "SELECT updated_at FROM rules WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
+            }
+            Versioned::Policies => {
+                "SELECT updated_at FROM policies WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
             }
         }
     }
