@@ -67,6 +67,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(routes::publish::router())
         .merge(routes::quotas::router())
         .merge(routes::passwords::router())
+        .merge(routes::policies::router())
         .merge(routes::rules::router())
         .merge(routes::health::router())
         .merge(routes::docs::router())

@@ -2,7 +2,7 @@
 
 use crate::error::{FieldError, Problem};
 use crate::routes::{
-    brokers, devices, health, passwords, publish, quotas, registries, rules, tenants,
+    brokers, devices, health, passwords, policies, publish, quotas, registries, rules, tenants,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -32,6 +32,12 @@ by naming it in the `X-Iotcore-Tenant` header. Errors are RFC 9457 problem detai
         passwords::delete_registry_password,
         passwords::create_broker_password, passwords::list_broker_passwords,
         passwords::delete_broker_password,
+        policies::create_policy, policies::list_policies, policies::get_policy,
+        policies::replace_policy, policies::delete_policy,
+        policies::list_tenant_policies, policies::attach_tenant_policy, policies::detach_tenant_policy,
+        policies::list_registry_policies, policies::attach_registry_policy, policies::detach_registry_policy,
+        policies::list_device_policies, policies::attach_device_policy, policies::detach_device_policy,
+        policies::list_broker_policies, policies::attach_broker_policy, policies::detach_broker_policy,
         publish::command_device, publish::command_registry, publish::publish,
         rules::create_rule, rules::list_rules, rules::get_rule, rules::update_rule, rules::delete_rule,
         rules::get_rule_stats, rules::list_dead_letters, rules::replay_dead_letters,
@@ -46,6 +52,7 @@ by naming it in the `X-Iotcore-Tenant` header. Errors are RFC 9457 problem detai
         (name = "devices", description = "Devices, with their connection status"),
         (name = "brokers", description = "Virtual brokers: isolated namespaces of free-form topics"),
         (name = "passwords", description = "Passwords of devices, registry clients and virtual brokers"),
+        (name = "policies", description = "ACL policies and their attachment to the tenant, registries, devices and virtual brokers"),
         (name = "publish", description = "Commands and messages published from the API"),
         (name = "rules", description = "Rules forwarding device messages to webhooks"),
         (name = "operations", description = "Health, readiness, metrics and this document"),

@@ -5,6 +5,7 @@ pub mod devices;
 pub mod docs;
 pub mod health;
 pub mod passwords;
+pub mod policies;
 pub mod publish;
 pub mod quotas;
 pub mod registries;
