@@ -1,11 +1,13 @@
 //! What a connection may publish and subscribe to (SPEC §4.2).
 //!
-//! This covers the built-in rights of devices, registry clients and virtual broker clients;
-//! policies attached through the API extend it in a later version. Filters are expanded
-//! once at CONNECT, so checking a PUBLISH is a few topic matches with no allocation.
+//! The built-in rights of devices, registry clients and virtual broker clients, plus the
+//! statements of the policies attached to them (see [`crate::policies`]). Filters are
+//! expanded once at CONNECT (and again when a policy changes), so checking a PUBLISH is a
+//! few topic matches with no allocation. Deny wins over allow; nothing allowed is denied.
 
 use crate::auth::Principal;
 use iotcore_store::auth::PrincipalKind;
+use iotcore_store::policies::{Action, Effect};
 use iotcore_store::{DeviceId, RegistryId};
 use iotcore_topic::{contains, matches};
 
@@ -13,6 +15,8 @@ use iotcore_topic::{contains, matches};
 pub struct Acl {
     publish: Vec<String>,
     subscribe: Vec<String>,
+    deny_publish: Vec<String>,
+    deny_subscribe: Vec<String>,
     /// A registry client's registry: its `$devices/{id}/…` topics are limited to devices of
     /// this registry (SPEC §3.4).
     pub registry_scope: Option<RegistryId>,
@@ -62,18 +66,61 @@ impl Acl {
         acl
     }
 
-    /// Whether a PUBLISH to `topic` is allowed by the topic rights alone. For registry
-    /// clients, [`Acl::scoped_device`] names a device whose registry must be checked too.
-    pub fn allows_publish(&self, topic: &str) -> bool {
-        self.publish.iter().any(|allowed| matches(allowed, topic))
+    /// Adds the rights of one policy statement, its topics already expanded.
+    pub fn add(&mut self, effect: Effect, actions: &[Action], topics: &[String]) {
+        for action in actions {
+            let list = match (effect, action) {
+                (Effect::Allow, Action::Publish) => &mut self.publish,
+                (Effect::Allow, Action::Subscribe) => &mut self.subscribe,
+                (Effect::Deny, Action::Publish) => &mut self.deny_publish,
+                (Effect::Deny, Action::Subscribe) => &mut self.deny_subscribe,
+            };
+            for topic in topics {
+                if !list.contains(topic) {
+                    list.push(topic.clone());
+                }
+            }
+        }
     }
 
-    /// Whether a subscription to `filter` is allowed: every topic it can match must be
-    /// matched by an allowed filter (containment, not overlap).
+    /// Whether a PUBLISH to `topic` is allowed by the topic rights alone: it matches an
+    /// allowed filter and no denied one. For registry clients, [`Acl::scoped_device`] names
+    /// a device whose registry must be checked too.
+    pub fn allows_publish(&self, topic: &str) -> bool {
+        self.publish.iter().any(|allowed| matches(allowed, topic))
+            && !self
+                .deny_publish
+                .iter()
+                .any(|denied| matches(denied, topic))
+    }
+
+    /// Whether a subscription to `filter` is granted: every topic it can match must be
+    /// matched by an allowed filter (containment, not overlap), and not every one by a
+    /// denied filter. One that only overlaps a denied filter is granted, and
+    /// [`Acl::delivers`] holds back the denied topics.
     pub fn allows_subscribe(&self, filter: &str) -> bool {
         self.subscribe
             .iter()
             .any(|allowed| contains(allowed, filter))
+            && !self
+                .deny_subscribe
+                .iter()
+                .any(|denied| contains(denied, filter))
+    }
+
+    /// Whether a message on `topic` may reach this client's subscriptions (retained ones
+    /// included): when an allowed subscribe filter matches it and no denied one does.
+    ///
+    /// For rights that have not changed since a subscription was granted, the allow part
+    /// always holds (the subscription is contained in an allowed filter); after a policy
+    /// change it stops a subscription no longer granted at the next message, before its
+    /// connection has removed it.
+    pub fn delivers(&self, topic: &str) -> bool {
+        self.subscribe.iter().any(|allowed| matches(allowed, topic))
+            && !self
+                .deny_subscribe
+                .iter()
+                .any(|denied| matches(denied, topic))
     }
 
     /// For a registry client publishing to `$devices/{id}/…`: the device whose registry

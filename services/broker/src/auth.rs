@@ -1,10 +1,12 @@
 //! Authentication of MQTT clients at CONNECT (SPEC §4.1): username and password against
 //! the store's argon2id hashes.
 
+use crate::auth_cache::{AuthCache, FailureThrottle};
 use crate::limits::{Limits, Refusal, TenantLimits};
 use crate::router::Namespace;
 use iotcore_store::auth::{decoy_hash, verify_password, PasswordPrincipal, PrincipalKind};
 use iotcore_store::{BrokerId, Store, TenantId};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Who a connection acts as, decided once at CONNECT from its credential and never from
@@ -20,6 +22,23 @@ pub struct Principal {
     pub rules_version: i64,
 }
 
+impl Principal {
+    /// The id the client authenticated as: a device, registry or virtual broker id.
+    pub fn id(&self) -> &str {
+        match &self.kind {
+            PrincipalKind::Device { device_id, .. } => device_id.as_str(),
+            PrincipalKind::Registry { registry_id } => registry_id.as_str(),
+            PrincipalKind::Broker { broker_id } => broker_id.as_str(),
+        }
+    }
+
+    /// The subject CN of the client certificate the connection authenticated with, for
+    /// `${cert.subject.cn}` in policies; `None` for password authentication.
+    pub fn cert_cn(&self) -> Option<&str> {
+        None
+    }
+}
+
 /// Why a CONNECT is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {
@@ -33,29 +52,44 @@ pub enum AuthFailure {
     Limited(Refusal),
 }
 
-#[derive(Clone)]
 pub struct Authenticator {
     store: Store,
     /// The virtual broker anonymous clients are mapped to (SPEC §3.6), if the operator
     /// chose one.
     anonymous_broker: Option<BrokerId>,
+    /// Successful password checks, so that reconnecting clients cost no query or hash.
+    pub cache: AuthCache,
+    /// Recent failures per address and username, which slow further attempts down.
+    throttle: FailureThrottle,
 }
 
 impl Authenticator {
-    pub fn new(store: Store, anonymous_broker: Option<BrokerId>) -> Authenticator {
+    pub fn new(
+        store: Store,
+        anonymous_broker: Option<BrokerId>,
+        cache: AuthCache,
+        throttle: FailureThrottle,
+    ) -> Authenticator {
         Authenticator {
             store,
             anonymous_broker,
+            cache,
+            throttle,
         }
     }
 
     /// Authenticates a CONNECT. Once the username has named a tenant, the tenant's CONNECT
     /// rate and authentications in flight are checked before the (costly) password hash,
     /// so that a reconnect storm of one tenant does not starve the others.
+    ///
+    /// After repeated failures from `peer` or for `username`, the answer is delayed; a
+    /// username and password that authenticated before (and whose tenant has not changed
+    /// since) are answered from memory.
     pub async fn authenticate(
         &self,
         username: Option<&str>,
         password: Option<&[u8]>,
+        peer: IpAddr,
         limits: &Limits,
     ) -> Result<(Principal, Arc<TenantLimits>), AuthFailure> {
         if let (None, Some(broker)) = (username, &self.anonymous_broker) {
@@ -64,6 +98,33 @@ impl Authenticator {
             admit(limits, &tenant)?;
             return Ok((principal, tenant));
         }
+        let delay = self.throttle.delay(peer, username);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if let (Some(username), Some(password)) = (username, password) {
+            if let Some(found) = self.cache.get(username, password) {
+                let tenant = limits.tenant(&self.store, &found.tenant_id).await;
+                admit(limits, &tenant)?;
+                return Ok((into_principal(found)?, tenant));
+            }
+        }
+        let result = self.verify(username, password, limits).await;
+        match &result {
+            Err(AuthFailure::BadCredentials) => self.throttle.failed(peer, username),
+            Ok(_) => self.throttle.succeeded(username),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Looks the username up and verifies the password against its hashes (or a decoy).
+    async fn verify(
+        &self,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+        limits: &Limits,
+    ) -> Result<(Principal, Arc<TenantLimits>), AuthFailure> {
         let found = match username {
             Some(username) => self
                 .store
@@ -85,6 +146,7 @@ impl Authenticator {
             None => None,
         };
         let password = password.unwrap_or_default().to_vec();
+        let password_copy = password.clone();
         let hashes = match &found {
             Some(principal) if !principal.hashes.is_empty() => principal.hashes.clone(),
             // Unknown principals and principals without passwords still pay for one hash
@@ -97,7 +159,13 @@ impl Authenticator {
         .await
         .unwrap_or(false);
         match (found, tenant) {
-            (Some(principal), Some(tenant)) if verified => Ok((into_principal(principal)?, tenant)),
+            (Some(principal), Some(tenant)) if verified => {
+                if let Some(username) = username {
+                    self.cache
+                        .insert(username, &password_copy, principal.clone());
+                }
+                Ok((into_principal(principal)?, tenant))
+            }
             (Some(_), _) => {
                 failed("bad_password");
                 Err(AuthFailure::BadCredentials)

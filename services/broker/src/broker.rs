@@ -1,6 +1,7 @@
 //! The broker's shared state, its listeners and the task that keeps rule indexes current.
 
 use crate::auth::{Authenticator, Principal};
+use crate::auth_cache::{AuthCache, FailureThrottle};
 use crate::limits::{LimitSettings, Limits};
 use crate::retained_store::RetainedWriter;
 use crate::router::{Namespace, NamespaceRoutes, Router};
@@ -41,6 +42,8 @@ pub struct Shared {
     pub retained: RetainedWriter,
     pub sessions_writer: SessionWriter,
     pub store: Store,
+    /// Cached policy attachments and the rights of every live session (SPEC §4.2).
+    pub policies: crate::policies::Policies,
     /// Which registry a device belongs to, for the registry scope of registry clients'
     /// publishes (SPEC §3.4), so that it is not a query per message. Only answers found are
     /// kept: a device never changes registry and ids are never reused.
@@ -163,7 +166,18 @@ pub async fn run(
         limits,
         router: Router::default(),
         sessions: Sessions::new(config.max_parked_sessions_per_namespace),
-        auth: Authenticator::new(store.clone(), anonymous_broker),
+        auth: Authenticator::new(
+            store.clone(),
+            anonymous_broker,
+            AuthCache::new(
+                config.auth_cache_entries,
+                Duration::from_secs(config.auth_cache_ttl_secs),
+            ),
+            FailureThrottle::new(
+                config.auth_failures_before_delay,
+                Duration::from_millis(config.auth_failure_max_delay_ms),
+            ),
+        ),
         quotas: Limits::new(LimitSettings {
             defaults: config.tenant_quotas,
             connects_per_second: config.max_connects_per_second_per_tenant,
@@ -174,6 +188,7 @@ pub async fn run(
         retained,
         sessions_writer,
         store,
+        policies: crate::policies::Policies::default(),
         device_registries: Mutex::default(),
         wills: TaskTracker::new(),
         shutdown: shutdown.clone(),
@@ -301,14 +316,23 @@ async fn follow_rule_changes(shared: Arc<Shared>) {
                         shared.reload_rules(&tenant_id, &routes).await;
                     }
                 }
+                Ok(Some(Change::Policies { tenant_id })) => {
+                    shared
+                        .policies
+                        .refresh_tenant(&shared.store, &tenant_id)
+                        .await;
+                }
                 Ok(Some(Change::Principals { tenant_id })) => {
+                    shared.auth.cache.forget_tenant(&tenant_id);
                     // Quota changes come with this notification too.
                     shared.quotas.refresh(&shared.store, Some(&tenant_id)).await;
                     recheck_principals(&shared, &tenant_id).await;
                 }
                 // Notifications may have been missed: reload every loaded index.
                 Ok(None) => {
+                    shared.auth.cache.clear();
                     shared.quotas.refresh(&shared.store, None).await;
+                    shared.policies.refresh_all(&shared.store).await;
                     for (namespace, routes) in shared.router.loaded() {
                         if let Namespace::Tenant(tenant) = namespace {
                             shared.reload_rules(&tenant, &routes).await;
@@ -331,6 +355,17 @@ async fn recheck_principals(shared: &Shared, tenant: &TenantId) {
     for principal in shared.sessions.live_principals(tenant) {
         let valid = match shared.store.find_password_principal(&principal).await {
             Ok(Some(found)) => {
+                // A device's labels or its registry's defaults may have changed.
+                shared
+                    .policies
+                    .update_principal(
+                        &shared.store,
+                        tenant,
+                        &principal,
+                        &found.kind,
+                        found.default_policy,
+                    )
+                    .await;
                 found.tenant_active
                     && !matches!(
                         found.kind,

@@ -46,6 +46,21 @@ pub struct BrokerConfig {
     /// CONNECTs of one tenant whose password is being checked at once (0: unlimited);
     /// beyond it CONNACK 0x89, so that one tenant cannot hold every hashing thread.
     pub max_auth_in_flight_per_tenant: usize,
+    /// PUBLISH packets refused by the ACL after which a client is disconnected (MQTT 5:
+    /// DISCONNECT 0x87); 0: never.
+    pub max_denied_publishes: u32,
+    /// Successful password checks remembered (principal and a hash of the password), so
+    /// that a reconnect storm does not cost an argon2 verification per CONNECT.
+    pub auth_cache_entries: usize,
+    /// How long a remembered password check stays valid, seconds; control-plane changes of
+    /// the tenant's credentials, devices or the tenant itself forget it at once.
+    pub auth_cache_ttl_secs: u64,
+    /// Failed authentications from one address, or for one username, before further
+    /// attempts are slowed down.
+    pub auth_failures_before_delay: u32,
+    /// The longest delay a CONNECT after repeated failures waits before it is answered,
+    /// milliseconds (the delay doubles with each further failure up to it).
+    pub auth_failure_max_delay_ms: u64,
     /// The tenant quota defaults (`[api.quotas]`), copied here by the binary; each tenant's
     /// own overrides are read from the store.
     #[serde(skip)]
@@ -100,6 +115,11 @@ impl Default for BrokerConfig {
             max_publishes_per_second_per_client: 1000,
             max_connects_per_second_per_tenant: 500,
             max_auth_in_flight_per_tenant: 16,
+            max_denied_publishes: 100,
+            auth_cache_entries: 100_000,
+            auth_cache_ttl_secs: 300,
+            auth_failures_before_delay: 5,
+            auth_failure_max_delay_ms: 5000,
             tenant_quotas: TenantQuotaDefaults::default(),
             max_keep_alive_secs: 3600,
             rule_commit_max_wait_ms: 2,

@@ -98,7 +98,7 @@ where
             }
         };
         let version = connect.protocol;
-        let mut accepted = match handshake::accept(&shared, &connect).await {
+        let mut accepted = match handshake::accept(&shared, &connect, peer.ip()).await {
             Ok(accepted) => accepted,
             Err(refused) => {
                 tracing::info!(reason = refused.reason, "CONNECT refused");
@@ -192,7 +192,7 @@ where
                         &shared.sessions_writer,
                         &namespace,
                         &client_id,
-                        accepted.acl.registry_scope.as_ref(),
+                        accepted.acl.current().registry_scope.as_ref(),
                     )
                 });
                 let (mailbox, queue) = mailbox::channel(shared.config.outbound_queue, journal);
@@ -452,6 +452,8 @@ impl Session {
         };
         let far_future = Duration::from_secs(86400 * 365);
         let mut deadline = Instant::now() + keep_alive.unwrap_or(far_future);
+        // A resumed session's subscriptions are checked against this connection's rights.
+        self.recheck_subscriptions();
         // Packets the client pipelined behind its CONNECT arrived in the same read and are
         // already buffered; without this they would wait for the client's next bytes.
         if let Err(close) = self.handle_buffered(io).await {
@@ -487,6 +489,8 @@ impl Session {
                 _ = sleep_until(deadline), if keep_alive.is_some() => {
                     return Close::with(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
                 }
+                // SPEC §4.2: policies changed; subscriptions no longer granted stop here.
+                _ = self.accepted.acl.changed() => self.recheck_subscriptions(),
                 // SPEC §4.1: a disabled or deleted principal, or a suspended tenant, is
                 // disconnected (MQTT 5: 0x87).
                 _ = revoked.cancelled() => {

@@ -1,10 +1,10 @@
 //! The first packet of a connection: CONNECT, authentication, the client id rule and the
 //! CONNACK (SPEC §3.3, §4.1).
 
-use crate::acl::Acl;
 use crate::auth::{AuthFailure, Principal};
 use crate::broker::Shared;
 use crate::limits::{ConnectionSlot, Refusal};
+use crate::policies::LiveAcl;
 use crate::publish;
 use crate::router::Message;
 use iotcore_codec::{
@@ -18,7 +18,10 @@ use std::time::Duration;
 /// A CONNECT that was accepted.
 pub struct Accepted {
     pub principal: Principal,
-    pub acl: Acl,
+    /// The connection's rights, kept current as policies change (SPEC §4.2).
+    pub acl: LiveAcl,
+    /// PUBLISH packets refused by the ACL so far (`mqtt.max_denied_publishes`).
+    pub denied_publishes: u32,
     pub client_id: String,
     /// Set when the broker chose the client id (MQTT 5 Assigned Client Identifier).
     pub assigned: bool,
@@ -44,7 +47,11 @@ pub struct Refused {
 }
 
 /// Decides on a CONNECT. Never trusts anything in it but the credential for the tenant.
-pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refused> {
+pub async fn accept(
+    shared: &Shared,
+    connect: &Connect,
+    peer: std::net::IpAddr,
+) -> Result<Accepted, Refused> {
     let v5 = connect.protocol == ProtocolVersion::V5;
     let refuse = |v3: u8, v5_code: ReasonCode, reason: &'static str| Refused {
         code: if v5 { v5_code.0 } else { v3 },
@@ -71,6 +78,7 @@ pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refu
         .authenticate(
             connect.username.as_deref(),
             connect.password.as_deref(),
+            peer,
             &shared.quotas,
         )
         .await
@@ -114,7 +122,18 @@ pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refu
         } else {
             (connect.keep_alive, None)
         };
-    let acl = Acl::for_principal(&principal);
+    let acl = shared
+        .policies
+        .live_acl(&shared.store, &principal, &client_id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "loading policies failed");
+            refuse(
+                connack_v3::SERVER_UNAVAILABLE,
+                ReasonCode::SERVER_UNAVAILABLE,
+                "server unavailable",
+            )
+        })?;
     let max_expiry = shared.config.max_session_expiry_secs;
     let requested_expiry = match connect.protocol {
         ProtocolVersion::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
@@ -140,7 +159,7 @@ pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refu
                     "invalid will topic",
                 )
             })?;
-            if !publish::allowed(shared, &principal, &acl, &will.topic).await {
+            if !publish::allowed(shared, &principal, &acl.current(), &will.topic).await {
                 return Err(refuse(
                     connack_v3::NOT_AUTHORIZED,
                     ReasonCode::NOT_AUTHORIZED,
@@ -166,6 +185,7 @@ pub async fn accept(shared: &Shared, connect: &Connect) -> Result<Accepted, Refu
     Ok(Accepted {
         principal,
         acl,
+        denied_publishes: 0,
         client_id,
         assigned,
         keep_alive,

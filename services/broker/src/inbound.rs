@@ -66,9 +66,19 @@ impl Session {
             };
         }
         let principal = &self.accepted.principal;
-        if !publish::allowed(&self.shared, principal, &self.accepted.acl, &publish.topic).await {
+        let acl = self.accepted.acl.current();
+        if !publish::allowed(&self.shared, principal, &acl, &publish.topic).await {
             tracing::debug!(topic = publish.topic, "publish denied");
             self.metrics.dropped(mqtt::DROP_NOT_AUTHORIZED);
+            // SPEC §4.2: a client that keeps publishing where it may not is disconnected.
+            self.accepted.denied_publishes = self.accepted.denied_publishes.saturating_add(1);
+            let max = self.shared.config.max_denied_publishes;
+            if max > 0 && self.accepted.denied_publishes >= max {
+                return Err(Close::with(
+                    ReasonCode::NOT_AUTHORIZED,
+                    "too many denied publishes",
+                ));
+            }
             self.ack(publish.qos, packet_id, ReasonCode::NOT_AUTHORIZED, io);
             return Ok(());
         }

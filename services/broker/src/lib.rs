@@ -8,6 +8,7 @@
 mod acl;
 mod api_publishes;
 mod auth;
+mod auth_cache;
 mod batch;
 mod broker;
 pub mod config;
@@ -18,6 +19,7 @@ mod limits;
 mod mailbox;
 mod metrics;
 mod outbound;
+mod policies;
 mod publish;
 mod retained_store;
 mod router;

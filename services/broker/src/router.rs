@@ -107,6 +107,10 @@ pub struct Subscriber {
     pub subscription_id: Option<u32>,
     /// For registry clients: deliver `$devices/…` messages only from this registry.
     pub registry_scope: Option<RegistryId>,
+    /// The session's current rights: topics of a denied subscribe filter are not
+    /// delivered (SPEC §4.2). `None` for a session restored from the store until its
+    /// client is back.
+    pub acl: Option<crate::policies::LiveAcl>,
 }
 
 impl Subscriber {
@@ -117,14 +121,20 @@ impl Subscriber {
         self.in_scope(message)
     }
 
-    /// The registry scope of SPEC §3.4, also applied to retained messages.
+    /// The registry scope of SPEC §3.4 and the denied subscribe filters of SPEC §4.2,
+    /// also applied to retained messages.
     pub fn in_scope(&self, message: &Message) -> bool {
-        match &self.registry_scope {
+        let scoped = match &self.registry_scope {
             Some(scope) if message.topic.starts_with("$devices/") => {
                 message.origin_registry.as_ref() == Some(scope)
             }
             _ => true,
-        }
+        };
+        scoped
+            && self
+                .acl
+                .as_ref()
+                .is_none_or(|acl| acl.delivers(&message.topic))
     }
 }
 
@@ -205,6 +215,21 @@ impl NamespaceRoutes {
                     (filter, subscriber),
                 );
             }
+        }
+    }
+
+    /// The subscriber `connection` registered for `subscription`, if any.
+    pub fn subscriber(
+        &self,
+        subscription: &Subscription,
+        connection: ConnectionId,
+    ) -> Option<Subscriber> {
+        let filter = subscription.filter.as_str();
+        match &subscription.share_group {
+            None => read(&self.subscriptions).get(filter, &connection).cloned(),
+            Some(group) => read(&self.shared)
+                .get(filter, &(group.as_str().into(), connection))
+                .map(|(_, subscriber)| subscriber.clone()),
         }
     }
 
@@ -448,6 +473,7 @@ mod tests {
             retain_as_published: false,
             subscription_id: None,
             registry_scope: scope,
+            acl: None,
         };
         (subscriber, rx)
     }

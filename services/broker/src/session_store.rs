@@ -546,6 +546,8 @@ fn restore_one(shared: &Shared, stored: StoredSession, rows: Vec<SessionMessage>
             retain_as_published: stored_subscription.retain_as_published,
             subscription_id: stored_subscription.subscription_id,
             registry_scope: registry_scope.clone(),
+            // The client's rights are known once it is back (see `recheck_subscriptions`).
+            acl: None,
         };
         routes.subscribe(&subscription, id, subscriber);
         subscriptions.insert(stored_subscription.filter.clone(), subscription);

@@ -25,12 +25,11 @@ impl Session {
             .copied();
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
+        let acl = self.accepted.acl.current();
         for (raw, options) in &subscribe.filters {
             let reason = match TopicFilter::parse_subscription(raw, self.shared.limits) {
                 Err(_) => failure(ReasonCode::TOPIC_FILTER_INVALID),
-                Ok(Subscription { filter, .. })
-                    if !self.accepted.acl.allows_subscribe(filter.as_str()) =>
-                {
+                Ok(Subscription { filter, .. }) if !acl.allows_subscribe(filter.as_str()) => {
                     failure(ReasonCode::NOT_AUTHORIZED)
                 }
                 Ok(Subscription { .. })
@@ -48,7 +47,8 @@ impl Session {
                         no_local: options.no_local && subscription.share_group.is_none(),
                         retain_as_published: options.retain_as_published,
                         subscription_id,
-                        registry_scope: self.accepted.acl.registry_scope.clone(),
+                        registry_scope: acl.registry_scope.clone(),
+                        acl: Some(self.accepted.acl.clone()),
                     };
                     let existed = self
                         .subscriptions
@@ -102,6 +102,41 @@ impl Session {
                 };
                 // Through our own bounded mailbox, so they obey the in-flight window.
                 self.mailbox.push(outgoing);
+            }
+        }
+    }
+
+    /// Brings the session's subscriptions in line with its current rights (SPEC §4.2):
+    /// those no longer granted are removed (they stop receiving at once), and the others
+    /// follow this connection's rights from now on (a resumed session's subscriptions
+    /// were made under an earlier connection).
+    pub fn recheck_subscriptions(&mut self) {
+        let acl = self.accepted.acl.current();
+        let mut revoked = Vec::new();
+        for (raw, subscription) in &self.subscriptions {
+            if !acl.allows_subscribe(subscription.filter.as_str()) {
+                revoked.push(raw.clone());
+                continue;
+            }
+            if let Some(mut subscriber) = self.routes.subscriber(subscription, self.id) {
+                if !subscriber
+                    .acl
+                    .as_ref()
+                    .is_some_and(|live| live.same(&self.accepted.acl))
+                {
+                    subscriber.acl = Some(self.accepted.acl.clone());
+                    self.routes.subscribe(subscription, self.id, subscriber);
+                }
+            }
+        }
+        for raw in revoked {
+            tracing::info!(filter = raw, "subscription no longer allowed; removed");
+            if let Some(subscription) = self.subscriptions.remove(&raw) {
+                self.metrics.subscriptions().dec();
+                self.routes.unsubscribe(&subscription, self.id);
+            }
+            if let Some(journal) = self.mailbox.journal() {
+                journal.unsubscribed(&raw);
             }
         }
     }

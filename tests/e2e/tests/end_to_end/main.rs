@@ -16,6 +16,7 @@ mod mosquitto_interop;
 mod mqtt5_conformance;
 mod mqtt_features;
 mod outbound_aliases;
+mod policies;
 mod protocol;
 mod proxy_protocol;
 mod quickstart;

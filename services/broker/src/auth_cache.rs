@@ -1,0 +1,277 @@
+//! What authentication remembers (SPEC §4.1): successful password checks, so that a
+//! reconnect storm does not cost one PostgreSQL query and one argon2 verification per
+//! CONNECT, and recent failures, so that guessing passwords is slowed down.
+//!
+//! Both are bounded in entries. Remembered checks are keyed by a keyed hash of the
+//! username and password (the key is random per process, so the table is no shortcut to
+//! the passwords), expire after a TTL, and are forgotten for a whole tenant when the
+//! control plane changes its credentials, devices or the tenant itself.
+
+use iotcore_store::auth::PasswordPrincipal;
+use iotcore_store::TenantId;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Successful password checks.
+pub struct AuthCache {
+    key: [u8; 32],
+    max_entries: usize,
+    ttl: Duration,
+    entries: Mutex<HashMap<[u8; 32], (PasswordPrincipal, Instant)>>,
+}
+
+impl AuthCache {
+    pub fn new(max_entries: usize, ttl: Duration) -> AuthCache {
+        let mut key = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut key);
+        AuthCache {
+            key,
+            max_entries,
+            ttl,
+            entries: Mutex::default(),
+        }
+    }
+
+    fn digest(&self, username: &str, password: &[u8]) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update(self.key);
+        hash.update((username.len() as u64).to_be_bytes());
+        hash.update(username.as_bytes());
+        hash.update(password);
+        hash.finalize().into()
+    }
+
+    /// The principal a previous CONNECT with this username and password authenticated as,
+    /// if that is still remembered.
+    pub fn get(&self, username: &str, password: &[u8]) -> Option<PasswordPrincipal> {
+        if self.max_entries == 0 {
+            return None;
+        }
+        let digest = self.digest(username, password);
+        let mut entries = lock(&self.entries);
+        match entries.get(&digest) {
+            Some((principal, at)) if at.elapsed() < self.ttl => Some(principal.clone()),
+            Some(_) => {
+                entries.remove(&digest);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remembers that this username and password authenticate as `principal`.
+    pub fn insert(&self, username: &str, password: &[u8], principal: PasswordPrincipal) {
+        if self.max_entries == 0 {
+            return;
+        }
+        let digest = self.digest(username, password);
+        let mut entries = lock(&self.entries);
+        if entries.len() >= self.max_entries {
+            let ttl = self.ttl;
+            entries.retain(|_, (_, at)| at.elapsed() < ttl);
+            // Still full: make room by forgetting one entry (any; it costs one verification).
+            if entries.len() >= self.max_entries {
+                if let Some(evicted) = entries.keys().next().copied() {
+                    entries.remove(&evicted);
+                }
+            }
+        }
+        entries.insert(digest, (principal, Instant::now()));
+    }
+
+    /// Forgets every check of `tenant`'s principals (its credentials, devices, registries
+    /// or the tenant itself changed).
+    pub fn forget_tenant(&self, tenant: &TenantId) {
+        lock(&self.entries).retain(|_, (principal, _)| principal.tenant_id != *tenant);
+    }
+
+    /// Forgets everything (change notifications may have been missed).
+    pub fn clear(&self) {
+        lock(&self.entries).clear();
+    }
+}
+
+/// Failures are forgotten after this long without another one.
+const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Most addresses and usernames whose failures are counted at once.
+const MAX_FAILURE_ENTRIES: usize = 100_000;
+/// The first delay once the threshold is reached; it doubles with each further failure.
+const FIRST_DELAY: Duration = Duration::from_millis(100);
+/// Usernames are counted by their first bytes only, to bound memory per entry.
+const MAX_USERNAME_KEY: usize = 128;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Source {
+    Address(IpAddr),
+    Username(String),
+}
+
+/// Recent authentication failures per source address and per username.
+pub struct FailureThrottle {
+    before_delay: u32,
+    max_delay: Duration,
+    entries: Mutex<HashMap<Source, (u32, Instant)>>,
+}
+
+impl FailureThrottle {
+    pub fn new(before_delay: u32, max_delay: Duration) -> FailureThrottle {
+        FailureThrottle {
+            before_delay,
+            max_delay,
+            entries: Mutex::default(),
+        }
+    }
+
+    fn sources(address: IpAddr, username: Option<&str>) -> impl Iterator<Item = Source> {
+        let username = username.map(|u| {
+            let mut end = u.len().min(MAX_USERNAME_KEY);
+            while !u.is_char_boundary(end) {
+                end -= 1;
+            }
+            Source::Username(u[..end].to_owned())
+        });
+        std::iter::once(Source::Address(address)).chain(username)
+    }
+
+    /// How long a CONNECT from `address` for `username` waits before it is checked.
+    pub fn delay(&self, address: IpAddr, username: Option<&str>) -> Duration {
+        if self.max_delay.is_zero() {
+            return Duration::ZERO;
+        }
+        let entries = lock(&self.entries);
+        let failures = Self::sources(address, username)
+            .filter_map(|source| entries.get(&source))
+            .filter(|(_, at)| at.elapsed() < FAILURE_WINDOW)
+            .map(|(count, _)| *count)
+            .max()
+            .unwrap_or(0);
+        self.delay_after(failures)
+    }
+
+    fn delay_after(&self, failures: u32) -> Duration {
+        if failures < self.before_delay.max(1) {
+            return Duration::ZERO;
+        }
+        let doublings = (failures - self.before_delay.max(1)).min(20);
+        (FIRST_DELAY * 2u32.pow(doublings)).min(self.max_delay)
+    }
+
+    /// Counts a failed authentication.
+    pub fn failed(&self, address: IpAddr, username: Option<&str>) {
+        let mut entries = lock(&self.entries);
+        if entries.len() >= MAX_FAILURE_ENTRIES {
+            entries.retain(|_, (_, at)| at.elapsed() < FAILURE_WINDOW);
+            if entries.len() >= MAX_FAILURE_ENTRIES {
+                // A flood of distinct sources: start over rather than grow.
+                entries.clear();
+            }
+        }
+        let now = Instant::now();
+        for source in Self::sources(address, username) {
+            let entry = entries.entry(source).or_insert((0, now));
+            if entry.1.elapsed() >= FAILURE_WINDOW {
+                entry.0 = 0;
+            }
+            entry.0 = entry.0.saturating_add(1);
+            entry.1 = now;
+        }
+    }
+
+    /// A successful authentication clears the username's failures (not the address's,
+    /// so that one valid credential does not unlock guessing the others).
+    pub fn succeeded(&self, username: Option<&str>) {
+        if let Some(username) = username {
+            let mut entries = lock(&self.entries);
+            for source in Self::sources(IpAddr::from([0, 0, 0, 0]), Some(username)).skip(1) {
+                entries.remove(&source);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iotcore_store::auth::PrincipalKind;
+    use iotcore_store::BrokerId;
+
+    fn principal(tenant: &TenantId) -> PasswordPrincipal {
+        PasswordPrincipal {
+            tenant_id: tenant.clone(),
+            tenant_active: true,
+            default_policy: true,
+            rules_version: 0,
+            kind: PrincipalKind::Broker {
+                broker_id: BrokerId::generate(),
+            },
+            hashes: vec![],
+        }
+    }
+
+    #[test]
+    fn cache_remembers_exact_credentials_within_bounds() {
+        let cache = AuthCache::new(2, Duration::from_secs(60));
+        let a = TenantId::generate();
+        let b = TenantId::generate();
+        cache.insert("u1", b"secret", principal(&a));
+        assert!(cache.get("u1", b"secret").is_some());
+        assert!(cache.get("u1", b"secret2").is_none());
+        assert!(cache.get("u2", b"secret").is_none());
+        // The length prefix keeps ("u1", "xs") apart from ("u1x", "s").
+        cache.insert("u1x", b"s", principal(&b));
+        assert!(cache.get("u1", b"xs").is_none());
+        cache.insert("u3", b"p", principal(&b));
+        assert!(lock(&cache.entries).len() <= 2);
+        cache.forget_tenant(&b);
+        assert!(cache.get("u3", b"p").is_none());
+        assert!(cache.get("u1x", b"s").is_none());
+        let off = AuthCache::new(0, Duration::from_secs(60));
+        off.insert("u1", b"secret", principal(&a));
+        assert!(off.get("u1", b"secret").is_none());
+    }
+
+    #[test]
+    fn expired_entries_are_not_used() {
+        let cache = AuthCache::new(10, Duration::ZERO);
+        let a = TenantId::generate();
+        cache.insert("u1", b"secret", principal(&a));
+        assert!(cache.get("u1", b"secret").is_none());
+    }
+
+    #[test]
+    fn failures_slow_down_by_address_and_by_username() {
+        let throttle = FailureThrottle::new(3, Duration::from_millis(1000));
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let other: IpAddr = [10, 0, 0, 2].into();
+        for _ in 0..2 {
+            throttle.failed(ip, Some("dev_x"));
+        }
+        assert_eq!(throttle.delay(ip, Some("dev_x")), Duration::ZERO);
+        throttle.failed(ip, Some("dev_x"));
+        assert_eq!(throttle.delay(ip, None), FIRST_DELAY);
+        // The same username from another address, and another username from the address.
+        assert_eq!(throttle.delay(other, Some("dev_x")), FIRST_DELAY);
+        assert_eq!(throttle.delay(ip, Some("dev_y")), FIRST_DELAY);
+        assert_eq!(throttle.delay(other, Some("dev_y")), Duration::ZERO);
+        throttle.failed(ip, Some("dev_x"));
+        assert_eq!(throttle.delay(ip, None), FIRST_DELAY * 2);
+        for _ in 0..30 {
+            throttle.failed(ip, Some("dev_x"));
+        }
+        assert_eq!(throttle.delay(ip, None), Duration::from_millis(1000));
+        throttle.succeeded(Some("dev_x"));
+        assert_eq!(throttle.delay(other, Some("dev_x")), Duration::ZERO);
+        assert_eq!(throttle.delay(ip, None), Duration::from_millis(1000));
+        // Long usernames are counted by a bounded prefix, on a char boundary.
+        let long = "é".repeat(200);
+        throttle.failed(other, Some(&long));
+    }
+}

@@ -1,0 +1,359 @@
+//! Policies applied to clients (SPEC §4.2): a tenant's attachments cached in memory, the
+//! rights of each connection built from them, and those rights kept current while the
+//! connection (or its parked session) lives.
+//!
+//! A tenant's attachments are read in one query when its first client connects and again
+//! when the control plane notifies a change, never per CONNECT or per message. Each session
+//! holds its rights in a [`LiveAcl`], shared with its subscriptions in the router, so that a
+//! changed deny applies to the next message routed; the connection task is woken to drop
+//! the subscriptions its new rights no longer grant.
+
+use crate::acl::Acl;
+use crate::auth::Principal;
+use iotcore_store::auth::PrincipalKind;
+use iotcore_store::policies::{Attachment, TopicTemplate, Variable};
+use iotcore_store::{Store, TenantId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use tokio::sync::Notify;
+
+/// Tenants whose attachments are kept at most; beyond it the cache starts over.
+const MAX_CACHED_TENANTS: usize = 10_000;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One statement with its topics parsed once.
+#[derive(Debug)]
+struct CompiledStatement {
+    effect: iotcore_store::policies::Effect,
+    actions: Vec<iotcore_store::policies::Action>,
+    topics: Vec<TopicTemplate>,
+}
+
+/// The statements attached to each target of a tenant.
+#[derive(Debug, Default)]
+pub struct TenantPolicies {
+    by_target: HashMap<(String, String), Vec<Arc<CompiledStatement>>>,
+}
+
+impl TenantPolicies {
+    fn build(attachments: Vec<Attachment>) -> TenantPolicies {
+        let mut by_target: HashMap<(String, String), Vec<Arc<CompiledStatement>>> = HashMap::new();
+        for attachment in attachments {
+            let statements = by_target
+                .entry((attachment.target_kind, attachment.target_id))
+                .or_default();
+            for statement in attachment.statements {
+                // The API accepts only valid templates; one that no longer parses (stored by
+                // a newer version) is left out rather than guessed at.
+                let topics = statement
+                    .topics
+                    .iter()
+                    .filter_map(|t| TopicTemplate::parse(t).ok())
+                    .collect();
+                statements.push(Arc::new(CompiledStatement {
+                    effect: statement.effect,
+                    actions: statement.actions,
+                    topics,
+                }));
+            }
+        }
+        TenantPolicies { by_target }
+    }
+
+    fn attached(&self, kind: &str, id: &str) -> &[Arc<CompiledStatement>] {
+        self.by_target
+            .get(&(kind.to_owned(), id.to_owned()))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The rights of `principal` connected as `client_id`: the built-in defaults plus the
+/// policies attached to the tenant, its registry and the device (or, for a virtual broker
+/// client, to the broker), with variables expanded for this client.
+pub fn acl_for(principal: &Principal, client_id: &str, policies: &TenantPolicies) -> Acl {
+    let mut acl = Acl::for_principal(principal);
+    let tenant = principal.tenant_id.as_str();
+    let (registry, device, labels) = match &principal.kind {
+        PrincipalKind::Device {
+            device_id,
+            registry_id,
+            labels,
+            ..
+        } => (
+            Some(registry_id.as_str()),
+            Some(device_id.as_str()),
+            Some(labels),
+        ),
+        PrincipalKind::Registry { registry_id } => (Some(registry_id.as_str()), None, None),
+        PrincipalKind::Broker { .. } => (None, None, None),
+    };
+    let mut sources: Vec<&[Arc<CompiledStatement>]> = Vec::new();
+    match &principal.kind {
+        PrincipalKind::Broker { broker_id } => {
+            sources.push(policies.attached("broker", broker_id.as_str()));
+        }
+        _ => {
+            sources.push(policies.attached("tenant", tenant));
+            if let Some(registry) = registry {
+                sources.push(policies.attached("registry", registry));
+            }
+            if let Some(device) = device {
+                sources.push(policies.attached("device", device));
+            }
+        }
+    }
+    let cert_cn = principal.cert_cn();
+    let value = |variable: &Variable| -> Option<&str> {
+        match variable {
+            Variable::TenantId => Some(tenant),
+            Variable::RegistryId => registry,
+            Variable::DeviceId => device,
+            Variable::ClientId => Some(client_id),
+            Variable::CertSubjectCn => cert_cn,
+            Variable::DeviceLabel(key) => labels.and_then(|l| l.get(key)).map(String::as_str),
+        }
+    };
+    for statement in sources.into_iter().flatten() {
+        // SPEC §4.2: a variable without a safe value makes the whole statement not match.
+        let topics: Option<Vec<String>> =
+            statement.topics.iter().map(|t| t.expand(value)).collect();
+        if let Some(topics) = topics {
+            acl.add(statement.effect, &statement.actions, &topics);
+        }
+    }
+    acl
+}
+
+/// The current rights of one session, shared by its connection task and its
+/// subscriptions in the router.
+#[derive(Clone)]
+pub struct LiveAcl(Arc<LiveInner>);
+
+struct LiveInner {
+    acl: RwLock<Arc<Acl>>,
+    /// Wakes the connection task to re-check its subscriptions.
+    changed: Notify,
+    principal: RwLock<Principal>,
+    client_id: String,
+}
+
+impl std::fmt::Debug for LiveAcl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LiveAcl").field(&self.current()).finish()
+    }
+}
+
+impl LiveAcl {
+    fn new(principal: Principal, client_id: String, acl: Acl) -> LiveAcl {
+        LiveAcl(Arc::new(LiveInner {
+            acl: RwLock::new(Arc::new(acl)),
+            changed: Notify::new(),
+            principal: RwLock::new(principal),
+            client_id,
+        }))
+    }
+
+    /// The rights as they are now.
+    pub fn current(&self) -> Arc<Acl> {
+        self.0.acl.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether a message on `topic` may be delivered to this session now.
+    pub fn delivers(&self, topic: &str) -> bool {
+        self.0
+            .acl
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .delivers(topic)
+    }
+
+    /// Resolves when the rights changed since the last call.
+    pub async fn changed(&self) {
+        self.0.changed.notified().await
+    }
+
+    pub fn same(&self, other: &LiveAcl) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    fn set(&self, acl: Acl) {
+        *self.0.acl.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(acl);
+        // A permit is kept when the task is not waiting, so no change is missed.
+        self.0.changed.notify_one();
+    }
+
+    fn principal(&self) -> Principal {
+        self.0
+            .principal
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Live sessions of one tenant, pruned of ended ones as it grows.
+#[derive(Default)]
+struct TenantSessions {
+    sessions: Vec<Weak<LiveInner>>,
+    prune_at: usize,
+}
+
+/// The broker's policy state: cached attachments per tenant and every live session's
+/// rights.
+#[derive(Default)]
+pub struct Policies {
+    tenants: Mutex<HashMap<TenantId, Arc<TenantPolicies>>>,
+    live: Mutex<HashMap<TenantId, TenantSessions>>,
+}
+
+impl Policies {
+    /// The rights of a new connection, registered to follow policy changes. `Err` when the
+    /// tenant's policies cannot be read: better no connection than one with wrong rights.
+    pub async fn live_acl(
+        &self,
+        store: &Store,
+        principal: &Principal,
+        client_id: &str,
+    ) -> Result<LiveAcl, iotcore_store::StoreError> {
+        let policies = self.tenant(store, &principal.tenant_id).await?;
+        let acl = acl_for(principal, client_id, &policies);
+        let live = LiveAcl::new(principal.clone(), client_id.to_owned(), acl);
+        let mut all = lock(&self.live);
+        let tenant = all.entry(principal.tenant_id.clone()).or_default();
+        if tenant.sessions.len() >= tenant.prune_at {
+            tenant.sessions.retain(|w| w.strong_count() > 0);
+            tenant.prune_at = (tenant.sessions.len() * 2).max(64);
+        }
+        tenant.sessions.push(Arc::downgrade(&live.0));
+        Ok(live)
+    }
+
+    async fn tenant(
+        &self,
+        store: &Store,
+        tenant: &TenantId,
+    ) -> Result<Arc<TenantPolicies>, iotcore_store::StoreError> {
+        if let Some(policies) = lock(&self.tenants).get(tenant) {
+            return Ok(policies.clone());
+        }
+        self.load(store, tenant).await
+    }
+
+    async fn load(
+        &self,
+        store: &Store,
+        tenant: &TenantId,
+    ) -> Result<Arc<TenantPolicies>, iotcore_store::StoreError> {
+        let policies = Arc::new(TenantPolicies::build(
+            store.tenant_attachments(tenant).await?,
+        ));
+        let mut tenants = lock(&self.tenants);
+        if tenants.len() >= MAX_CACHED_TENANTS && !tenants.contains_key(tenant) {
+            tenants.clear();
+        }
+        tenants.insert(tenant.clone(), policies.clone());
+        Ok(policies)
+    }
+
+    /// The tenant's policies changed: reload them and rebuild the rights of its live
+    /// sessions.
+    pub async fn refresh_tenant(&self, store: &Store, tenant: &TenantId) {
+        let cached = lock(&self.tenants).contains_key(tenant);
+        let live = self.live_sessions(tenant);
+        if !cached && live.is_empty() {
+            return;
+        }
+        match self.load(store, tenant).await {
+            Ok(policies) => {
+                for session in live {
+                    let principal = session.principal();
+                    session.set(acl_for(&principal, &session.0.client_id, &policies));
+                }
+            }
+            Err(e) => {
+                // Keep the old rights rather than none; the next change or reconnect of the
+                // listener reloads.
+                lock(&self.tenants).remove(tenant);
+                tracing::error!(tenant_id = %tenant, error = %e, "reloading policies failed");
+            }
+        }
+    }
+
+    /// Notifications may have been missed: reload every tenant with live sessions.
+    pub async fn refresh_all(&self, store: &Store) {
+        let tenants: Vec<TenantId> = {
+            let mut known: Vec<TenantId> = lock(&self.tenants).keys().cloned().collect();
+            known.extend(lock(&self.live).keys().cloned());
+            known.sort();
+            known.dedup();
+            known
+        };
+        lock(&self.tenants).clear();
+        for tenant in tenants {
+            self.refresh_tenant(store, &tenant).await;
+        }
+    }
+
+    /// A principal's attributes changed (a device's labels, a registry's defaults): its
+    /// live sessions get rights built from the new ones.
+    pub async fn update_principal(
+        &self,
+        store: &Store,
+        tenant: &TenantId,
+        principal_id: &str,
+        kind: &PrincipalKind,
+        default_policy: bool,
+    ) {
+        let sessions: Vec<LiveAcl> = self
+            .live_sessions(tenant)
+            .into_iter()
+            .filter(|s| {
+                let p = s.principal();
+                p.id() == principal_id && (p.kind != *kind || p.default_policy != default_policy)
+            })
+            .collect();
+        if sessions.is_empty() {
+            return;
+        }
+        let Ok(policies) = self.tenant(store, tenant).await else {
+            return;
+        };
+        for session in sessions {
+            let principal = {
+                let mut p = session
+                    .0
+                    .principal
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
+                p.kind = kind.clone();
+                p.default_policy = default_policy;
+                p.clone()
+            };
+            session.set(acl_for(&principal, &session.0.client_id, &policies));
+        }
+    }
+
+    fn live_sessions(&self, tenant: &TenantId) -> Vec<LiveAcl> {
+        let mut all = lock(&self.live);
+        let Some(entry) = all.get_mut(tenant) else {
+            return Vec::new();
+        };
+        entry.sessions.retain(|w| w.strong_count() > 0);
+        let live: Vec<LiveAcl> = entry
+            .sessions
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(LiveAcl)
+            .collect();
+        if live.is_empty() {
+            all.remove(tenant);
+        }
+        live
+    }
+}
+
+#[cfg(test)]
+mod tests;
