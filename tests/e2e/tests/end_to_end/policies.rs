@@ -528,3 +528,195 @@ async fn policy_api_validates_versions_and_isolates_tenants() {
         .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_changed_label_moves_a_live_subscription() {
+    let app = TestApp::spawn().await;
+    let (_registry, publisher, device) = two_devices(&app).await;
+    app.ok(
+        "PATCH",
+        &format!("/v1/devices/{}", device.id),
+        json!({"labels": {"site": "north"}}),
+    )
+    .await;
+    let sites = create_policy(
+        &app,
+        "sites",
+        json!([{"effect": "allow", "actions": ["subscribe"], "topics": ["sites/${device.labels.site}/#"]}]),
+    )
+    .await;
+    let publish = create_policy(
+        &app,
+        "publish",
+        json!([{"effect": "allow", "actions": ["publish"], "topics": ["sites/#"]}]),
+    )
+    .await;
+    app.ok("PUT", &format!("/v1/tenant/policies/{sites}"), Value::Null)
+        .await;
+    app.ok(
+        "PUT",
+        &format!("/v1/devices/{}/policies/{publish}", publisher.id),
+        Value::Null,
+    )
+    .await;
+    let mut sub = Raw::connect(app.mqtt, ProtocolVersion::V5, &device, 60).await;
+    let mut publ = Raw::connect(app.mqtt, ProtocolVersion::V5, &publisher, 60).await;
+    assert_eq!(
+        sub.subscribe_qos1("sites/north/#").await,
+        ReasonCode::GRANTED_QOS_1
+    );
+    assert_eq!(
+        sub.subscribe_qos1("sites/south/#").await,
+        ReasonCode::NOT_AUTHORIZED
+    );
+
+    app.ok(
+        "PATCH",
+        &format!("/v1/devices/{}", device.id),
+        json!({"labels": {"site": "south"}}),
+    )
+    .await;
+    subscribe_until(&mut sub, "sites/south/#", ReasonCode::GRANTED_QOS_1).await;
+    for topic in ["sites/north/t", "sites/south/t", "sites/south/end"] {
+        assert_eq!(publ.publish_qos1(topic, b"x").await, ReasonCode::SUCCESS);
+    }
+    let got = received_until(&mut sub, "sites/south/end").await;
+    assert_eq!(got, vec!["sites/south/t".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_registry_turning_its_defaults_off_takes_them_from_live_devices() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let mut mqtt = Raw::connect(app.mqtt, ProtocolVersion::V5, &device, 60).await;
+    let events = format!("$devices/{}/events", device.id);
+    assert_eq!(mqtt.publish_qos1(&events, b"x").await, ReasonCode::SUCCESS);
+    app.ok(
+        "PATCH",
+        &format!("/v1/registries/{registry}"),
+        json!({"default_policy": false}),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + PROPAGATION;
+    while mqtt.publish_qos1(&events, b"x").await != ReasonCode::NOT_AUTHORIZED {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "defaults never taken"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A policy gives back what the registry wants its devices to have.
+    let policy = create_policy(
+        &app,
+        "events-only",
+        json!([{"effect": "allow", "actions": ["publish"], "topics": ["$devices/${device.id}/events/#"]}]),
+    )
+    .await;
+    app.ok(
+        "PUT",
+        &format!("/v1/registries/{registry}/policies/{policy}"),
+        Value::Null,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + PROPAGATION;
+    while mqtt.publish_qos1(&events, b"x").await != ReasonCode::SUCCESS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "policy never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        mqtt.publish_qos1(&format!("$devices/{}/state", device.id), b"x")
+            .await,
+        ReasonCode::NOT_AUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn a_virtual_broker_policy_denies_one_filter_inside_the_broker() {
+    let app = TestApp::spawn().await;
+    let (status, broker) = app
+        .call(
+            "POST",
+            "/v1/brokers",
+            &app.token,
+            Some(json!({"name": "lab"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{broker}");
+    let broker = broker["id"].as_str().unwrap_or_default().to_owned();
+    let password = app
+        .ok(
+            "POST",
+            &format!("/v1/brokers/{broker}/passwords"),
+            json!({}),
+        )
+        .await;
+    let client = Device {
+        id: broker.clone(),
+        registry_id: String::new(),
+        password: password["password"].as_str().unwrap_or_default().to_owned(),
+    };
+    let policy = create_policy(
+        &app,
+        "suite",
+        json!([{"effect": "deny", "actions": ["subscribe"], "topics": ["test/nosubscribe"]}]),
+    )
+    .await;
+    app.ok(
+        "PUT",
+        &format!("/v1/brokers/{broker}/policies/{policy}"),
+        Value::Null,
+    )
+    .await;
+    let mut mqtt = Raw::connect_as(app.mqtt, ProtocolVersion::V5, "tester", &client, 60).await;
+    assert_eq!(
+        mqtt.subscribe_qos1("test/nosubscribe").await,
+        ReasonCode::NOT_AUTHORIZED
+    );
+    assert_eq!(
+        mqtt.subscribe_qos1("test/#").await,
+        ReasonCode::GRANTED_QOS_1
+    );
+    for topic in ["test/nosubscribe", "test/ok"] {
+        assert_eq!(mqtt.publish_qos1(topic, b"x").await, ReasonCode::SUCCESS);
+    }
+    let got = received_until(&mut mqtt, "test/ok").await;
+    assert!(got.is_empty(), "{got:?}");
+}
+
+#[tokio::test]
+async fn repeated_failures_slow_down_but_never_lock_out_the_right_password() {
+    let app = TestApp::spawn_with(&[
+        ("IOTCORE_MQTT_AUTH_FAILURES_BEFORE_DELAY", "2"),
+        ("IOTCORE_MQTT_AUTH_FAILURE_MAX_DELAY_MS", "200"),
+    ])
+    .await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let wrong = Device {
+        password: "not the password at all".into(),
+        ..device.clone()
+    };
+    let unknown = Device {
+        id: "dev_00000000000000000000".into(),
+        ..wrong.clone()
+    };
+    for who in [&wrong, &unknown, &wrong, &unknown, &wrong] {
+        let connect = Raw::connect_packet(ProtocolVersion::V5, &who.id, who, 60);
+        match Raw::handshake(app.mqtt, connect).await.1 {
+            // The same answer for an unknown username and a wrong password.
+            Some(Packet::ConnAck(c)) => {
+                assert_eq!(c.code, ReasonCode::BAD_USER_NAME_OR_PASSWORD.0)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let connect = Raw::connect_packet(ProtocolVersion::V5, &device.id, &device, 60);
+    match Raw::handshake(app.mqtt, connect).await.1 {
+        Some(Packet::ConnAck(c)) => assert_eq!(c.code, 0),
+        other => panic!("{other:?}"),
+    }
+}
