@@ -259,3 +259,30 @@ async fn a_shared_message_in_flight_stays_with_its_member() {
     assert_eq!(again.packet_id, got.packet_id);
     app.stop().await;
 }
+
+/// MQTT-2.2.1-4: the QoS 1 messages the broker has in flight to a client each have a
+/// packet identifier of their own, never 0.
+#[tokio::test]
+async fn messages_in_flight_have_distinct_non_zero_packet_ids() {
+    let app = TestApp::spawn().await;
+    let vb = broker_credential(&app).await;
+    let mut sub = client(&app, &vb, "sub").await;
+    assert_eq!(sub.subscribe_qos1("p/#").await, ReasonCode::GRANTED_QOS_1);
+    let mut publisher = client(&app, &vb, "pub").await;
+    for n in 0..20 {
+        let topic = format!("p/{n}");
+        assert_eq!(
+            publisher.publish_qos1(&topic, b"x").await,
+            ReasonCode::SUCCESS
+        );
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        // None is acknowledged, so all twenty are in flight together.
+        let got = next_publish(&mut sub).await;
+        let id = got.packet_id.unwrap_or(0);
+        assert_ne!(id, 0, "{got:?}");
+        assert!(ids.insert(id), "packet id {id} used twice");
+    }
+    app.stop().await;
+}
