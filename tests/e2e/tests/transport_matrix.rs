@@ -1,6 +1,6 @@
 //! The same MQTT over every transport (SPEC §3.1, last bullet): one scenario (connect,
 //! subscribe, QoS 1 both ways, a retained message, a will) run over TCP, TLS, WebSocket and
-//! WebSocket over TLS with the same assertions; and PROXY protocol v2 on the TLS and
+//! WebSocket over TLS, each with MQTT 3.1.1 and 5 (rumqttc), with the same assertions; and PROXY protocol v2 on the TLS and
 //! WebSocket listeners, where the header comes before the TLS handshake or the HTTP upgrade.
 
 use bytes::BytesMut;
@@ -9,7 +9,7 @@ use iotcore_codec::{decode, Connect, Packet, Properties, ProtocolVersion};
 use iotcore_e2e::mqtt::WAIT;
 use iotcore_e2e::tls::TestPki;
 use iotcore_e2e::{free_port, Device, TestApp};
-use rumqttc::{LastWill, QoS, SubscribeReasonCode, TlsConfiguration, Transport};
+use rumqttc::{LastWill, QoS, TlsConfiguration, Transport};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,69 +80,210 @@ impl Listeners {
         }
     }
 
-    /// rumqttc options for `client_id` over `kind`, with a credential and keep alive.
-    fn options(&self, kind: Kind, client_id: &str, user: &str, pass: &str) -> rumqttc::MqttOptions {
+    /// Where rumqttc connects for `kind`: host (or URL), port and transport.
+    fn endpoint(&self, kind: Kind) -> (String, u16, Transport) {
         let port = self.port(kind);
-        let mut options = match kind {
-            Kind::Tcp => rumqttc::MqttOptions::new(client_id, "127.0.0.1", port),
-            Kind::Tls => {
-                let mut o = rumqttc::MqttOptions::new(client_id, "localhost", port);
-                o.set_transport(Transport::tls_with_config(self.tls_config(Some(b"mqtt"))));
-                o
-            }
-            Kind::Ws => {
-                let url = format!("ws://127.0.0.1:{port}/mqtt");
-                let mut o = rumqttc::MqttOptions::new(client_id, url, port);
-                o.set_transport(Transport::Ws);
-                o
-            }
-            Kind::Wss => {
-                let url = format!("wss://localhost:{port}/mqtt");
-                let mut o = rumqttc::MqttOptions::new(client_id, url, port);
-                o.set_transport(Transport::wss_with_config(self.tls_config(None)));
-                o
-            }
-        };
-        options.set_credentials(user, pass);
-        options.set_keep_alive(Duration::from_secs(30));
-        options
+        match kind {
+            Kind::Tcp => ("127.0.0.1".into(), port, Transport::Tcp),
+            Kind::Tls => (
+                "localhost".into(),
+                port,
+                Transport::tls_with_config(self.tls_config(Some(b"mqtt"))),
+            ),
+            Kind::Ws => (format!("ws://127.0.0.1:{port}/mqtt"), port, Transport::Ws),
+            Kind::Wss => (
+                format!("wss://localhost:{port}/mqtt"),
+                port,
+                Transport::wss_with_config(self.tls_config(None)),
+            ),
+        }
     }
 }
 
-/// An MQTT 3.1.1 client whose event loop runs in a task; aborting the task drops the
-/// connection without a DISCONNECT, as a lost network would.
+/// The MQTT versions every transport is tried with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Version {
+    V311,
+    V5,
+}
+
+const VERSIONS: [Version; 2] = [Version::V311, Version::V5];
+
+/// One row of the table.
+#[derive(Clone, Copy, Debug)]
+struct Row {
+    kind: Kind,
+    version: Version,
+}
+
+/// A message as either version's client received it.
+#[derive(Debug)]
+struct Received {
+    topic: String,
+    payload: Vec<u8>,
+    qos: u8,
+    retain: bool,
+}
+
+/// What the tests need of the packets a client receives, whatever its version.
+#[derive(Debug)]
+enum Event {
+    /// The granted QoS of each filter, or 0x80 and up for a refusal.
+    SubAck(Vec<u8>),
+    PubAck,
+    Publish(Received),
+    Other,
+}
+
+enum Handle {
+    V311(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+/// An MQTT client of either version whose event loop runs in a task; aborting the task
+/// drops the connection without a DISCONNECT, as a lost network would.
 struct Client {
-    client: rumqttc::AsyncClient,
-    events: mpsc::UnboundedReceiver<rumqttc::Packet>,
+    handle: Handle,
+    events: mpsc::UnboundedReceiver<Event>,
     task: JoinHandle<()>,
     name: String,
 }
 
-async fn connect(options: rumqttc::MqttOptions, name: String) -> Client {
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
-    loop {
-        match tokio::time::timeout(WAIT, eventloop.poll()).await {
-            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)))) => {
-                assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "{name}");
-                break;
-            }
-            Ok(Ok(_)) => continue,
-            Ok(Err(e)) => panic!("{name}: connect failed: {e:?}"),
-            Err(_) => panic!("{name}: connect timed out"),
-        }
+/// A will to set up at CONNECT: topic and payload, QoS 1, not retained.
+type WillSpec<'a> = Option<(&'a str, &'a str)>;
+
+fn v311_event(packet: rumqttc::Packet) -> Event {
+    match packet {
+        rumqttc::Packet::SubAck(ack) => Event::SubAck(
+            ack.return_codes
+                .iter()
+                .map(|code| match code {
+                    rumqttc::SubscribeReasonCode::Success(qos) => *qos as u8,
+                    rumqttc::SubscribeReasonCode::Failure => 0x80,
+                })
+                .collect(),
+        ),
+        rumqttc::Packet::PubAck(_) => Event::PubAck,
+        rumqttc::Packet::Publish(p) => Event::Publish(Received {
+            topic: p.topic,
+            payload: p.payload.to_vec(),
+            qos: p.qos as u8,
+            retain: p.retain,
+        }),
+        _ => Event::Other,
     }
+}
+
+fn v5_event(packet: v5::Packet) -> Event {
+    match packet {
+        v5::Packet::SubAck(ack) => Event::SubAck(
+            ack.return_codes
+                .iter()
+                .map(|code| match code {
+                    v5::SubscribeReasonCode::Success(qos) => *qos as u8,
+                    _ => 0x80,
+                })
+                .collect(),
+        ),
+        v5::Packet::PubAck(_) => Event::PubAck,
+        v5::Packet::Publish(p) => Event::Publish(Received {
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            payload: p.payload.to_vec(),
+            qos: p.qos as u8,
+            retain: p.retain,
+        }),
+        _ => Event::Other,
+    }
+}
+
+use rumqttc::v5::mqttbytes::v5;
+use rumqttc::v5::mqttbytes::QoS as QoS5;
+
+/// Connects `client_id` with a credential over the row's transport and version, and
+/// asserts a successful CONNACK.
+async fn connect(
+    l: &Listeners,
+    row: Row,
+    client_id: &str,
+    user: &str,
+    pass: &str,
+    will: WillSpec<'_>,
+) -> Client {
+    let name = format!("{:?}/{:?} {client_id}", row.kind, row.version);
+    let (host, port, transport) = l.endpoint(row.kind);
     let (tx, events) = mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        while let Ok(event) = eventloop.poll().await {
-            if let rumqttc::Event::Incoming(packet) = event {
-                if tx.send(packet).is_err() {
-                    return;
+    let (handle, task) = match row.version {
+        Version::V311 => {
+            let mut options = rumqttc::MqttOptions::new(client_id, host, port);
+            options.set_transport(transport);
+            options.set_credentials(user, pass);
+            options.set_keep_alive(Duration::from_secs(30));
+            if let Some((topic, payload)) = will {
+                options.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, false));
+            }
+            let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
+            loop {
+                match tokio::time::timeout(WAIT, eventloop.poll()).await {
+                    Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)))) => {
+                        assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "{name}");
+                        break;
+                    }
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => panic!("{name}: connect failed: {e:?}"),
+                    Err(_) => panic!("{name}: connect timed out"),
                 }
             }
+            let task = tokio::spawn(async move {
+                while let Ok(event) = eventloop.poll().await {
+                    if let rumqttc::Event::Incoming(packet) = event {
+                        if tx.send(v311_event(packet)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            (Handle::V311(client), task)
         }
-    });
+        Version::V5 => {
+            let mut options = rumqttc::v5::MqttOptions::new(client_id, host, port);
+            options.set_transport(transport);
+            options.set_credentials(user, pass);
+            options.set_keep_alive(Duration::from_secs(30));
+            if let Some((topic, payload)) = will {
+                options.set_last_will(v5::LastWill::new(
+                    topic,
+                    payload,
+                    QoS5::AtLeastOnce,
+                    false,
+                    None,
+                ));
+            }
+            let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 64);
+            loop {
+                match tokio::time::timeout(WAIT, eventloop.poll()).await {
+                    Ok(Ok(rumqttc::v5::Event::Incoming(v5::Packet::ConnAck(ack)))) => {
+                        assert_eq!(ack.code, v5::ConnectReturnCode::Success, "{name}");
+                        break;
+                    }
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => panic!("{name}: connect failed: {e:?}"),
+                    Err(_) => panic!("{name}: connect timed out"),
+                }
+            }
+            let task = tokio::spawn(async move {
+                while let Ok(event) = eventloop.poll().await {
+                    if let rumqttc::v5::Event::Incoming(packet) = event {
+                        if tx.send(v5_event(packet)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            (Handle::V5(client), task)
+        }
+    };
     Client {
-        client,
+        handle,
         events,
         task,
         name,
@@ -150,27 +291,23 @@ async fn connect(options: rumqttc::MqttOptions, name: String) -> Client {
 }
 
 impl Client {
-    async fn next(&mut self) -> rumqttc::Packet {
+    async fn next(&mut self) -> Event {
         match tokio::time::timeout(WAIT, self.events.recv()).await {
-            Ok(Some(packet)) => packet,
+            Ok(Some(event)) => event,
             other => panic!("{}: nothing arrived: {other:?}", self.name),
         }
     }
 
     /// Subscribes at QoS 1 and asserts that QoS 1 was granted.
     async fn subscribe(&mut self, filter: &str) {
-        self.client
-            .subscribe(filter, QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
+        let sent = match &self.handle {
+            Handle::V311(c) => c.subscribe(filter, QoS::AtLeastOnce).await.is_ok(),
+            Handle::V5(c) => c.subscribe(filter, QoS5::AtLeastOnce).await.is_ok(),
+        };
+        assert!(sent, "{}: subscribe", self.name);
         loop {
-            if let rumqttc::Packet::SubAck(ack) = self.next().await {
-                assert_eq!(
-                    ack.return_codes,
-                    vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
-                    "{}: {filter}",
-                    self.name
-                );
+            if let Event::SubAck(granted) = self.next().await {
+                assert_eq!(granted, vec![1], "{}: {filter}", self.name);
                 return;
             }
         }
@@ -178,40 +315,47 @@ impl Client {
 
     /// Publishes at QoS 1 and waits for the PUBACK.
     async fn publish(&mut self, topic: &str, retain: bool, payload: &str) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, retain, payload.as_bytes().to_vec())
-            .await
-            .expect("publish");
+        let payload = payload.as_bytes().to_vec();
+        let sent = match &self.handle {
+            Handle::V311(c) => c
+                .publish(topic, QoS::AtLeastOnce, retain, payload)
+                .await
+                .is_ok(),
+            Handle::V5(c) => c
+                .publish(topic, QoS5::AtLeastOnce, retain, payload)
+                .await
+                .is_ok(),
+        };
+        assert!(sent, "{}: publish", self.name);
         loop {
-            if let rumqttc::Packet::PubAck(_) = self.next().await {
+            if let Event::PubAck = self.next().await {
                 return;
             }
         }
     }
 
-    async fn next_publish(&mut self) -> rumqttc::Publish {
+    async fn next_publish(&mut self) -> Received {
         loop {
-            if let rumqttc::Packet::Publish(publish) = self.next().await {
+            if let Event::Publish(publish) = self.next().await {
                 return publish;
             }
         }
     }
 }
 
-/// Asserts `publish` is `payload` on `topic` at QoS 1 with `retain`.
-fn assert_message(publish: &rumqttc::Publish, topic: &str, payload: &str, retain: bool, row: Kind) {
-    assert_eq!(publish.topic, topic, "{row:?}");
-    assert_eq!(&publish.payload[..], payload.as_bytes(), "{row:?}");
-    assert_eq!(publish.qos, QoS::AtLeastOnce, "{row:?}");
-    assert_eq!(publish.retain, retain, "{row:?}: RETAIN");
+/// Asserts `got` is `payload` on `topic` at QoS 1 with `retain`.
+fn assert_message(got: &Received, topic: &str, payload: &str, retain: bool, row: Row) {
+    assert_eq!(got.topic, topic, "{row:?}");
+    assert_eq!(got.payload, payload.as_bytes(), "{row:?}");
+    assert_eq!(got.qos, 1, "{row:?}");
+    assert_eq!(got.retain, retain, "{row:?}: RETAIN");
 }
 
-/// The scenario of one row: every client of it uses `kind`.
-async fn scenario(l: &Listeners, kind: Kind) {
+/// The scenario of one row: every client of it uses the row's transport and version.
+async fn scenario(l: &Listeners, row: Row) {
     let app = &l.app;
-    let registry = app
-        .create_registry(&app.token, &format!("{kind:?}").to_lowercase())
-        .await;
+    let name = format!("{:?}-{:?}", row.kind, row.version).to_lowercase();
+    let registry = app.create_registry(&app.token, &name).await;
     let device = app.create_device(&app.token, &registry, "board").await;
     let (user, pass) = app.create_registry_password(&app.token, &registry).await;
     let events = format!("$devices/{}/events/temperature", device.id);
@@ -220,15 +364,10 @@ async fn scenario(l: &Listeners, kind: Kind) {
     let will_topic = format!("$devices/{}/state/online", device.id);
 
     // Connect: the device with a will, a registry client watching its events and state.
-    let mut options = l.options(kind, &device.id, &device.id, &device.password);
-    options.set_last_will(LastWill::new(&will_topic, "lost", QoS::AtLeastOnce, false));
-    let mut board = connect(options, format!("{kind:?} device")).await;
+    let will = Some((will_topic.as_str(), "lost"));
+    let mut board = connect(l, row, &device.id, &device.id, &device.password, will).await;
     let watcher_id = format!("{user}:watcher");
-    let mut watcher = connect(
-        l.options(kind, &watcher_id, &user, &pass),
-        format!("{kind:?} watcher"),
-    )
-    .await;
+    let mut watcher = connect(l, row, &watcher_id, &user, &pass, None).await;
     watcher.subscribe("$devices/+/events/#").await;
     watcher.subscribe("$devices/+/state/#").await;
     board
@@ -237,45 +376,43 @@ async fn scenario(l: &Listeners, kind: Kind) {
 
     // QoS 1 both ways.
     board.publish(&events, false, "21.5").await;
-    assert_message(&watcher.next_publish().await, &events, "21.5", false, kind);
+    assert_message(&watcher.next_publish().await, &events, "21.5", false, row);
     watcher.publish(&commands, false, "now").await;
-    assert_message(&board.next_publish().await, &commands, "now", false, kind);
+    assert_message(&board.next_publish().await, &commands, "now", false, row);
 
-    // Retained: live subscribers get it with RETAIN 0 (MQTT-3.3.1-9), a new subscription
-    // with RETAIN 1 (MQTT-3.3.1-6, MQTT-3.3.1-8; 3.1.1 numbering).
+    // Retained: live subscribers get it with RETAIN 0 (5.0 MQTT-3.3.1-12, 3.1.1
+    // MQTT-3.3.1-9), a new subscription with RETAIN 1 (5.0 MQTT-3.3.1-9, 3.1.1 -6 and -8).
     board.publish(&state, true, "1.4.2").await;
-    assert_message(&watcher.next_publish().await, &state, "1.4.2", false, kind);
-    // A message without RETAIN leaves the retained one alone (MQTT-3.3.1-12; 5.0: -8).
+    assert_message(&watcher.next_publish().await, &state, "1.4.2", false, row);
+    // A message without RETAIN leaves the retained one alone (5.0 -8, 3.1.1 -12).
     board.publish(&state, false, "1.4.3-rc").await;
     assert_message(
         &watcher.next_publish().await,
         &state,
         "1.4.3-rc",
         false,
-        kind,
+        row,
     );
     let late_id = format!("{user}:late");
-    let mut late = connect(
-        l.options(kind, &late_id, &user, &pass),
-        format!("{kind:?} late subscriber"),
-    )
-    .await;
+    let mut late = connect(l, row, &late_id, &user, &pass, None).await;
     late.subscribe("$devices/+/state/#").await;
-    assert_message(&late.next_publish().await, &state, "1.4.2", true, kind);
+    assert_message(&late.next_publish().await, &state, "1.4.2", true, row);
 
     // Will: the device's connection is lost without a DISCONNECT (MQTT-3.1.2-8).
     board.task.abort();
     let will = watcher.next_publish().await;
-    assert_message(&will, &will_topic, "lost", false, kind);
+    assert_message(&will, &will_topic, "lost", false, row);
     let will = late.next_publish().await;
-    assert_message(&will, &will_topic, "lost", false, kind);
+    assert_message(&will, &will_topic, "lost", false, row);
 }
 
 #[tokio::test]
 async fn one_scenario_behaves_the_same_over_tcp_tls_ws_and_wss() {
     let listeners = Listeners::spawn(&[]).await;
     for kind in TRANSPORTS {
-        scenario(&listeners, kind).await;
+        for version in VERSIONS {
+            scenario(&listeners, Row { kind, version }).await;
+        }
     }
     listeners.app.stop().await;
 }
