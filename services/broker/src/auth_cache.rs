@@ -25,6 +25,7 @@ pub struct AuthCache {
     key: [u8; 32],
     max_entries: usize,
     ttl: Duration,
+    /// The principal, and until when the check may be used.
     entries: Mutex<HashMap<[u8; 32], (PasswordPrincipal, Instant)>>,
 }
 
@@ -58,7 +59,7 @@ impl AuthCache {
         let digest = self.digest(username, password);
         let mut entries = lock(&self.entries);
         match entries.get(&digest) {
-            Some((principal, at)) if at.elapsed() < self.ttl => Some(principal.clone()),
+            Some((principal, until)) if Instant::now() < *until => Some(principal.clone()),
             Some(_) => {
                 entries.remove(&digest);
                 None
@@ -67,16 +68,25 @@ impl AuthCache {
         }
     }
 
-    /// Remembers that this username and password authenticate as `principal`.
+    /// Remembers that this username and password authenticate as `principal`, for the
+    /// TTL or until the first of its passwords expires, whichever comes first.
     pub fn insert(&self, username: &str, password: &[u8], principal: PasswordPrincipal) {
         if self.max_entries == 0 {
             return;
         }
+        let mut life = self.ttl;
+        if let Some(expires_at) = principal.expires_at {
+            match (expires_at - chrono::Utc::now()).to_std() {
+                Ok(left) => life = life.min(left),
+                // Already expired (or the clock disagrees): not worth remembering.
+                Err(_) => return,
+            }
+        }
         let digest = self.digest(username, password);
         let mut entries = lock(&self.entries);
         if entries.len() >= self.max_entries {
-            let ttl = self.ttl;
-            entries.retain(|_, (_, at)| at.elapsed() < ttl);
+            let now = Instant::now();
+            entries.retain(|_, (_, until)| now < *until);
             // Still full: make room by forgetting one entry (any; it costs one verification).
             if entries.len() >= self.max_entries {
                 if let Some(evicted) = entries.keys().next().copied() {
@@ -84,7 +94,7 @@ impl AuthCache {
                 }
             }
         }
-        entries.insert(digest, (principal, Instant::now()));
+        entries.insert(digest, (principal, Instant::now() + life));
     }
 
     /// Forgets every check of `tenant`'s principals (its credentials, devices, registries
@@ -213,6 +223,7 @@ mod tests {
                 broker_id: BrokerId::generate(),
             },
             hashes: vec![],
+            expires_at: None,
         }
     }
 
@@ -244,6 +255,20 @@ mod tests {
         let a = TenantId::generate();
         cache.insert("u1", b"secret", principal(&a));
         assert!(cache.get("u1", b"secret").is_none());
+        // A password that has expired is not remembered; one that will is, until then.
+        let cache = AuthCache::new(10, Duration::from_secs(60));
+        let expired = PasswordPrincipal {
+            expires_at: Some(chrono::Utc::now() - chrono::Duration::seconds(1)),
+            ..principal(&a)
+        };
+        cache.insert("u1", b"secret", expired);
+        assert!(cache.get("u1", b"secret").is_none());
+        let later = PasswordPrincipal {
+            expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(30)),
+            ..principal(&a)
+        };
+        cache.insert("u2", b"secret", later);
+        assert!(cache.get("u2", b"secret").is_some());
     }
 
     #[test]

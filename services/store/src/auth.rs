@@ -6,6 +6,7 @@ use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
 };
 use argon2::Argon2;
+use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use std::collections::BTreeMap;
 
@@ -61,6 +62,9 @@ pub struct PasswordPrincipal {
     pub rules_version: i64,
     pub kind: PrincipalKind,
     pub hashes: Vec<String>,
+    /// The earliest expiry among those passwords, if any expires: a successful check must
+    /// not be remembered past it.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -75,6 +79,7 @@ struct DeviceRow {
     rules_version: i64,
     default_policy: bool,
     hashes: Vec<String>,
+    expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -85,6 +90,7 @@ struct OwnerRow {
     rules_version: i64,
     default_policy: bool,
     hashes: Vec<String>,
+    expires_at: Option<DateTime<Utc>>,
 }
 
 impl Store {
@@ -98,7 +104,8 @@ impl Store {
             let row: Option<DeviceRow> = sqlx::query_as(
                 "SELECT d.id, d.tenant_id, d.registry_id, d.name, d.labels, d.status,
                         t.status AS tenant_status, t.rules_version, r.default_policy,
-                        coalesce(array_agg(p.hash) FILTER (WHERE p.id IS NOT NULL), '{}') AS hashes
+                        coalesce(array_agg(p.hash) FILTER (WHERE p.id IS NOT NULL), '{}') AS hashes,
+                        min(p.expires_at) AS expires_at
                    FROM devices d
                    JOIN tenants t ON t.id = d.tenant_id
                    JOIN registries r ON r.tenant_id = d.tenant_id AND r.id = d.registry_id
@@ -123,12 +130,14 @@ impl Store {
                     enabled: row.status == "enabled",
                 },
                 hashes: row.hashes,
+                expires_at: row.expires_at,
             }));
         }
         if let Some(registry_id) = RegistryId::parse(username) {
             let row: Option<OwnerRow> = sqlx::query_as(
                 "SELECT r.id, r.tenant_id, t.status AS tenant_status, t.rules_version, r.default_policy,
-                        coalesce(array_agg(p.hash) FILTER (WHERE p.id IS NOT NULL), '{}') AS hashes
+                        coalesce(array_agg(p.hash) FILTER (WHERE p.id IS NOT NULL), '{}') AS hashes,
+                        min(p.expires_at) AS expires_at
                    FROM registries r
                    JOIN tenants t ON t.id = r.tenant_id
                    LEFT JOIN passwords p ON p.tenant_id = r.tenant_id AND p.registry_id = r.id
@@ -144,7 +153,8 @@ impl Store {
         if let Some(broker_id) = BrokerId::parse(username) {
             let row: Option<OwnerRow> = sqlx::query_as(
                 "SELECT b.id, b.tenant_id, t.status AS tenant_status, t.rules_version, true AS default_policy,
-                        coalesce(array_agg(p.hash) FILTER (WHERE p.id IS NOT NULL), '{}') AS hashes
+                        coalesce(array_agg(p.hash) FILTER (WHERE p.id IS NOT NULL), '{}') AS hashes,
+                        min(p.expires_at) AS expires_at
                    FROM brokers b
                    JOIN tenants t ON t.id = b.tenant_id
                    LEFT JOIN passwords p ON p.tenant_id = b.tenant_id AND p.broker_id = b.id
@@ -194,6 +204,7 @@ fn owner_principal(row: OwnerRow, kind: PrincipalKind) -> PasswordPrincipal {
         rules_version: row.rules_version,
         kind,
         hashes: row.hashes,
+        expires_at: row.expires_at,
     }
 }
 
