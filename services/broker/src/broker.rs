@@ -352,20 +352,16 @@ async fn follow_rule_changes(shared: Arc<Shared>) {
 /// of passwords, or whose tenant is suspended (SPEC §4.1). A principal that still has
 /// other passwords stays connected: which password a connection used is not kept.
 async fn recheck_principals(shared: &Shared, tenant: &TenantId) {
+    // A device's labels or its registry's defaults may have changed: applied to the
+    // rights of live sessions in one pass at the end.
+    let mut current = HashMap::new();
     for principal in shared.sessions.live_principals(tenant) {
         let valid = match shared.store.find_password_principal(&principal).await {
             Ok(Some(found)) => {
-                // A device's labels or its registry's defaults may have changed.
-                shared
-                    .policies
-                    .update_principal(
-                        &shared.store,
-                        tenant,
-                        &principal,
-                        &found.kind,
-                        found.default_policy,
-                    )
-                    .await;
+                current.insert(
+                    principal.clone(),
+                    (found.kind.clone(), found.default_policy),
+                );
                 found.tenant_active
                     && !matches!(
                         found.kind,
@@ -385,4 +381,8 @@ async fn recheck_principals(shared: &Shared, tenant: &TenantId) {
             shared.sessions.revoke(tenant, &principal);
         }
     }
+    shared
+        .policies
+        .update_principals(&shared.store, tenant, &current)
+        .await;
 }

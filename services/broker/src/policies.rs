@@ -297,31 +297,35 @@ impl Policies {
         }
     }
 
-    /// A principal's attributes changed (a device's labels, a registry's defaults): its
-    /// live sessions get rights built from the new ones.
-    pub async fn update_principal(
+    /// Principals' attributes may have changed (a device's labels, a registry's defaults):
+    /// the live sessions of those in `current` (principal id → kind and defaults) whose
+    /// attributes differ get rights built from the new ones.
+    pub async fn update_principals(
         &self,
         store: &Store,
         tenant: &TenantId,
-        principal_id: &str,
-        kind: &PrincipalKind,
-        default_policy: bool,
+        current: &HashMap<String, (PrincipalKind, bool)>,
     ) {
-        let sessions: Vec<LiveAcl> = self
+        let changed: Vec<(LiveAcl, &PrincipalKind, bool)> = self
             .live_sessions(tenant)
             .into_iter()
-            .filter(|s| {
-                let p = s.principal();
-                p.id() == principal_id && (p.kind != *kind || p.default_policy != default_policy)
+            .filter_map(|session| {
+                let p = session.principal();
+                let (kind, default_policy) = current.get(p.id())?;
+                (p.kind != *kind || p.default_policy != *default_policy).then_some((
+                    session,
+                    kind,
+                    *default_policy,
+                ))
             })
             .collect();
-        if sessions.is_empty() {
+        if changed.is_empty() {
             return;
         }
         let Ok(policies) = self.tenant(store, tenant).await else {
             return;
         };
-        for session in sessions {
+        for (session, kind, default_policy) in changed {
             let principal = {
                 let mut p = session
                     .0
