@@ -83,11 +83,13 @@ pub struct PolicyStatement {
     /// `allow` or `deny`.
     pub effect: PolicyEffect,
     /// `publish` and/or `subscribe` (1 or 2 of them).
+    #[schema(min_items = 1, max_items = 2)]
     pub actions: Vec<PolicyAction>,
     /// 1 to 64 MQTT topic filters (at most 1024 bytes each, `$share/…` not allowed) that
     /// may use the variables `${tenant.id}`, `${registry.id}`, `${device.id}`,
     /// `${client.id}`, `${cert.subject.cn}` and `${device.labels.KEY}`. A variable that is
     /// empty for a client or contains `/`, `+` or `#` makes the statement not match.
+    #[schema(min_items = 1, max_items = 64)]
     pub topics: Vec<String>,
 }
 
@@ -101,8 +103,14 @@ pub struct PolicyStatement {
 ]}))]
 pub struct PolicyInput {
     /// 1 to 128 characters, unique in the tenant.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+    )]
     pub name: String,
     /// 1 to 100 statements.
+    #[schema(min_items = 1, max_items = 100)]
     pub statements: Vec<PolicyStatement>,
 }
 
@@ -242,7 +250,7 @@ fn check_topic(topic: &str) -> Result<(), String> {
 /// Create a policy.
 #[utoipa::path(
     post, path = "/v1/policies", tag = "policies",
-    params(("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
+    params(("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$")),
     request_body = PolicyInput,
     responses(
         (status = 201, description = "The new policy", body = PolicyView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
@@ -274,7 +282,7 @@ pub async fn create_policy(
 /// List policies.
 #[utoipa::path(
     get, path = "/v1/policies", tag = "policies",
-    params(PageParams, ("name_prefix" = Option<String>, Query, description = "Keep policies whose name starts with this string (taken literally)", max_length = 128, example = "fleet-"), ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
+    params(PageParams, ("name_prefix" = Option<String>, Query, description = "Keep policies whose name starts with this string (taken literally)", max_length = 128, example = "fleet-"), ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$")),
     responses(
         (status = 200, description = "A page of policies, ordered by id", body = PolicyList),
         (status = 400, description = "Invalid page parameters", body = Problem, content_type = "application/problem+json"),
@@ -308,8 +316,8 @@ pub async fn list_policies(
 #[utoipa::path(
     get, path = "/v1/policies/{id}", tag = "policies",
     params(
-        ("id" = String, Path, description = "Policy id", example = "pol_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("id" = String, Path, description = "Policy id", pattern = r"^pol_[0-9a-z]{20}$", example = "pol_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     responses(
         (status = 200, description = "The policy", body = PolicyView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
@@ -335,9 +343,9 @@ pub async fn get_policy(
 #[utoipa::path(
     put, path = "/v1/policies/{id}", tag = "policies",
     params(
-        ("id" = String, Path, description = "Policy id", example = "pol_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
-        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
+        ("id" = String, Path, description = "Policy id", pattern = r"^pol_[0-9a-z]{20}$", example = "pol_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
+        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise", pattern = r#"^(\*|(W/)?"[!#-+--~]*"([ 	]*,[ 	]*(W/)?"[!#-+--~]*"){0,15})$"#),
     ),
     request_body = PolicyInput,
     responses(
@@ -371,9 +379,9 @@ pub async fn replace_policy(
 #[utoipa::path(
     delete, path = "/v1/policies/{id}", tag = "policies",
     params(
-        ("id" = String, Path, description = "Policy id", example = "pol_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
-        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
+        ("id" = String, Path, description = "Policy id", pattern = r"^pol_[0-9a-z]{20}$", example = "pol_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
+        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise", pattern = r#"^(\*|(W/)?"[!#-+--~]*"([ 	]*,[ 	]*(W/)?"[!#-+--~]*"){0,15})$"#),
     ),
     responses(
         (status = 204, description = "Deleted"),
@@ -447,7 +455,7 @@ async fn attached(
 /// List the policies attached to the tenant (they apply to every device and registry client).
 #[utoipa::path(
     get, path = "/v1/tenant/policies", tag = "policies",
-    params(PageParams, ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
+    params(PageParams, ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$")),
     responses(
         (status = 200, description = "A page of the attached policies, ordered by id", body = PolicyList),
         (status = 400, description = "Invalid page parameters", body = Problem, content_type = "application/problem+json"),
@@ -466,8 +474,8 @@ pub async fn list_tenant_policies(
 #[utoipa::path(
     put, path = "/v1/tenant/policies/{policy_id}", tag = "policies",
     params(
-        ("policy_id" = String, Path, description = "Policy id", example = "pol_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("policy_id" = String, Path, description = "Policy id", pattern = r"^pol_[0-9a-z]{20}$", example = "pol_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     responses(
         (status = 204, description = "Attached"),
@@ -489,8 +497,8 @@ pub async fn attach_tenant_policy(
 #[utoipa::path(
     delete, path = "/v1/tenant/policies/{policy_id}", tag = "policies",
     params(
-        ("policy_id" = String, Path, description = "Policy id", example = "pol_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("policy_id" = String, Path, description = "Policy id", pattern = r"^pol_[0-9a-z]{20}$", example = "pol_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     responses(
         (status = 204, description = "Detached"),
@@ -510,16 +518,16 @@ pub async fn detach_tenant_policy(
 
 /// Declares the list, attach and detach handlers of one kind of target.
 macro_rules! target_routes {
-    ($id:ty, $variant:ident, $what:literal, $base:literal, $example:literal,
+    ($id:ty, $variant:ident, $what:literal, $base:literal, $pattern:literal, $example:literal,
      $list:ident, $attach:ident, $detach:ident) => {
         #[doc = concat!("List the policies attached to a ", $what, ".")]
         #[utoipa::path(
             get, path = concat!("/v1/", $base, "/{id}/policies"), tag = "policies",
             summary = concat!("List the policies attached to a ", $what),
             params(
-                ("id" = String, Path, description = concat!("The ", $what, "'s id"), example = $example),
+                ("id" = String, Path, description = concat!("The ", $what, "'s id"), pattern = $pattern, example = $example),
                 PageParams,
-                ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+                ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
             ),
             responses(
                 (status = 200, description = "A page of the attached policies, ordered by id", body = PolicyList),
@@ -542,9 +550,9 @@ macro_rules! target_routes {
             put, path = concat!("/v1/", $base, "/{id}/policies/{policy_id}"), tag = "policies",
             summary = concat!("Attach a policy to a ", $what),
             params(
-                ("id" = String, Path, description = concat!("The ", $what, "'s id"), example = $example),
-                ("policy_id" = String, Path, description = "Policy id", example = "pol_0123456789abcdefghij"),
-                ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+                ("id" = String, Path, description = concat!("The ", $what, "'s id"), pattern = $pattern, example = $example),
+                ("policy_id" = String, Path, description = "Policy id", pattern = r"^pol_[0-9a-z]{20}$", example = "pol_0123456789abcdefghij"),
+                ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
             ),
             responses(
                 (status = 204, description = "Attached"),
@@ -567,9 +575,9 @@ macro_rules! target_routes {
             delete, path = concat!("/v1/", $base, "/{id}/policies/{policy_id}"), tag = "policies",
             summary = concat!("Detach a policy from a ", $what),
             params(
-                ("id" = String, Path, description = concat!("The ", $what, "'s id"), example = $example),
-                ("policy_id" = String, Path, description = "Policy id", example = "pol_0123456789abcdefghij"),
-                ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+                ("id" = String, Path, description = concat!("The ", $what, "'s id"), pattern = $pattern, example = $example),
+                ("policy_id" = String, Path, description = "Policy id", pattern = r"^pol_[0-9a-z]{20}$", example = "pol_0123456789abcdefghij"),
+                ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
             ),
             responses(
                 (status = 204, description = "Detached"),
@@ -594,6 +602,7 @@ target_routes!(
     Registry,
     "registry",
     "registries",
+    r"^reg_[0-9a-z]{20}$",
     "reg_0123456789abcdefghij",
     list_registry_policies,
     attach_registry_policy,
@@ -604,6 +613,7 @@ target_routes!(
     Device,
     "device",
     "devices",
+    r"^dev_[0-9a-z]{20}$",
     "dev_0123456789abcdefghij",
     list_device_policies,
     attach_device_policy,
@@ -614,6 +624,7 @@ target_routes!(
     Broker,
     "virtual broker",
     "brokers",
+    r"^brk_[0-9a-z]{20}$",
     "brk_0123456789abcdefghij",
     list_broker_policies,
     attach_broker_policy,
