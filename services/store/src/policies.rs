@@ -513,6 +513,8 @@ mod template {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::brokers::NewBroker;
+    use crate::devices::NewDevice;
     use crate::registries::NewRegistry;
     use std::collections::BTreeMap;
 
@@ -620,13 +622,52 @@ mod tests {
             Err(StoreError::PreconditionFailed)
         ));
 
+        // Devices of a registry deleted with it, and virtual brokers, take their
+        // attachments along too.
+        let device = store
+            .create_device(
+                &a,
+                &registry.id,
+                &NewDevice {
+                    name: "d".into(),
+                    description: String::new(),
+                    labels: BTreeMap::new(),
+                },
+            )
+            .await
+            .unwrap();
+        let broker = store
+            .create_broker(
+                &a,
+                &NewBroker {
+                    name: "b".into(),
+                    description: String::new(),
+                    labels: BTreeMap::new(),
+                },
+            )
+            .await
+            .unwrap();
+        for target in [
+            PolicyTarget::Device(&device.id),
+            PolicyTarget::Broker(&broker.id),
+        ] {
+            assert!(store.attach_policy(&a, &policy.id, target).await.unwrap());
+        }
+        assert_eq!(store.tenant_attachments(&a).await.unwrap().len(), 4);
+        store.delete_broker(&a, &broker.id, None).await.unwrap();
+        assert_eq!(store.tenant_attachments(&a).await.unwrap().len(), 3);
         store
             .delete_registry(&a, &registry.id, true, None)
             .await
             .unwrap();
         let left = store.tenant_attachments(&a).await.unwrap();
-        assert_eq!(left.len(), 1);
+        assert_eq!(left.len(), 1, "{left:?}");
         assert_eq!(left[0].target_kind, "tenant");
+        let stale: i64 = sqlx::query_scalar("SELECT count(*) FROM policy_attachments")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(stale, 1);
         store
             .detach_policy(&a, &policy.id, PolicyTarget::Tenant)
             .await
