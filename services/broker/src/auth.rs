@@ -82,9 +82,9 @@ impl Authenticator {
     /// rate and authentications in flight are checked before the (costly) password hash,
     /// so that a reconnect storm of one tenant does not starve the others.
     ///
-    /// After repeated failures from `peer` or for `username`, the answer is delayed; a
-    /// username and password that authenticated before (and whose tenant has not changed
-    /// since) are answered from memory.
+    /// A username and password that authenticated before (and whose tenant has not changed
+    /// since) are answered from memory; otherwise, after repeated failures from `peer` or for
+    /// `username`, the check waits first.
     pub async fn authenticate(
         &self,
         username: Option<&str>,
@@ -98,16 +98,18 @@ impl Authenticator {
             admit(limits, &tenant)?;
             return Ok((principal, tenant));
         }
-        let delay = self.throttle.delay(peer, username);
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
+        // Credentials that authenticated before skip the wait below, so that clients behind
+        // one address (a NAT) are not held up by another one's failures when they reconnect.
         if let (Some(username), Some(password)) = (username, password) {
             if let Some(found) = self.cache.get(username, password) {
                 let tenant = limits.tenant(&self.store, &found.tenant_id).await;
                 admit(limits, &tenant)?;
                 return Ok((into_principal(found)?, tenant));
             }
+        }
+        let delay = self.throttle.delay(peer, username);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
         let result = self.verify(username, password, limits).await;
         match &result {
