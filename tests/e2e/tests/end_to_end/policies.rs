@@ -720,3 +720,50 @@ async fn repeated_failures_slow_down_but_never_lock_out_the_right_password() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn rumqttc_clients_of_3_1_1_use_a_tenant_policy_and_denied_publishes_are_acked_and_dropped() {
+    let app = TestApp::spawn().await;
+    let (_registry, publisher, subscriber) = two_devices(&app).await;
+    let policy = create_policy(
+        &app,
+        "shared-space",
+        json!([
+            {"effect": "allow", "actions": ["publish", "subscribe"], "topics": ["space/#"]},
+            {"effect": "deny", "actions": ["publish"], "topics": ["space/readonly/#"]}
+        ]),
+    )
+    .await;
+    app.ok("PUT", &format!("/v1/tenant/policies/{policy}"), Value::Null)
+        .await;
+    let mut sub = app.mqtt_v311(&subscriber).await.expect("connect");
+    let suback = sub.subscribe("space/#", rumqttc::QoS::AtLeastOnce).await;
+    assert_eq!(
+        suback.return_codes,
+        vec![rumqttc::SubscribeReasonCode::Success(
+            rumqttc::QoS::AtLeastOnce
+        )]
+    );
+    let suback = sub
+        .subscribe("elsewhere/#", rumqttc::QoS::AtLeastOnce)
+        .await;
+    assert_eq!(
+        suback.return_codes,
+        vec![rumqttc::SubscribeReasonCode::Failure]
+    );
+
+    let mut publ = app.mqtt_v311(&publisher).await.expect("connect");
+    for topic in ["space/readonly/x", "space/open"] {
+        publ.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, "x")
+            .await
+            .expect("publish");
+        // MQTT 3.1.1 cannot refuse: the denied one is acknowledged too (SPEC §4.2).
+        publ.puback().await;
+    }
+    let got = sub
+        .next_publish(iotcore_e2e::mqtt::WAIT)
+        .await
+        .expect("a message");
+    assert_eq!(got.topic, "space/open");
+}
