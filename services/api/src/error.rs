@@ -105,6 +105,10 @@ impl Error {
             StoreError::Conflict {
                 field: field @ ("max_devices" | "max_rules"),
             } => Error::QuotaExceeded(format!("the tenant has reached its {field} quota")),
+            StoreError::Conflict { field: "policies" } => Error::Conflict(
+                "the target holds the maximum number of attached policies (10); detach one first"
+                    .into(),
+            ),
             StoreError::Conflict { field: "passwords" } => Error::Conflict(format!(
                 "the {what} holds the maximum number of passwords; delete one first"
             )),

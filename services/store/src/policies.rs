@@ -138,6 +138,10 @@ impl From<PolicyRow> for Policy {
 }
 
 const COLUMNS: &str = "id, tenant_id, name, statements, created_at, updated_at";
+
+/// Most policies attached to one target: every one of them is checked on each PUBLISH and
+/// SUBSCRIBE of its clients.
+pub const MAX_POLICIES_PER_TARGET: i64 = 10;
 const NAME_KEY: (&str, &str) = ("policies_tenant_id_name_key", "name");
 
 async fn changed(tx: &mut sqlx::PgConnection, tenant: &TenantId) -> Result<()> {
@@ -256,7 +260,8 @@ impl Store {
     }
 
     /// Attaches the policy `id` to `target`; both must be in `tenant` (`NotFound`
-    /// otherwise). Attaching twice is the same as once; answers whether it was new.
+    /// otherwise). Attaching twice is the same as once; answers whether it was new. A
+    /// target holding [`MAX_POLICIES_PER_TARGET`] already is `Conflict { field: "policies" }`.
     pub async fn attach_policy(
         &self,
         tenant: &TenantId,
@@ -274,6 +279,29 @@ impl Store {
                 .await?;
         if policy.is_none() {
             return Err(StoreError::NotFound);
+        }
+        // Serialises attachments to one target, so that two cannot both pass the bound.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!(
+                "{}:{}:{}",
+                tenant,
+                target.kind(),
+                target.id(tenant)
+            ))
+            .execute(&mut *tx)
+            .await?;
+        let (attached, already): (i64, bool) = sqlx::query_as(
+            "SELECT count(*), coalesce(bool_or(policy_id = $4), false) FROM policy_attachments
+              WHERE tenant_id = $1 AND target_kind = $2 AND target_id = $3",
+        )
+        .bind(tenant)
+        .bind(target.kind())
+        .bind(target.id(tenant))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !already && attached >= MAX_POLICIES_PER_TARGET {
+            return Err(StoreError::Conflict { field: "policies" });
         }
         let inserted = sqlx::query(
             "INSERT INTO policy_attachments (tenant_id, policy_id, target_kind, target_id)
@@ -550,6 +578,44 @@ mod tests {
         assert!(TopicTemplate::parse("a/${device.labels.bad key}").is_err());
         let plain = TopicTemplate::parse("a/$b/{c}").unwrap();
         assert_eq!(plain.expand(|_| None).as_deref(), Some("a/$b/{c}"));
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_target_holds_a_bounded_number_of_policies(pool: sqlx::PgPool) {
+        let store = Store::from_pool(pool);
+        let a = store.create_tenant("a").await.unwrap().id;
+        let mut ids = Vec::new();
+        for i in 0..=MAX_POLICIES_PER_TARGET {
+            let new = NewPolicy {
+                name: format!("p{i}"),
+                statements: statements(),
+            };
+            ids.push(store.create_policy(&a, &new).await.unwrap().id);
+        }
+        let (last, first) = (ids.pop().unwrap(), ids[0].clone());
+        for id in &ids {
+            assert!(store
+                .attach_policy(&a, id, PolicyTarget::Tenant)
+                .await
+                .unwrap());
+        }
+        assert!(matches!(
+            store.attach_policy(&a, &last, PolicyTarget::Tenant).await,
+            Err(StoreError::Conflict { field: "policies" })
+        ));
+        // Attaching one that is attached already is still fine at the bound.
+        assert!(!store
+            .attach_policy(&a, &first, PolicyTarget::Tenant)
+            .await
+            .unwrap());
+        store
+            .detach_policy(&a, &first, PolicyTarget::Tenant)
+            .await
+            .unwrap();
+        assert!(store
+            .attach_policy(&a, &last, PolicyTarget::Tenant)
+            .await
+            .unwrap());
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]

@@ -27,6 +27,9 @@ pub const MAX_STATEMENTS: usize = 100;
 pub const MAX_TOPICS: usize = 64;
 /// Longest topic filter of a statement, in bytes (variables included as written).
 pub const MAX_TOPIC_BYTES: usize = 1024;
+/// Most topic filters in one policy, all statements together: each is matched on every
+/// PUBLISH or SUBSCRIBE of the clients it applies to.
+pub const MAX_POLICY_TOPICS: usize = 256;
 
 pub fn router() -> Router<ApiState> {
     Router::new()
@@ -109,7 +112,7 @@ pub struct PolicyInput {
         pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
     )]
     pub name: String,
-    /// 1 to 100 statements.
+    /// 1 to 100 statements, with at most 256 topic filters in all.
     #[schema(min_items = 1, max_items = 100)]
     pub statements: Vec<PolicyStatement>,
 }
@@ -179,6 +182,17 @@ fn parse_policy(body: PolicyInput) -> Result<NewPolicy, Error> {
         fields.push(FieldError::new(
             "statements",
             "must hold 1 to 100 statements",
+        ));
+    } else if body
+        .statements
+        .iter()
+        .map(|s| s.topics.len())
+        .sum::<usize>()
+        > MAX_POLICY_TOPICS
+    {
+        fields.push(FieldError::new(
+            "statements",
+            "must name at most 256 topic filters in all",
         ));
     }
     let mut statements = Vec::with_capacity(body.statements.len());
@@ -483,6 +497,7 @@ pub async fn list_tenant_policies(
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such policy in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The tenant holds 10 policies already", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn attach_tenant_policy(
@@ -560,6 +575,7 @@ macro_rules! target_routes {
                 (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
                 (status = 403, description = "Read-only role", body = Problem, content_type = "application/problem+json"),
                 (status = 404, description = concat!("No such policy or ", $what, " in this tenant"), body = Problem, content_type = "application/problem+json"),
+                (status = 409, description = concat!("The ", $what, " holds 10 policies already"), body = Problem, content_type = "application/problem+json"),
             )
         )]
         pub async fn $attach(
@@ -634,6 +650,30 @@ target_routes!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policy_names_a_bounded_number_of_topics() {
+        let statement = |n: usize| PolicyStatement {
+            effect: PolicyEffect::Allow,
+            actions: vec![PolicyAction::Publish],
+            topics: (0..n).map(|i| format!("t/{i}")).collect(),
+        };
+        let input = |statements| PolicyInput {
+            name: "p".into(),
+            statements,
+        };
+        assert!(parse_policy(input(vec![statement(64); 4])).is_ok());
+        match parse_policy(input(vec![statement(64); 5])) {
+            Err(Error::Unprocessable(errors)) => assert_eq!(errors[0].field, "statements"),
+            other => panic!("{other:?}"),
+        }
+        match parse_policy(input(vec![statement(65)])) {
+            Err(Error::Unprocessable(errors)) => {
+                assert_eq!(errors[0].field, "statements[0].topics")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn statement_topics_are_filters_with_known_variables() {
