@@ -256,7 +256,11 @@ impl ConnAck {
     }
 
     pub(crate) fn write(&self, version: ProtocolVersion, plan: &Plan, buf: &mut BytesMut) {
-        buf.put_u8(u8::from(self.session_present));
+        // MQTT 3.1 has no Session Present flag: the first byte of its CONNACK is reserved and
+        // not used, so it goes out as 0.
+        buf.put_u8(u8::from(
+            self.session_present && version != ProtocolVersion::V3_1,
+        ));
         buf.put_u8(self.code);
         if version.is_v5() {
             self.properties.write(plan.props, buf);

@@ -143,6 +143,20 @@ fn connack_v3_accepted_and_refused() {
 }
 
 #[test]
+fn connack_v3_1_has_no_session_present_flag() {
+    // MQTT 3.1: the first byte of CONNACK is reserved, so a session kept for a 3.1 client is
+    // not announced there.
+    let resumed = Packet::ConnAck(ConnAck {
+        session_present: true,
+        code: connack_v3::ACCEPTED,
+        properties: Properties::default(),
+    });
+    let mut out = BytesMut::new();
+    resumed.encode(ProtocolVersion::V3_1, &mut out).unwrap();
+    assert_eq!(&out[..], b"\x20\x02\x00\x00");
+}
+
+#[test]
 fn connack_v5_with_properties() {
     let wire = b"\x20\x09\x00\x00\x06\x21\x00\x14\x22\x00\x0a";
     let expected = ConnAck {

@@ -283,8 +283,9 @@ pub fn connack(version: ProtocolVersion) -> impl Strategy<Value = ConnAck> {
         (0..=5u8).boxed()
     };
     (any::<bool>(), code, properties(version, Ctx::ConnAck)).prop_map(
-        |(session_present, code, properties)| ConnAck {
-            session_present: session_present && code == 0,
+        move |(session_present, code, properties)| ConnAck {
+            // MQTT 3.1 has no Session Present flag.
+            session_present: session_present && code == 0 && version != ProtocolVersion::V3_1,
             code,
             properties,
         },

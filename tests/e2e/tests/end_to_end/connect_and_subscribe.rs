@@ -599,3 +599,36 @@ async fn topics_are_matched_byte_for_byte() {
     }
     app.stop().await;
 }
+
+/// MQTT 3.1 has no Session Present flag: the first byte of its CONNACK is reserved. A 3.1
+/// client whose session was kept gets 0 there; a 3.1.1 client 1 (3.1.1 MQTT-3.2.2-2).
+#[tokio::test]
+async fn a_3_1_connack_leaves_its_reserved_byte_at_0() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let (user, password) = app.create_registry_password(&app.token, &registry).await;
+    let backend = Device {
+        id: user.clone(),
+        registry_id: registry,
+        password,
+    };
+    for (version, suffix, flag) in [
+        (ProtocolVersion::V3_1, "v31", false),
+        (ProtocolVersion::V3_1_1, "v311", true),
+    ] {
+        let client_id = format!("{user}:{suffix}");
+        for round in ["new", "kept"] {
+            let mut connect = Raw::connect_packet(version, &client_id, &backend, 60);
+            connect.clean_start = false;
+            match Raw::handshake(app.mqtt, connect).await {
+                (_, Some(Packet::ConnAck(ack))) => {
+                    assert_eq!(ack.code, 0);
+                    let expected = flag && round == "kept";
+                    assert_eq!(ack.session_present, expected, "{version:?}, {round}");
+                }
+                (_, other) => panic!("expected CONNACK, got {other:?}"),
+            }
+        }
+    }
+    app.stop().await;
+}
