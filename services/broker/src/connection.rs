@@ -291,7 +291,15 @@ where
         }
         if close.publish_will {
             if let Some((message, delay)) = will {
-                wills::publish_later(&session, message, delay);
+                match claim.successor.resumed() {
+                    // MQTT-3.1.3-9: the connection that took over carries the session on,
+                    // and was there before this one ended: a delayed will is never sent.
+                    Some(true) if !delay.is_zero() => {}
+                    // It started a clean session, so this one has ended: the will goes out
+                    // now, whatever its delay (MQTT-3.1.2-8).
+                    Some(false) => wills::publish_later(&session, message, Duration::ZERO),
+                    _ => wills::publish_later(&session, message, delay),
+                }
             }
         }
         if let Some(expiry) = close.session_expiry {

@@ -28,7 +28,7 @@ use iotcore_topic::Subscription;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
@@ -106,6 +106,7 @@ struct Live {
     /// broker id), to re-check when the control plane changes.
     principal: Option<String>,
     takeover: CancellationToken,
+    successor: Successor,
     /// Cancelled when the connection's credential is no longer valid.
     revoked: CancellationToken,
     /// Cancelled when the connection has finished (and parked its session, if any).
@@ -124,6 +125,19 @@ impl Parkable {
     }
 }
 
+/// How the connection that took a session over started: set before the old connection's
+/// takeover token is cancelled, so that the old one knows what becomes of its will.
+#[derive(Clone, Default)]
+pub struct Successor(Arc<OnceLock<bool>>);
+
+impl Successor {
+    /// `None` while no connection has taken over; `Some(true)` when one did with Clean
+    /// Start 0 and carries the session on, `Some(false)` when it started a clean one.
+    pub fn resumed(&self) -> Option<bool> {
+        self.0.get().copied()
+    }
+}
+
 /// The connection a new one takes over.
 pub struct Previous {
     /// Cancelled when it has finished; worth waiting for, to resume what it parks.
@@ -135,6 +149,8 @@ pub struct Previous {
 pub struct Claim {
     /// Cancelled when a later connection takes the session over.
     pub takeover: CancellationToken,
+    /// How that later connection started.
+    pub successor: Successor,
     /// Cancelled when the connection's principal is disabled, deleted or suspended.
     pub revoked: CancellationToken,
     /// The connection cancels this when it has finished.
@@ -181,16 +197,19 @@ impl Sessions {
         let takeover = CancellationToken::new();
         let revoked = CancellationToken::new();
         let ended = CancellationToken::new();
+        let successor = Successor::default();
         let live = Live {
             connection,
             principal: principal.map(str::to_owned),
             takeover: takeover.clone(),
+            successor: successor.clone(),
             revoked: revoked.clone(),
             ended: ended.clone(),
             parkable: Parkable::new(),
         };
         let parkable = live.parkable.clone();
         let previous = lock(&self.live).insert(key.clone(), live).map(|previous| {
+            let _ = previous.successor.0.set(!clean_start);
             previous.takeover.cancel();
             Previous {
                 ended: previous.ended,
@@ -202,6 +221,7 @@ impl Sessions {
         }
         Claim {
             takeover,
+            successor,
             revoked,
             ended,
             previous,

@@ -95,6 +95,54 @@ async fn a_client_back_within_the_will_delay_cancels_its_will() {
     app.stop().await;
 }
 
+/// MQTT-3.1.3-9 with a takeover: the first connection is still open when the client
+/// connects again with Clean Start 0, so the first ends (DISCONNECT 0x8E) after the new one
+/// has resumed the session; its delayed will is never sent. The marker, published once the
+/// delay is over, arriving first shows it.
+#[tokio::test]
+async fn a_takeover_that_resumes_the_session_cancels_the_delayed_will() {
+    let app = TestApp::spawn().await;
+    let vb = broker_credential(&app).await;
+    let mut watcher = watcher(&app, &vb).await;
+    let (mut first, _) = connected(&app, connect_packet(&vb, "sensor", true, 300, Some(2))).await;
+    let (mut second, present) =
+        connected(&app, connect_packet(&vb, "sensor", false, 300, None)).await;
+    assert!(present, "the session moved to the new connection");
+    match first.packet().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::SESSION_TAKEN_OVER),
+        other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+    }
+    // This waits for the will delay to pass, not for the broker.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        second
+            .publish_qos1("status/marker", b"after the delay")
+            .await,
+        ReasonCode::SUCCESS
+    );
+    let got = next_publish(&mut watcher).await;
+    assert_eq!(
+        got.topic, "status/marker",
+        "the will of the taken-over connection was sent"
+    );
+    app.stop().await;
+}
+
+/// MQTT-3.1.2-8: a takeover with Clean Start 1 ends the session, so the first connection's
+/// will goes out at once, although its delay (300 s) is far from over.
+#[tokio::test]
+async fn a_takeover_with_clean_start_publishes_the_delayed_will_at_once() {
+    let app = TestApp::spawn().await;
+    let vb = broker_credential(&app).await;
+    let mut watcher = watcher(&app, &vb).await;
+    let (_first, _) = connected(&app, connect_packet(&vb, "sensor", true, 300, Some(300))).await;
+    let (_second, present) = connected(&app, connect_packet(&vb, "sensor", true, 300, None)).await;
+    assert!(!present);
+    let will = next_publish(&mut watcher).await;
+    assert_eq!(will.topic, "status/sensor");
+    app.stop().await;
+}
+
 /// MQTT-3.1.2-8: a delayed will goes out when its delay has passed, or when the session
 /// ends first (here the session expires after 1 s while the will delay is 300 s);
 /// MQTT-3.3.2-17/18 and MQTT-3.1.3-10: with its user properties, in order, and its
