@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod brokers;
+pub mod certificates;
 pub mod connections;
 pub mod dead_letters;
 pub mod deliveries;
