@@ -9,7 +9,9 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use iotcore_store::{BrokerId, DeviceId, PasswordId, PolicyId, RegistryId, RuleId, TenantId};
+use iotcore_store::{
+    BrokerId, CaCertificateId, DeviceId, PasswordId, PolicyId, RegistryId, RuleId, TenantId,
+};
 use serde::de::DeserializeOwned;
 
 /// The header an operator names the tenant it acts in with.
@@ -164,6 +166,7 @@ path_identifier!(PasswordId, "password id");
 path_identifier!(RuleId, "rule id");
 path_identifier!(BrokerId, "broker id");
 path_identifier!(PolicyId, "policy id");
+path_identifier!(CaCertificateId, "CA certificate id");
 
 fn parse_path_id<T: PathIdentifier>(s: &str) -> Result<T, Error> {
     T::parse_id(s).ok_or_else(|| Error::BadRequest(format!("{s:?} is not a {}", T::NAME)))

@@ -68,6 +68,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(routes::quotas::router())
         .merge(routes::passwords::router())
         .merge(routes::policies::router())
+        .merge(routes::certificates::router())
         .merge(routes::rules::router())
         .merge(routes::health::router())
         .merge(routes::docs::router())

@@ -2,7 +2,8 @@
 
 use crate::error::{FieldError, Problem};
 use crate::routes::{
-    brokers, devices, health, passwords, policies, publish, quotas, registries, rules, tenants,
+    brokers, certificates, devices, health, passwords, policies, publish, quotas, registries,
+    rules, tenants,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -38,6 +39,14 @@ by naming it in the `X-Iotcore-Tenant` header. Errors are RFC 9457 problem detai
         policies::list_registry_policies, policies::attach_registry_policy, policies::detach_registry_policy,
         policies::list_device_policies, policies::attach_device_policy, policies::detach_device_policy,
         policies::list_broker_policies, policies::attach_broker_policy, policies::detach_broker_policy,
+        certificates::create_device_certificate, certificates::list_device_certificates,
+        certificates::revoke_device_certificate,
+        certificates::create_registry_certificate, certificates::list_registry_certificates,
+        certificates::revoke_registry_certificate,
+        certificates::create_broker_certificate, certificates::list_broker_certificates,
+        certificates::revoke_broker_certificate,
+        certificates::create_ca_certificate, certificates::list_ca_certificates,
+        certificates::delete_ca_certificate,
         publish::command_device, publish::command_registry, publish::publish,
         rules::create_rule, rules::list_rules, rules::get_rule, rules::update_rule, rules::delete_rule,
         rules::get_rule_stats, rules::list_dead_letters, rules::replay_dead_letters,
@@ -53,6 +62,7 @@ by naming it in the `X-Iotcore-Tenant` header. Errors are RFC 9457 problem detai
         (name = "brokers", description = "Virtual brokers: isolated namespaces of free-form topics"),
         (name = "passwords", description = "Passwords of devices, registry clients and virtual brokers"),
         (name = "policies", description = "ACL policies and their attachment to the tenant, registries, devices and virtual brokers"),
+        (name = "certificates", description = "X.509 client certificates of devices, registry clients and virtual brokers, and the CA certificates of registries"),
         (name = "publish", description = "Commands and messages published from the API"),
         (name = "rules", description = "Rules forwarding device messages to webhooks"),
         (name = "operations", description = "Health, readiness, metrics and this document"),

@@ -1,6 +1,7 @@
 //! One router per resource; each module owns its request and response types.
 
 pub mod brokers;
+pub mod certificates;
 pub mod devices;
 pub mod docs;
 pub mod health;

@@ -2,6 +2,7 @@
 //! own (`DATABASE_URL` names the server).
 
 mod access;
+mod certificates;
 mod concurrency;
 mod errors;
 mod flow;
