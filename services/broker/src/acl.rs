@@ -154,6 +154,8 @@ mod tests {
             },
             default_policy,
             rules_version: 0,
+            cert_cn: None,
+            certificate: None,
         };
         (principal, device_id, registry_id)
     }

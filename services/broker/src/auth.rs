@@ -20,6 +20,11 @@ pub struct Principal {
     pub default_policy: bool,
     /// The tenant's rule generation when the credential was checked.
     pub rules_version: i64,
+    /// The subject CN of the client certificate it authenticated with, for
+    /// `${cert.subject.cn}` in policies (SPEC §4.2).
+    pub cert_cn: Option<String>,
+    /// The certificate it authenticated with, if it did (SPEC §4.1, item 1).
+    pub certificate: Option<crate::x509::CertificateCredential>,
 }
 
 impl Principal {
@@ -35,7 +40,7 @@ impl Principal {
     /// The subject CN of the client certificate the connection authenticated with, for
     /// `${cert.subject.cn}` in policies; `None` for password authentication.
     pub fn cert_cn(&self) -> Option<&str> {
-        None
+        self.cert_cn.as_deref()
     }
 }
 
@@ -210,7 +215,7 @@ impl Authenticator {
     }
 }
 
-fn into_principal(found: PasswordPrincipal) -> Result<Principal, AuthFailure> {
+pub(crate) fn into_principal(found: PasswordPrincipal) -> Result<Principal, AuthFailure> {
     if !found.tenant_active {
         failed("tenant_suspended");
         return Err(AuthFailure::NotAuthorized);
@@ -233,6 +238,8 @@ fn into_principal(found: PasswordPrincipal) -> Result<Principal, AuthFailure> {
         kind: found.kind,
         default_policy: found.default_policy,
         rules_version: found.rules_version,
+        cert_cn: None,
+        certificate: None,
     })
 }
 

@@ -356,6 +356,13 @@ async fn recheck_principals(shared: &Shared, tenant: &TenantId) {
     // rights of live sessions in one pass at the end.
     let mut current = HashMap::new();
     for principal in shared.sessions.live_principals(tenant) {
+        if let Some(valid) = crate::x509::still_valid(&shared.store, tenant, &principal).await {
+            if !valid {
+                tracing::info!(tenant_id = %tenant, principal, "certificate no longer valid; disconnecting");
+                shared.sessions.revoke(tenant, &principal);
+            }
+            continue;
+        }
         let valid = match shared.store.find_password_principal(&principal).await {
             Ok(Some(found)) => {
                 current.insert(

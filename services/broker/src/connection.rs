@@ -15,6 +15,7 @@ use crate::session_store::Journal;
 use crate::sessions::{Parkable, SessionState};
 use crate::status;
 use crate::topic_aliases::OutboundAliases;
+use crate::transport::tls::ClientCertificate;
 use crate::wills;
 use bytes::BytesMut;
 use iotcore_codec::{decode, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode};
@@ -62,8 +63,12 @@ impl Close {
 }
 
 /// Serves one accepted connection until it ends.
-pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
-where
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    client_certificate: Option<ClientCertificate>,
+    shared: Arc<Shared>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let connection_id = shared.router.next_connection_id();
@@ -98,7 +103,14 @@ where
             }
         };
         let version = connect.protocol;
-        let mut accepted = match handshake::accept(&shared, &connect, peer.ip()).await {
+        let mut accepted = match handshake::accept(
+            &shared,
+            &connect,
+            peer.ip(),
+            client_certificate.as_ref(),
+        )
+        .await
+        {
             Ok(accepted) => accepted,
             Err(refused) => {
                 tracing::info!(reason = refused.reason, "CONNECT refused");
@@ -135,7 +147,7 @@ where
             &namespace,
             &client_id,
             connection_id,
-            Some(principal_id(&accepted)),
+            Some(&principal_key(&accepted)),
             connect.clean_start,
         );
         if let Some(previous) = &claim.previous {
@@ -625,6 +637,16 @@ fn principal_id(accepted: &Accepted) -> &str {
         PrincipalKind::Device { device_id, .. } => device_id.as_str(),
         PrincipalKind::Registry { registry_id } => registry_id.as_str(),
         PrincipalKind::Broker { broker_id } => broker_id.as_str(),
+    }
+}
+
+/// What the live connection is recorded under, to find it again when its credential is
+/// revoked: the principal id, with the certificate when it authenticated with one.
+fn principal_key(accepted: &Accepted) -> String {
+    let id = principal_id(accepted);
+    match &accepted.principal.certificate {
+        Some(certificate) => certificate.session_key(id),
+        None => id.to_owned(),
     }
 }
 

@@ -7,6 +7,7 @@ use crate::limits::{ConnectionSlot, Refusal};
 use crate::policies::LiveAcl;
 use crate::publish;
 use crate::router::Message;
+use crate::transport::tls::ClientCertificate;
 use iotcore_codec::{
     connack_v3, ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode,
 };
@@ -51,6 +52,7 @@ pub async fn accept(
     shared: &Shared,
     connect: &Connect,
     peer: std::net::IpAddr,
+    client_certificate: Option<&ClientCertificate>,
 ) -> Result<Accepted, Refused> {
     let v5 = connect.protocol == ProtocolVersion::V5;
     let refuse = |v3: u8, v5_code: ReasonCode, reason: &'static str| Refused {
@@ -73,33 +75,58 @@ pub async fn accept(
         },
         reason: refusal.as_str(),
     };
-    let (principal, tenant) = shared
-        .auth
-        .authenticate(
-            connect.username.as_deref(),
-            connect.password.as_deref(),
-            peer,
-            &shared.quotas,
-        )
-        .await
-        .map_err(|failure| match failure {
-            AuthFailure::BadCredentials => refuse(
-                connack_v3::BAD_USER_NAME_OR_PASSWORD,
-                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
-                "bad user name or password",
-            ),
-            AuthFailure::NotAuthorized => refuse(
-                connack_v3::NOT_AUTHORIZED,
-                ReasonCode::NOT_AUTHORIZED,
-                "not authorized",
-            ),
-            AuthFailure::Unavailable => refuse(
-                connack_v3::SERVER_UNAVAILABLE,
-                ReasonCode::SERVER_UNAVAILABLE,
-                "server unavailable",
-            ),
-            AuthFailure::Limited(refusal) => limited(refusal),
-        })?;
+    // A certificate that names a principal decides; one that names nobody leaves it to
+    // the password (SPEC §4.1).
+    let certified = match client_certificate {
+        Some(chain) => crate::x509::authenticate(&shared.store, &shared.quotas, chain).await,
+        None => Ok(None),
+    };
+    let authenticated = match certified {
+        Ok(Some(found)) => Ok(found),
+        // A certificate that names nobody, and nothing else to go by: not authorized
+        // (3.1.1: 5; 5.0: 0x87) rather than a bad password that was never given.
+        Ok(None)
+            if connect.username.is_none()
+                && connect.password.is_none()
+                && shared
+                    .config
+                    .anonymous_broker
+                    .as_deref()
+                    .is_none_or(str::is_empty) =>
+        {
+            Err(AuthFailure::NotAuthorized)
+        }
+        Ok(None) => {
+            shared
+                .auth
+                .authenticate(
+                    connect.username.as_deref(),
+                    connect.password.as_deref(),
+                    peer,
+                    &shared.quotas,
+                )
+                .await
+        }
+        Err(failure) => Err(failure),
+    };
+    let (principal, tenant) = authenticated.map_err(|failure| match failure {
+        AuthFailure::BadCredentials => refuse(
+            connack_v3::BAD_USER_NAME_OR_PASSWORD,
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            "bad user name or password",
+        ),
+        AuthFailure::NotAuthorized => refuse(
+            connack_v3::NOT_AUTHORIZED,
+            ReasonCode::NOT_AUTHORIZED,
+            "not authorized",
+        ),
+        AuthFailure::Unavailable => refuse(
+            connack_v3::SERVER_UNAVAILABLE,
+            ReasonCode::SERVER_UNAVAILABLE,
+            "server unavailable",
+        ),
+        AuthFailure::Limited(refusal) => limited(refusal),
+    })?;
     let (client_id, assigned) = client_id_for(&principal, &connect.client_id).ok_or_else(|| {
         refuse(
             connack_v3::IDENTIFIER_REJECTED,

@@ -31,6 +31,7 @@ mod subscriptions;
 mod topic_aliases;
 mod transport;
 mod wills;
+mod x509;
 
 pub use broker::run;
 pub use config::BrokerConfig;

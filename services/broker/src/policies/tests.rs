@@ -42,6 +42,8 @@ fn device(w: &World, labels: &[(&str, &str)], default_policy: bool) -> Principal
         },
         default_policy,
         rules_version: 0,
+        cert_cn: None,
+        certificate: None,
     }
 }
 
@@ -469,6 +471,28 @@ fn policy_table() {
         let acl = acl_for(&device(&w, labels, true), DEVICE, &policies);
         assert_eq!(run(&acl, check), expected, "{name}: {check:?}");
     }
+}
+
+#[test]
+fn cert_cn_of_a_certificate_principal_fills_its_variable() {
+    let w = world();
+    let policies = TenantPolicies::build(vec![attach(
+        "tenant",
+        w.tenant.as_str(),
+        vec![statement(Allow, &[P], &["c/${cert.subject.cn}"])],
+    )]);
+    let with_cn = |cn: &str| Principal {
+        cert_cn: Some(cn.to_owned()),
+        ..device(&w, &[], true)
+    };
+    let acl = acl_for(&with_cn("sensor-1"), DEVICE, &policies);
+    assert!(acl.allows_publish("c/sensor-1"));
+    assert!(!acl.allows_publish("c/sensor-2"));
+    // A CN with a topic separator or wildcard makes the statement not match.
+    let acl = acl_for(&with_cn("a/b"), DEVICE, &policies);
+    assert!(!acl.allows_publish("c/a/b"));
+    let acl = acl_for(&with_cn("+"), DEVICE, &policies);
+    assert!(!acl.allows_publish("c/+"));
 }
 
 #[test]

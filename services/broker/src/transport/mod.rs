@@ -233,13 +233,9 @@ async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    // Certificate authentication (SPEC §4.1, item 1) resolves the principal from this leaf
-    // certificate at CONNECT: it is to be passed to `connection::serve` and on to the
-    // authenticator. Until then it is only logged, and password authentication applies.
-    if let Some(certificate) = &client_certificate {
-        tracing::debug!(%peer, bytes = certificate.len(), "client presented a certificate");
-    }
-    connection::serve(&mut stream, peer, shared).await;
+    // Certificate authentication (SPEC §4.1, item 1) resolves the principal from these
+    // certificates at CONNECT.
+    connection::serve(&mut stream, peer, client_certificate, shared).await;
     // Sends TLS close_notify or the WebSocket close frame; a peer that is already gone or
     // does not read cannot hold the task past the grace period.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, stream.shutdown()).await;

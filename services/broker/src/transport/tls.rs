@@ -21,10 +21,10 @@ const ALPN_MQTT: &[u8] = b"mqtt";
 /// What browsers and WebSocket clients offer before the HTTP upgrade.
 const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
 
-/// The DER of the leaf certificate a client presented, if it presented one. The TLS layer
-/// has already checked that the client holds its private key; whether the certificate
-/// names a principal is for certificate authentication to decide.
-pub type ClientCertificate = Vec<u8>;
+/// The DER certificates a client presented, leaf first, then whatever intermediates it
+/// sent. The TLS layer has already checked that the client holds the leaf's private key;
+/// whether the certificate names a principal is for certificate authentication to decide.
+pub type ClientCertificate = Vec<Vec<u8>>;
 
 /// Acceptors for both TLS listeners, built once from the same certificate and key.
 #[derive(Clone)]
@@ -77,7 +77,7 @@ fn server_config(
     Ok(config)
 }
 
-/// Completes the TLS handshake and returns the stream with the client's leaf certificate.
+/// Completes the TLS handshake and returns the stream with the client's certificates.
 pub async fn accept<S>(
     acceptor: &TlsAcceptor,
     stream: S,
@@ -87,11 +87,11 @@ where
 {
     let stream = acceptor.accept(stream).await?;
     let (_, connection) = stream.get_ref();
-    let leaf = connection
+    let chain = connection
         .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|leaf| leaf.as_ref().to_vec());
-    Ok((stream, leaf))
+        .filter(|chain| !chain.is_empty())
+        .map(|chain| chain.iter().map(|cert| cert.as_ref().to_vec()).collect());
+    Ok((stream, chain))
 }
 
 /// The negotiated ALPN protocol, for logs.

@@ -1,0 +1,314 @@
+//! Certificate authentication at CONNECT (SPEC §4.1, item 1). The TLS layer has already
+//! checked that the client holds the key of the certificate it presented (the handshake
+//! signature); here the certificate is matched to a principal, in order:
+//!
+//! a. its SHA-256 fingerprint is registered on a device, registry or virtual broker;
+//! b. otherwise its chain verifies against an active CA certificate of a registry and its
+//!    subject CN (or a DNS/URI alternative name) names a device of that registry — by id
+//!    or by name — or, when there is none and the CA has `auto_register`, a device of
+//!    that name is created with the certificate registered on it (just in time);
+//! c. otherwise it names nobody: the CONNECT's password decides, and without one the
+//!    connection is refused.
+//!
+//! A registered certificate that is revoked, outside its validity period or issued by a
+//! deleted CA is refused outright, whatever else the CONNECT carries.
+
+use crate::auth::{AuthFailure, Principal};
+use crate::limits::{Limits, TenantLimits};
+use crate::transport::tls::ClientCertificate;
+use chrono::Utc;
+use iotcore_pki::{verify_chain, Certificate, ChainError, Validity};
+use iotcore_store::auth::{PasswordPrincipal, PrincipalKind};
+use iotcore_store::certificates::NewCertificate;
+use iotcore_store::{CaCertificateId, DeviceId, Store, StoreError, TenantId};
+use std::sync::Arc;
+
+/// Separates a principal id from the certificate in a session's principal key.
+const KEY_MARK: &str = "#x509:";
+
+/// The certificate a connection authenticated with, kept so that revoking it (or deleting
+/// its CA) disconnects the connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateCredential {
+    pub fingerprint: String,
+    /// The registry CA the chain verified against, when the certificate itself is not
+    /// registered (a device named by a CA-signed certificate).
+    pub ca_id: Option<CaCertificateId>,
+}
+
+impl CertificateCredential {
+    /// The key live sessions are recorded under: the principal id, then the certificate,
+    /// so that re-checking it after a change looks at the certificate, not at passwords.
+    pub fn session_key(&self, principal_id: &str) -> String {
+        match &self.ca_id {
+            Some(ca) => format!("{principal_id}{KEY_MARK}{}@{ca}", self.fingerprint),
+            None => format!("{principal_id}{KEY_MARK}{}", self.fingerprint),
+        }
+    }
+}
+
+/// Authenticates a CONNECT by the certificate the client presented. `Ok(None)`: the
+/// certificate names nobody, and other credentials may be tried.
+pub async fn authenticate(
+    store: &Store,
+    limits: &Limits,
+    chain: &ClientCertificate,
+) -> Result<Option<(Principal, Arc<TenantLimits>)>, AuthFailure> {
+    let Some(found) = identify(store, chain).await? else {
+        return Ok(None);
+    };
+    let (found, credential, common_name) = found;
+    let mut principal = crate::auth::into_principal(found)?;
+    principal.cert_cn = common_name;
+    principal.certificate = Some(credential);
+    let tenant = limits.tenant(store, &principal.tenant_id).await;
+    limits.admit_connect(&tenant).map_err(|refusal| {
+        tenant.refused(refusal);
+        AuthFailure::Limited(refusal)
+    })?;
+    Ok(Some((principal, tenant)))
+}
+
+type Identified = (PasswordPrincipal, CertificateCredential, Option<String>);
+
+async fn identify(
+    store: &Store,
+    chain: &ClientCertificate,
+) -> Result<Option<Identified>, AuthFailure> {
+    let Some(leaf_der) = chain.first() else {
+        return Ok(None);
+    };
+    let leaf = match Certificate::from_der(leaf_der) {
+        Ok(leaf) => leaf,
+        Err(e) => {
+            tracing::debug!(error = %e, "client certificate cannot be read");
+            return Ok(None);
+        }
+    };
+    let now = Utc::now();
+    // a. Registered by fingerprint.
+    if let Some(registered) = store
+        .find_certificate(&leaf.fingerprint)
+        .await
+        .map_err(unavailable)?
+    {
+        if !registered.active || registered.ca_active == Some(false) {
+            return Err(refused("certificate_revoked"));
+        }
+        if now < registered.not_before || now > registered.not_after {
+            return Err(refused("certificate_expired"));
+        }
+        let principal = store
+            .find_password_principal(&registered.owner_id)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| refused("unknown_principal"))?;
+        let credential = CertificateCredential {
+            fingerprint: leaf.fingerprint.clone(),
+            ca_id: None,
+        };
+        return Ok(Some((principal, credential, leaf.common_name)));
+    }
+    // b. Signed by a registry's CA.
+    let intermediates: Vec<Vec<u8>> = chain[1..].to_vec();
+    let mut issuers = vec![leaf.issuer.clone()];
+    issuers.extend(
+        intermediates
+            .iter()
+            .filter_map(|der| Certificate::from_der(der).ok())
+            .map(|c| c.issuer),
+    );
+    let cas = store.trusted_cas(&issuers).await.map_err(unavailable)?;
+    let mut verified = Vec::new();
+    let mut out_of_date = false;
+    for ca in cas {
+        let Some(ca_der) = iotcore_pki::parse_pem(&ca.pem)
+            .ok()
+            .and_then(|certs| certs.into_iter().next())
+        else {
+            continue;
+        };
+        match verify_chain(&leaf.der, &intermediates, &ca_der.der, now) {
+            Ok(()) => verified.push(ca),
+            Err(ChainError::Expired | ChainError::NotYetValid) => out_of_date = true,
+            Err(e) => tracing::debug!(ca_id = %ca.id, error = %e, "chain does not verify"),
+        }
+    }
+    if verified.is_empty() {
+        if out_of_date || leaf.validity_at(now) != Validity::Valid {
+            return Err(refused("certificate_expired"));
+        }
+        return Ok(None);
+    }
+    let names: Vec<String> = leaf.names().map(str::to_owned).collect();
+    for ca in &verified {
+        let device = store
+            .device_named(&ca.tenant_id, &ca.registry_id, &names)
+            .await
+            .map_err(unavailable)?;
+        if let Some(device) = device {
+            return named(store, device.as_str(), &leaf, Some(ca.id.clone())).await;
+        }
+    }
+    // Just-in-time registration, through the first CA that allows it.
+    let Some(ca) = verified.iter().find(|ca| ca.auto_register) else {
+        return Err(refused("no_device_for_certificate"));
+    };
+    let Some(name) = names.first().filter(|name| valid_device_name(name)) else {
+        return Err(refused("no_device_name_in_certificate"));
+    };
+    let new = NewCertificate {
+        fingerprint: leaf.fingerprint.clone(),
+        pem: leaf.pem(),
+        subject: leaf.subject.clone(),
+        issuer: leaf.issuer.clone(),
+        not_before: leaf.not_before,
+        not_after: leaf.not_after,
+        ca_certificate_id: Some(ca.id.clone()),
+    };
+    match store
+        .register_device_just_in_time(&ca.tenant_id, &ca.registry_id, name, &new)
+        .await
+    {
+        Ok(device) => {
+            tracing::info!(tenant_id = %ca.tenant_id, registry_id = %ca.registry_id,
+                device_id = %device, "device registered just in time by its certificate");
+            named(store, device.as_str(), &leaf, None).await
+        }
+        // Another connection with the same certificate registered it first.
+        Err(StoreError::Conflict {
+            field: "name" | "fingerprint",
+        }) => {
+            let device = store
+                .device_named(&ca.tenant_id, &ca.registry_id, &names)
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(|| refused("no_device_for_certificate"))?;
+            named(store, device.as_str(), &leaf, Some(ca.id.clone())).await
+        }
+        Err(StoreError::Conflict {
+            field: "max_devices",
+        }) => Err(refused("device_quota")),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// The principal of the device `device_id`, authenticated by `leaf`.
+async fn named(
+    store: &Store,
+    device_id: &str,
+    leaf: &Certificate,
+    ca_id: Option<CaCertificateId>,
+) -> Result<Option<Identified>, AuthFailure> {
+    let principal = store
+        .find_password_principal(device_id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| refused("unknown_principal"))?;
+    let credential = CertificateCredential {
+        fingerprint: leaf.fingerprint.clone(),
+        ca_id,
+    };
+    Ok(Some((principal, credential, leaf.common_name.clone())))
+}
+
+/// A name a device may be given (the API's rule for resource names). A name shaped like a
+/// device id only ever refers to that device: registering a new device under it would make
+/// a certificate for one tenant's device create a look-alike in another.
+fn valid_device_name(name: &str) -> bool {
+    DeviceId::parse(name).is_none()
+        && !name.is_empty()
+        && name.chars().count() <= 128
+        && !name.chars().any(char::is_control)
+        && name.trim() == name
+}
+
+fn refused(reason: &'static str) -> AuthFailure {
+    failed(reason);
+    AuthFailure::NotAuthorized
+}
+
+fn unavailable(e: StoreError) -> AuthFailure {
+    tracing::error!(error = %e, "certificate authentication could not ask the store");
+    failed("store_unavailable");
+    AuthFailure::Unavailable
+}
+
+fn failed(reason: &'static str) {
+    iotcore_telemetry::metrics::mqtt::AUTH_FAILURES
+        .with(&[reason])
+        .inc();
+}
+
+/// Whether the live connections recorded under `key` may stay connected, when `key` is
+/// the session key of a certificate connection (`None` otherwise): the certificate is
+/// still registered and active (or its CA still is), and its principal still may connect.
+pub async fn still_valid(store: &Store, tenant: &TenantId, key: &str) -> Option<bool> {
+    let (principal_id, certificate) = key.split_once(KEY_MARK)?;
+    let (fingerprint, ca_id) = match certificate.split_once('@') {
+        Some((fingerprint, ca)) => (fingerprint, CaCertificateId::parse(ca)),
+        None => (certificate, None),
+    };
+    let checked = async {
+        let certificate_ok = match store.find_certificate(fingerprint).await? {
+            Some(registered) => {
+                registered.active
+                    && registered.ca_active != Some(false)
+                    && registered.owner_id == principal_id
+                    && &registered.tenant_id == tenant
+            }
+            None => match &ca_id {
+                Some(ca) => store.ca_certificate_active(tenant, ca).await?,
+                None => false,
+            },
+        };
+        if !certificate_ok {
+            return Ok::<bool, StoreError>(false);
+        }
+        Ok(match store.find_password_principal(principal_id).await? {
+            Some(found) => {
+                found.tenant_active
+                    && &found.tenant_id == tenant
+                    && !matches!(found.kind, PrincipalKind::Device { enabled: false, .. })
+            }
+            None => false,
+        })
+    };
+    match checked.await {
+        Ok(valid) => Some(valid),
+        Err(e) => {
+            tracing::warn!(error = %e, "re-checking a certificate failed; left connected");
+            Some(true)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_keys_carry_the_certificate() {
+        let plain = CertificateCredential {
+            fingerprint: "ab12".into(),
+            ca_id: None,
+        };
+        assert_eq!(plain.session_key("dev_x"), "dev_x#x509:ab12");
+        let ca = CaCertificateId::generate();
+        let via_ca = CertificateCredential {
+            fingerprint: "ab12".into(),
+            ca_id: Some(ca.clone()),
+        };
+        assert_eq!(via_ca.session_key("dev_x"), format!("dev_x#x509:ab12@{ca}"));
+    }
+
+    #[test]
+    fn device_names_from_certificates_obey_the_api_rules() {
+        assert!(valid_device_name("sensor-1"));
+        assert!(!valid_device_name(""));
+        assert!(!valid_device_name(" padded"));
+        assert!(!valid_device_name("bell\u{7}"));
+        assert!(!valid_device_name(&"x".repeat(129)));
+        assert!(!valid_device_name(DeviceId::generate().as_str()));
+    }
+}
