@@ -33,6 +33,8 @@ impl CertBroker {
         let tls = free_port();
         let mut env = pki.broker_env();
         env.push(("IOTCORE_MQTT_TLS_LISTEN".into(), format!("127.0.0.1:{tls}")));
+        // Off: its default port would be shared by every test running at once.
+        env.push(("IOTCORE_MQTT_WSS_LISTEN".into(), String::new()));
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let app = TestApp::spawn_with(&env).await;
         CertBroker { app, pki, tls }
