@@ -356,8 +356,11 @@ async fn recheck_principals(shared: &Shared, tenant: &TenantId) {
     // rights of live sessions in one pass at the end.
     let mut current = HashMap::new();
     for principal in shared.sessions.live_principals(tenant) {
-        if let Some(valid) = crate::x509::still_valid(&shared.store, tenant, &principal).await {
-            if !valid {
+        if let Some(rechecked) = crate::x509::recheck(&shared.store, tenant, &principal).await {
+            if let Some((id, kind, default_policy)) = rechecked.current {
+                current.insert(id, (kind, default_policy));
+            }
+            if !rechecked.valid {
                 tracing::info!(tenant_id = %tenant, principal, "certificate no longer valid; disconnecting");
                 shared.sessions.revoke(tenant, &principal);
             }

@@ -240,10 +240,19 @@ fn failed(reason: &'static str) {
         .inc();
 }
 
-/// Whether the live connections recorded under `key` may stay connected, when `key` is
-/// the session key of a certificate connection (`None` otherwise): the certificate is
-/// still registered and active (or its CA still is), and its principal still may connect.
-pub async fn still_valid(store: &Store, tenant: &TenantId, key: &str) -> Option<bool> {
+/// What re-checking a certificate connection found.
+pub struct Rechecked {
+    /// Whether its connections may stay connected.
+    pub valid: bool,
+    /// The principal's id, kind and defaults as the store has them now, for updating the
+    /// rights of its live sessions (labels and registry defaults may have changed).
+    pub current: Option<(String, PrincipalKind, bool)>,
+}
+
+/// Re-checks the live connections recorded under `key` when it is the session key of a
+/// certificate connection (`None` otherwise): the certificate is still registered and
+/// active (or its CA still is), and its principal still may connect.
+pub async fn recheck(store: &Store, tenant: &TenantId, key: &str) -> Option<Rechecked> {
     let (principal_id, certificate) = key.split_once(KEY_MARK)?;
     let (fingerprint, ca_id) = match certificate.split_once('@') {
         Some((fingerprint, ca)) => (fingerprint, CaCertificateId::parse(ca)),
@@ -263,22 +272,32 @@ pub async fn still_valid(store: &Store, tenant: &TenantId, key: &str) -> Option<
             },
         };
         if !certificate_ok {
-            return Ok::<bool, StoreError>(false);
+            return Ok::<_, StoreError>(Rechecked {
+                valid: false,
+                current: None,
+            });
         }
         Ok(match store.find_password_principal(principal_id).await? {
-            Some(found) => {
-                found.tenant_active
+            Some(found) => Rechecked {
+                valid: found.tenant_active
                     && &found.tenant_id == tenant
-                    && !matches!(found.kind, PrincipalKind::Device { enabled: false, .. })
-            }
-            None => false,
+                    && !matches!(found.kind, PrincipalKind::Device { enabled: false, .. }),
+                current: Some((principal_id.to_owned(), found.kind, found.default_policy)),
+            },
+            None => Rechecked {
+                valid: false,
+                current: None,
+            },
         })
     };
     match checked.await {
-        Ok(valid) => Some(valid),
+        Ok(rechecked) => Some(rechecked),
         Err(e) => {
             tracing::warn!(error = %e, "re-checking a certificate failed; left connected");
-            Some(true)
+            Some(Rechecked {
+                valid: true,
+                current: None,
+            })
         }
     }
 }
