@@ -23,6 +23,9 @@ pub struct Cli {
 pub enum Command {
     /// Publishers and subscribers in a pattern: throughput and end-to-end latency.
     Run(RunArgs),
+    /// Publishers whose messages a rule forwards to a webhook receiver that this process
+    /// runs: messages per second from MQTT publish to webhook 2xx, and end-to-end latency.
+    Rules(RulesArgs),
     /// Opens and holds idle connections (over several processes): connect rate, connect
     /// latency, and the broker's memory per connection.
     Idle(IdleArgs),
@@ -214,6 +217,92 @@ impl RunArgs {
         ] {
             if !(0.0..=3600.0).contains(&value) {
                 bail!("{name} must be 0..=3600 seconds");
+            }
+        }
+        if self.duration <= 0.0 {
+            bail!("--duration must be positive");
+        }
+        if !(1..=65_535).contains(&self.inflight) {
+            bail!("--inflight must be 1..=65535");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RulesArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Where the webhook receiver listens (loopback only); the rule's URL points here.
+    #[arg(long, default_value = "127.0.0.1:9800")]
+    pub receiver: SocketAddr,
+    /// Publishers.
+    #[arg(long, default_value_t = 10)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Payload bytes: a JSON object with the send time and the run tag, padded to this size
+    /// (at least 60).
+    #[arg(long, default_value_t = 128)]
+    pub payload: usize,
+    /// Messages per second per publisher; 0 sends as fast as the broker accepts.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Measured seconds, after the warm-up.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Longest wait for the webhook to receive what was published, after publishing stops.
+    #[arg(long, default_value_t = 30.0)]
+    pub drain: f64,
+    /// The wait ends early once nothing new arrived for this many seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub quiet: f64,
+    /// Unacknowledged QoS 1/2 messages per publisher.
+    #[arg(long, default_value_t = 64)]
+    pub inflight: usize,
+    #[arg(long, default_value = "load-pub-{i}")]
+    pub pub_client_id: String,
+    #[arg(long)]
+    pub pub_username: Option<String>,
+    #[arg(long)]
+    pub pub_password: Option<String>,
+    /// Topic of publisher i.
+    #[arg(long, default_value = "load/{i}")]
+    pub topic: String,
+    /// Process id of the PostgreSQL server (postmaster), to report the CPU of it and its
+    /// backends.
+    #[arg(long)]
+    pub postgres_pid: Option<u32>,
+}
+
+impl RulesArgs {
+    pub fn check(&self) -> Result<()> {
+        self.conn.check()?;
+        if !self.receiver.ip().is_loopback() {
+            bail!(
+                "--receiver must be a loopback address, not {}",
+                self.receiver
+            );
+        }
+        if !(1..=100_000).contains(&self.clients) {
+            bail!("--clients must be 1..=100000");
+        }
+        if !(12..=1_000_000).contains(&self.payload) {
+            bail!("--payload must be 12..=1000000 bytes");
+        }
+        if !(0.0..=1_000_000.0).contains(&self.rate) {
+            bail!("--rate must be 0..=1000000 (0: unlimited)");
+        }
+        for (name, value) in [
+            ("--duration", self.duration),
+            ("--warmup", self.warmup),
+            ("--drain", self.drain),
+            ("--quiet", self.quiet),
+        ] {
+            if !(0.0..=600.0).contains(&value) {
+                bail!("{name} must be 0..=600 seconds");
             }
         }
         if self.duration <= 0.0 {

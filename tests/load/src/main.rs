@@ -9,7 +9,9 @@
 mod cli;
 mod client;
 mod idle;
+mod receiver;
 mod report;
+mod rules;
 mod run;
 mod stream;
 mod template;
@@ -36,6 +38,15 @@ fn main() -> ExitCode {
             Command::Run(args) => {
                 let json = args.conn.json;
                 let report = run::run(args).await?;
+                report.print();
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                }
+                Ok(())
+            }
+            Command::Rules(args) => {
+                let json = args.conn.json;
+                let report = rules::rules(args).await?;
                 report.print();
                 if json {
                     println!("{}", serde_json::to_string(&report)?);

@@ -73,6 +73,47 @@ pub fn process_cpu(pid: u32) -> Option<Duration> {
     ))
 }
 
+/// CPU time used so far by process `pid` and every live descendant of it (a PostgreSQL
+/// server and its backends), from `/proc`.
+pub fn tree_cpu(pid: u32) -> Option<Duration> {
+    let root = process_cpu(pid)?;
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // Field 4, after the parenthesised command name, is the parent's id.
+        let ppid = stat
+            .rfind(')')
+            .and_then(|end| stat.get(end + 2..))
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|field| field.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parents.push((child, ppid));
+        }
+    }
+    let mut tree = vec![pid];
+    let mut total = root;
+    let mut i = 0;
+    while let Some(&parent) = tree.get(i) {
+        for &(child, ppid) in &parents {
+            if ppid == parent && !tree.contains(&child) {
+                tree.push(child);
+                total += process_cpu(child).unwrap_or_default();
+            }
+        }
+        i += 1;
+    }
+    Some(total)
+}
+
 /// Resident memory of process `pid` in KiB, from `/proc/{pid}/status`.
 pub fn process_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -116,6 +157,8 @@ mod tests {
         assert!(process_cpu(pid).is_some());
         assert!(process_rss_kib(pid).unwrap_or(0) > 0);
         assert!(own_cpu() > Duration::ZERO);
+        assert!(tree_cpu(pid).is_some());
+        assert_eq!(tree_cpu(u32::MAX), None);
     }
 
     #[test]

@@ -48,10 +48,10 @@ pub struct RunReport {
     pub broker_rss_kib: Option<u64>,
 }
 
-struct Client {
-    index: usize,
-    identity: Identity,
-    publishes: Option<String>,
+pub(crate) struct Client {
+    pub index: usize,
+    pub identity: Identity,
+    pub publishes: Option<String>,
 }
 
 pub async fn run(args: RunArgs) -> Result<RunReport> {
@@ -110,8 +110,9 @@ pub async fn run(args: RunArgs) -> Result<RunReport> {
 
     // Subscribers first, so that nothing published is missed.
     let connect_started = Instant::now();
-    let (sub_sessions, mut errors) = connect_all(subs, &connector, &ids, &args).await;
-    let (pub_sessions, pub_errors) = connect_all(pubs, &connector, &ids, &args).await;
+    let concurrency = args.conn.connect_concurrency;
+    let (sub_sessions, mut errors) = connect_all(subs, &connector, &ids, concurrency).await;
+    let (pub_sessions, pub_errors) = connect_all(pubs, &connector, &ids, concurrency).await;
     errors.extend(pub_errors);
     let connect_s = connect_started.elapsed().as_secs_f64();
     if !errors.is_empty() {
@@ -216,11 +217,11 @@ pub async fn run(args: RunArgs) -> Result<RunReport> {
 }
 
 /// Socket send buffer of each connection when publishers are unlimited.
-const SEND_BUFFER: u32 = 256 * 1024;
+pub(crate) const SEND_BUFFER: u32 = 256 * 1024;
 
 /// Waits (up to 30 s) until the broker uses less than a tenth of a core, so that a run does
 /// not measure the tail of the one before.
-async fn wait_until_idle(pid: u32) {
+pub(crate) async fn wait_until_idle(pid: u32) {
     let step = Duration::from_millis(500);
     for _ in 0..60 {
         let Some(before) = report::process_cpu(pid) else {
@@ -238,21 +239,21 @@ async fn wait_until_idle(pid: u32) {
 }
 
 /// A tag that tells this run's messages from an earlier run's.
-fn run_tag() -> u32 {
+pub(crate) fn run_tag() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
     hasher.finish() as u32
 }
 
-/// Opens every client's session, `connect_concurrency` at a time.
-async fn connect_all(
+/// Opens every client's session, `concurrency` at a time.
+pub(crate) async fn connect_all(
     clients: Vec<Client>,
     connector: &Arc<Connector>,
     ids: &Arc<Ids>,
-    args: &RunArgs,
+    concurrency: usize,
 ) -> (Vec<(Client, Session)>, Vec<String>) {
-    let permits = Arc::new(Semaphore::new(args.conn.connect_concurrency));
+    let permits = Arc::new(Semaphore::new(concurrency));
     let mut tasks = JoinSet::new();
     for client in clients {
         let (permits, connector, ids) = (permits.clone(), connector.clone(), ids.clone());

@@ -18,6 +18,13 @@ pub const MAX_PACKET: usize = 4 << 20;
 /// apart).
 pub const HEADER_LEN: usize = 12;
 
+/// Payload bytes of a JSON-stamped message without padding (see [`PublishTemplate::json`]):
+/// `{"sent_ns":"`, 20 digits, `","run":"`, 8 hex digits, `","pad":"`, the padding, `"}`.
+pub const JSON_MIN_LEN: usize = JSON_SENT.len() + 20 + JSON_RUN.len() + 8 + JSON_PAD.len() + 2;
+const JSON_SENT: &[u8] = br#"{"sent_ns":""#;
+const JSON_RUN: &[u8] = br#"","run":""#;
+const JSON_PAD: &[u8] = br#"","pad":""#;
+
 /// What can be wrong with the bytes a broker sent.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
@@ -107,6 +114,14 @@ pub fn stamp(payload: &[u8]) -> Option<(u64, u32)> {
     Some((u64::from_be_bytes(sent), u32::from_be_bytes(tag)))
 }
 
+/// The send time and run tag of a JSON-stamped payload, from its `sent_ns` and `run` fields
+/// (as a webhook receiver finds them in the envelope).
+pub fn json_stamp(sent_ns: &str, run: &str) -> Option<(u64, u32)> {
+    let sent = sent_ns.parse().ok()?;
+    let tag = u32::from_str_radix(run, 16).ok()?;
+    Some((sent, tag))
+}
+
 /// Appends a two-byte acknowledgement (`first` is the whole first byte: PUBACK 0x40, PUBREC
 /// 0x50, PUBREL 0x62, PUBCOMP 0x70).
 pub fn put_ack(buf: &mut BytesMut, first: u8, packet_id: u16) {
@@ -126,11 +141,13 @@ pub struct PublishTemplate {
     qos: u8,
     v5: bool,
     tag: u32,
+    json: bool,
     filler: Vec<u8>,
 }
 
 impl PublishTemplate {
-    /// `payload_len` counts the stamp; it is raised to [`HEADER_LEN`] if smaller.
+    /// A template whose payload starts with the binary stamp ([`stamp`]); `payload_len`
+    /// counts the stamp and is raised to [`HEADER_LEN`] if smaller.
     pub fn new(
         topic: &str,
         qos: u8,
@@ -138,7 +155,33 @@ impl PublishTemplate {
         v5: bool,
         tag: u32,
     ) -> Result<Self, WireError> {
-        let payload_len = payload_len.max(HEADER_LEN);
+        Self::build(topic, qos, payload_len, v5, tag, false)
+    }
+
+    /// A template whose payload is a JSON object, so that a rule's webhook receives it as
+    /// the envelope's `payload`: `{"sent_ns":"…","run":"…","pad":"xx…"}` with the send time
+    /// as 20 decimal digits and the run tag as 8 hex digits (strings, since JSON numbers may
+    /// not have leading zeros); `payload_len` is raised to [`JSON_MIN_LEN`] if smaller.
+    pub fn json(
+        topic: &str,
+        qos: u8,
+        payload_len: usize,
+        v5: bool,
+        tag: u32,
+    ) -> Result<Self, WireError> {
+        Self::build(topic, qos, payload_len, v5, tag, true)
+    }
+
+    fn build(
+        topic: &str,
+        qos: u8,
+        payload_len: usize,
+        v5: bool,
+        tag: u32,
+        json: bool,
+    ) -> Result<Self, WireError> {
+        let stamp_len = if json { JSON_MIN_LEN } else { HEADER_LEN };
+        let payload_len = payload_len.max(stamp_len);
         let topic_len = u16::try_from(topic.len())
             .map_err(|_| WireError::Encode(format!("topic of {} bytes", topic.len())))?;
         let remaining =
@@ -167,7 +210,8 @@ impl PublishTemplate {
             qos,
             v5,
             tag,
-            filler: vec![b'x'; payload_len - HEADER_LEN],
+            json,
+            filler: vec![b'x'; payload_len - stamp_len],
         })
     }
 
@@ -180,9 +224,22 @@ impl PublishTemplate {
         if self.v5 {
             buf.put_u8(0);
         }
-        buf.put_u64(sent_nanos);
-        buf.put_u32(self.tag);
-        buf.put_slice(&self.filler);
+        if self.json {
+            let mut digits = [0u8; 28];
+            write_digits(&mut digits[..20], sent_nanos, 10);
+            write_digits(&mut digits[20..], u64::from(self.tag), 16);
+            buf.put_slice(JSON_SENT);
+            buf.put_slice(&digits[..20]);
+            buf.put_slice(JSON_RUN);
+            buf.put_slice(&digits[20..]);
+            buf.put_slice(JSON_PAD);
+            buf.put_slice(&self.filler);
+            buf.put_slice(b"\"}");
+        } else {
+            buf.put_u64(sent_nanos);
+            buf.put_u32(self.tag);
+            buf.put_slice(&self.filler);
+        }
     }
 
     #[cfg(test)]
@@ -190,8 +247,17 @@ impl PublishTemplate {
         self.prefix.len()
             + if self.qos > 0 { 2 } else { 0 }
             + usize::from(self.v5)
-            + HEADER_LEN
+            + if self.json { JSON_MIN_LEN } else { HEADER_LEN }
             + self.filler.len()
+    }
+}
+
+/// Writes `value` in `radix` (10 or 16, lower case) into all of `out`, zero-padded on the
+/// left; digits that do not fit are cut off on the left.
+fn write_digits(out: &mut [u8], mut value: u64, radix: u64) {
+    for slot in out.iter_mut().rev() {
+        *slot = b"0123456789abcdef"[(value % radix) as usize];
+        value /= radix;
     }
 }
 
@@ -288,6 +354,35 @@ mod tests {
             assert_eq!(p.packet_id, (qos > 0).then_some(7));
             assert_eq!(p.payload.len(), 300);
         }
+    }
+
+    #[test]
+    fn json_template_payload_is_json_with_the_stamp() {
+        let template = PublishTemplate::json("t/1", 1, 80, false, 0x00ab_cdef).unwrap();
+        let mut buf = BytesMut::new();
+        template.put(&mut buf, 3, 1_234_567_890_123);
+        assert_eq!(buf.len(), template.len());
+        let (header, total) = frame(&buf).unwrap().unwrap();
+        let incoming = parse_publish(buf[0], &buf[header..total], false).unwrap();
+        assert_eq!(incoming.payload.len(), 80);
+        let value: serde_json::Value = serde_json::from_slice(incoming.payload).unwrap();
+        assert_eq!(value["sent_ns"], "00000001234567890123");
+        assert_eq!(value["run"], "00abcdef");
+        let stamp = json_stamp(
+            value["sent_ns"].as_str().unwrap(),
+            value["run"].as_str().unwrap(),
+        );
+        assert_eq!(stamp, Some((1_234_567_890_123, 0x00ab_cdef)));
+        // Too small a size still carries the whole stamp.
+        let small = PublishTemplate::json("t/1", 0, 12, true, 1).unwrap();
+        let mut buf = BytesMut::new();
+        small.put(&mut buf, 0, u64::MAX);
+        let (header, total) = frame(&buf).unwrap().unwrap();
+        let incoming = parse_publish(buf[0], &buf[header..total], true).unwrap();
+        assert_eq!(incoming.payload.len(), JSON_MIN_LEN);
+        let value: serde_json::Value = serde_json::from_slice(incoming.payload).unwrap();
+        assert_eq!(value["sent_ns"], u64::MAX.to_string());
+        assert_eq!(json_stamp("12x", "1"), None);
     }
 
     #[test]

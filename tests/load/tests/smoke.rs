@@ -161,6 +161,85 @@ async fn load_runs_against_iotcore_deliver_every_message_exactly_as_counted() {
 }
 
 #[tokio::test]
+async fn rules_run_counts_every_published_message_once_at_its_own_webhook() {
+    let s = setup(3).await;
+    // A free loopback port for the receiver that iotcore-load starts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let batch = serde_json::json!({"max_messages": 10, "max_wait_ms": 20});
+    let rule = s
+        .app
+        .ok(
+            "POST",
+            "/v1/rules",
+            serde_json::json!({
+                "name": "load", "topic_filter": "$devices/+/events/load",
+                "webhook": {"url": format!("http://127.0.0.1:{port}/hook"), "batch": batch},
+            }),
+        )
+        .await;
+    let rule = rule["id"].as_str().unwrap_or_default().to_owned();
+    let report = load(
+        &[
+            "rules",
+            "--broker",
+            &s.app.mqtt.to_string(),
+            "--receiver",
+            &format!("127.0.0.1:{port}"),
+            "--clients",
+            "3",
+            "--qos",
+            "1",
+            "--rate",
+            "20",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1",
+            "--drain",
+            "60",
+            "--quiet",
+            "30",
+            "--ids",
+            &s.ids_file.display().to_string(),
+            "--pub-client-id",
+            "{id}",
+            "--pub-username",
+            "{id}",
+            "--pub-password",
+            "{secret}",
+            "--topic",
+            "$devices/{id}/events/load",
+        ]
+        .map(String::from),
+    )
+    .await;
+    let published = count(&report, "published");
+    assert!(published > 0, "{report}");
+    assert_eq!(count(&report, "accepted"), published, "{report}");
+    assert_eq!(count(&report, "delivered"), published, "{report}");
+    assert_eq!(count(&report, "undelivered"), 0, "{report}");
+    assert_eq!(count(&report, "foreign"), 0, "{report}");
+    assert_eq!(count(&report, "malformed"), 0, "{report}");
+    assert_eq!(
+        count(&report, "envelopes"),
+        published + count(&report, "duplicates"),
+        "{report}"
+    );
+    assert!(count(&report, "requests") <= count(&report, "envelopes"));
+    assert!(count(&report["latency_us"], "count") > 0, "{report}");
+    s.app
+        .wait_for_rule_stats(&rule, |stats| {
+            stats["delivered"].as_u64() == Some(published)
+        })
+        .await;
+    let _ = std::fs::remove_file(&s.ids_file);
+    s.app.stop().await;
+}
+
+#[tokio::test]
 async fn a_wrong_password_fails_the_run_with_the_broker_answer() {
     let s = setup(3).await;
     let mut args = run_args(&s, "pairs", "$devices/{id}/events/load");
