@@ -34,9 +34,9 @@ pub async fn run(
     let deliverer = deliver::Deliverer::new(config.allow_private_destinations)
         .map_err(RulesError::HttpClient)?;
     tokio::spawn(metrics::track_queue_depth(store.clone(), shutdown.clone()));
-    Arc::new(worker::Worker::new(&config, store, deliverer))
-        .run(shutdown)
-        .await;
+    let (worker, completer) = worker::Worker::new(&config, store, deliverer);
+    tokio::spawn(completer);
+    Arc::new(worker).run(shutdown).await;
     Ok(())
 }
 

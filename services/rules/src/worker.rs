@@ -1,6 +1,10 @@
 //! The claim loop: leases due deliveries from the queue, sends each request (one delivery,
 //! or one batch of a batching rule's deliveries) in its own task and records the outcome.
 //!
+//! Deliveries that their webhook accepted leave the queue through one completion task that
+//! removes everything accepted meanwhile in one statement (group commit), rather than one
+//! transaction, and one update of the rule's statistics row, per request.
+//!
 //! Concurrency is bounded twice: per rule (the rule's `max_in_flight` requests of up to
 //! `batch_max_messages` deliveries, enforced in the claim itself, so a slow webhook's
 //! backlog stays in the queue rather than occupying this process) and per process
@@ -15,13 +19,13 @@ use crate::metrics;
 use crate::RulesConfig;
 use chrono::Utc;
 use iotcore_store::deliveries::{ClaimedDelivery, DeliveryListener};
-use iotcore_store::{MessageId, RuleId, Store};
+use iotcore_store::{MessageId, RuleId, Store, StoreError, TenantId};
 use iotcore_telemetry::metrics::rules::{OUTCOME_DEAD_LETTER, OUTCOME_RETRY, OUTCOME_SUCCESS};
 use rand::Rng;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,12 +35,60 @@ use tracing::Instrument;
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 /// Longest pause between claims after database errors.
 const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(10);
+/// Most requests whose deliveries one completion statement removes from the queue.
+const MAX_COMPLETIONS_PER_STATEMENT: usize = 256;
+
+/// Why the outcome of a request could not be recorded (its deliveries stay leased, and are
+/// sent again when the leases expire).
+#[derive(Debug, thiserror::Error)]
+enum RecordError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Completion(Arc<StoreError>),
+    #[error("the completion task has ended")]
+    CompleterGone,
+}
+
+/// The deliveries of one request that its webhook accepted, to be removed from the queue.
+struct Completion {
+    tenant: TenantId,
+    ids: Vec<MessageId>,
+    done: oneshot::Sender<Result<(), Arc<StoreError>>>,
+}
+
+/// Removes accepted deliveries from the queue: whatever requests finished while the last
+/// statement ran go together into the next one, so that under load the queue costs one
+/// transaction per group rather than per request, and concurrent requests of one rule do
+/// not queue up on its statistics row. Ends when every sender is gone.
+async fn complete(store: Store, mut requests: mpsc::Receiver<Completion>) {
+    let mut group = Vec::with_capacity(MAX_COMPLETIONS_PER_STATEMENT);
+    while requests
+        .recv_many(&mut group, MAX_COMPLETIONS_PER_STATEMENT)
+        .await
+        > 0
+    {
+        let deliveries: Vec<(&TenantId, &MessageId)> = group
+            .iter()
+            .flat_map(|c: &Completion| c.ids.iter().map(move |id| (&c.tenant, id)))
+            .collect();
+        let result = store
+            .complete_deliveries_of(&deliveries)
+            .await
+            .map(|_| ())
+            .map_err(Arc::new);
+        for completion in group.drain(..) {
+            let _ = completion.done.send(result.clone());
+        }
+    }
+}
 
 /// One claim loop and what its delivery tasks share.
 pub(crate) struct Worker {
     /// Written into `leased_by`; unique per process start, so leases are never confused.
     id: String,
     store: Store,
+    completions: mpsc::Sender<Completion>,
     deliverer: Deliverer,
     backoff: Backoff,
     max_age: chrono::Duration,
@@ -59,11 +111,22 @@ struct Running {
 }
 
 impl Worker {
-    pub(crate) fn new(config: &RulesConfig, store: Store, deliverer: Deliverer) -> Worker {
+    /// A worker, and the task that completes its deliveries (to be spawned; it ends when
+    /// the worker is dropped).
+    pub(crate) fn new(
+        config: &RulesConfig,
+        store: Store,
+        deliverer: Deliverer,
+    ) -> (Worker, impl std::future::Future<Output = ()>) {
         let suffix: u64 = rand::thread_rng().gen();
-        Worker {
+        // Each running request sends at most one completion.
+        let capacity = usize::try_from(config.max_in_flight_total.max(1)).unwrap_or(1024);
+        let (completions, requests) = mpsc::channel(capacity);
+        let completer = complete(store.clone(), requests);
+        let worker = Worker {
             id: format!("rules-{}-{suffix:016x}", std::process::id()),
             store,
+            completions,
             deliverer,
             backoff: Backoff::new(
                 Duration::from_millis(config.retry_initial_ms),
@@ -80,7 +143,8 @@ impl Worker {
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
             breaker_failures: config.breaker_failures,
             breaker_open_for: Duration::from_millis(config.breaker_open_ms),
-        }
+        };
+        (worker, completer)
     }
 
     /// Claims and delivers until `shutdown`, then gives running deliveries the grace
@@ -273,7 +337,7 @@ impl Worker {
         &self,
         request: &[ClaimedDelivery],
         outcome: Outcome,
-    ) -> iotcore_store::Result<()> {
+    ) -> Result<(), RecordError> {
         let Some(first) = request.first() else {
             return Ok(());
         };
@@ -282,8 +346,22 @@ impl Worker {
         let ids: Vec<MessageId> = request.iter().map(|d| d.id.clone()).collect();
         match outcome {
             Outcome::Delivered => {
-                store.complete_deliveries(tenant, &ids).await?;
-                metrics::delivered(tenant, OUTCOME_SUCCESS, ids.len());
+                let count = ids.len();
+                let (done, completed) = oneshot::channel();
+                let completion = Completion {
+                    tenant: tenant.clone(),
+                    ids,
+                    done,
+                };
+                self.completions
+                    .send(completion)
+                    .await
+                    .map_err(|_| RecordError::CompleterGone)?;
+                completed
+                    .await
+                    .map_err(|_| RecordError::CompleterGone)?
+                    .map_err(RecordError::Completion)?;
+                metrics::delivered(tenant, OUTCOME_SUCCESS, count);
                 tracing::debug!("delivered");
             }
             Outcome::Retry { error, retry_after } => {

@@ -517,3 +517,45 @@ async fn backlogs_beyond_the_rule_and_process_bounds_are_delivered_in_full() -> 
     service.stop().await?;
     db.drop_db().await
 }
+
+#[tokio::test]
+async fn completions_of_several_tenants_and_rules_go_in_one_statement_each_in_its_tenant(
+) -> Result<()> {
+    let db = TestDb::new().await?;
+    let store = &db.store;
+    let (a, b) = (tenant(store).await?, tenant(store).await?);
+    let url = "http://127.0.0.1:9/unused";
+    let (rule_a, rule_b) = (
+        rule(store, &a, RuleSpec::to(url)).await?,
+        rule(store, &b, RuleSpec::to(url)).await?,
+    );
+    let of_a: Vec<_> = (0..3).map(|_| message(&a, &rule_a, b"{}")).collect();
+    let of_b: Vec<_> = (0..2).map(|_| message(&b, &rule_b, b"{}")).collect();
+    store.enqueue_deliveries(&of_a).await?;
+    store.enqueue_deliveries(&of_b).await?;
+
+    // One of b's messages named with a's tenant addresses nothing.
+    let done = store
+        .complete_deliveries_of(&[
+            (&a.id, &of_a[0].id),
+            (&b.id, &of_b[0].id),
+            (&a.id, &of_a[1].id),
+            (&a.id, &of_b[1].id),
+        ])
+        .await?;
+    assert_eq!(done, 3);
+    assert_eq!(queued(store, &rule_a).await?, 1);
+    assert_eq!(queued(store, &rule_b).await?, 1);
+    assert_eq!(stats(store, &rule_a).await?.map(|s| s.0), Some(2));
+    assert_eq!(stats(store, &rule_b).await?.map(|s| s.0), Some(1));
+    // Completing again counts nothing twice.
+    assert_eq!(
+        store
+            .complete_deliveries_of(&[(&a.id, &of_a[0].id)])
+            .await?,
+        0
+    );
+    assert_eq!(stats(store, &rule_a).await?.map(|s| s.0), Some(2));
+    assert_eq!(store.complete_deliveries_of(&[]).await?, 0);
+    db.drop_db().await
+}

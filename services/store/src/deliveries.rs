@@ -377,22 +377,45 @@ impl Store {
     /// [`Store::complete_delivery`] for every message of a batch the webhook accepted, in
     /// one statement; returns how many were still queued.
     pub async fn complete_deliveries(&self, tenant: &TenantId, ids: &[MessageId]) -> Result<u64> {
-        let ids: Vec<&str> = ids.iter().map(MessageId::as_str).collect();
+        let pairs: Vec<(&TenantId, &MessageId)> = ids.iter().map(|id| (tenant, id)).collect();
+        self.complete_deliveries_of(&pairs).await
+    }
+
+    /// [`Store::complete_delivery`] for deliveries of any tenants and rules, each given with
+    /// its tenant, in one statement (one transaction, and one update of each rule's
+    /// statistics however many of its messages it completes); returns how many were still
+    /// queued.
+    pub async fn complete_deliveries_of(
+        &self,
+        deliveries: &[(&TenantId, &MessageId)],
+    ) -> Result<u64> {
+        if deliveries.is_empty() {
+            return Ok(0);
+        }
+        let (tenants, ids): (Vec<&str>, Vec<&str>) = deliveries
+            .iter()
+            .map(|(tenant, id)| (tenant.as_str(), id.as_str()))
+            .unzip();
         let done: i64 = sqlx::query_scalar(
             "WITH gone AS (
-                 DELETE FROM deliveries WHERE tenant_id = $1 AND id = ANY($2)
-              RETURNING tenant_id, rule_id
+                 DELETE FROM deliveries d
+                  USING UNNEST($1::text[], $2::text[]) AS x(tenant_id, id)
+                  WHERE d.tenant_id = x.tenant_id AND d.id = x.id
+              RETURNING d.tenant_id, d.rule_id
              ),
              counted AS (
                  INSERT INTO rule_stats AS s (rule_id, tenant_id, delivered, last_success_at)
                  SELECT rule_id, tenant_id, count(*), now() FROM gone GROUP BY rule_id, tenant_id
+                 -- Rules in one order in every statement, so that two processes completing
+                 -- messages of the same rules wait for each other instead of deadlocking.
+                  ORDER BY rule_id
                  ON CONFLICT (rule_id) DO UPDATE
                     SET delivered = s.delivered + EXCLUDED.delivered, last_success_at = now()
                   WHERE s.tenant_id = EXCLUDED.tenant_id
              )
              SELECT count(*) FROM gone",
         )
-        .bind(tenant)
+        .bind(&tenants)
         .bind(&ids)
         .fetch_one(&self.pool)
         .await?;
