@@ -50,15 +50,6 @@ pub fn with_etag(mut response: Response, updated_at: DateTime<Utc>) -> Response 
     response
 }
 
-/// Checks `If-Match` against a resource read rather than changed (a change with nothing
-/// to change): the same answer a change would have got.
-pub fn check(if_match: &IfMatch, updated_at: DateTime<Utc>) -> Result<(), Error> {
-    match if_match.versions() {
-        Some(versions) if !versions.contains(&updated_at) => Err(Error::PreconditionFailed),
-        _ => Ok(()),
-    }
-}
-
 /// The `If-Match` precondition of a request: `None` when absent or `*`, otherwise the
 /// versions the resource may have for the change to go ahead.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

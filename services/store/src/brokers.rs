@@ -129,7 +129,8 @@ impl Store {
         Ok(page.page(rows, |b: &Broker| b.id.as_str()))
     }
 
-    /// Applies `update` to the virtual broker `id` of `tenant`.
+    /// Applies `update` to the virtual broker `id` of `tenant`. A change that changes
+    /// nothing keeps the version.
     pub async fn update_broker(
         &self,
         tenant: &TenantId,
@@ -143,7 +144,10 @@ impl Store {
             "UPDATE brokers SET name = COALESCE($3, name),
                     description = COALESCE($4, description), labels = COALESCE($5, labels),
                     updated_at = {BUMP}
-              WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
+              WHERE tenant_id = $1 AND id = $2
+                AND (COALESCE($3, name), COALESCE($4, description), COALESCE($5, labels))
+                    IS DISTINCT FROM (name, description, labels)
+             RETURNING {COLUMNS}"
         ))
         .bind(tenant)
         .bind(id)
@@ -153,7 +157,17 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| StoreError::on_constraint(e, &[("brokers_tenant_id_name_key", "name")]))?;
-        let row = row.ok_or(StoreError::NotFound)?;
+        let Some(row) = row else {
+            // Nothing to change, or no such virtual broker.
+            let row: Option<BrokerRow> = sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM brokers WHERE tenant_id = $1 AND id = $2"
+            ))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            return row.map(Broker::from).ok_or(StoreError::NotFound);
+        };
         tx.commit().await?;
         Ok(row.into())
     }

@@ -278,7 +278,8 @@ impl Store {
 
     /// Applies `update` to the device `id` of `tenant`. A name already used in the
     /// registry is `Conflict { field: "name" }`. Notifies [`Change::Principals`], so that
-    /// brokers disconnect a device that was just disabled.
+    /// brokers disconnect a device that was just disabled. A change that changes nothing
+    /// keeps the version.
     pub async fn update_device(
         &self,
         tenant: &TenantId,
@@ -292,7 +293,11 @@ impl Store {
             "UPDATE devices SET name = COALESCE($3, name),
                     description = COALESCE($4, description), labels = COALESCE($5, labels),
                     status = COALESCE($6, status), updated_at = {BUMP}
-              WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
+              WHERE tenant_id = $1 AND id = $2
+                AND (COALESCE($3, name), COALESCE($4, description), COALESCE($5, labels),
+                     COALESCE($6, status))
+                    IS DISTINCT FROM (name, description, labels, status)
+             RETURNING {COLUMNS}"
         ))
         .bind(tenant)
         .bind(id)
@@ -303,7 +308,17 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| StoreError::on_constraint(e, &[("devices_registry_id_name_key", "name")]))?;
-        let row = row.ok_or(StoreError::NotFound)?;
+        let Some(row) = row else {
+            // Nothing to change, or no such device.
+            let row: Option<DeviceRow> = sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM devices WHERE tenant_id = $1 AND id = $2"
+            ))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            return row.map(Device::from).ok_or(StoreError::NotFound);
+        };
         notify::publish(
             &mut *tx,
             &Change::Principals {

@@ -2,8 +2,9 @@
 //! not override comes from configuration; the store knows only the overrides.
 
 use crate::notify::{self, Change};
-use crate::versions::BUMP;
+use crate::versions::{self, Versioned, BUMP};
 use crate::{Result, Store, StoreError, TenantId};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
@@ -19,6 +20,13 @@ pub struct QuotaOverrides {
     pub max_rules: Option<u64>,
 }
 
+/// A tenant's quota overrides and the tenant's version when they were read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionedQuotas {
+    pub overrides: QuotaOverrides,
+    pub version: DateTime<Utc>,
+}
+
 impl Store {
     /// The quota overrides of `tenant`, or `NotFound`.
     pub async fn get_quota_overrides(&self, tenant: &TenantId) -> Result<QuotaOverrides> {
@@ -32,25 +40,63 @@ impl Store {
         Ok(serde_json::from_value(value).unwrap_or_default())
     }
 
-    /// Replaces the quota overrides of `tenant`; notifies [`Change::Principals`] so that
-    /// brokers pick up the new connection and rate limits.
-    pub async fn set_quota_overrides(
+    /// The quota overrides of `tenant` with the tenant's version, or `NotFound`. Quotas
+    /// are part of the tenant: the tenant's version moves forward when they change.
+    pub async fn get_versioned_quota_overrides(
         &self,
         tenant: &TenantId,
-        overrides: &QuotaOverrides,
-    ) -> Result<QuotaOverrides> {
+    ) -> Result<VersionedQuotas> {
+        let row: Option<(Json<serde_json::Value>, DateTime<Utc>)> =
+            sqlx::query_as("SELECT quotas, updated_at FROM tenants WHERE id = $1")
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (Json(value), version) = row.ok_or(StoreError::NotFound)?;
+        Ok(VersionedQuotas {
+            overrides: serde_json::from_value(value).unwrap_or_default(),
+            version,
+        })
+    }
+
+    /// Applies `change` to the quota overrides of `tenant`, on the locked row, so that two
+    /// changes of different limits cannot undo each other. When `if_match` is given, the
+    /// tenant's version must be one of it (`PreconditionFailed` otherwise). A change that
+    /// changes nothing keeps the version; any other notifies [`Change::Principals`], so
+    /// that brokers pick up the new connection and rate limits.
+    pub async fn update_quota_overrides(
+        &self,
+        tenant: &TenantId,
+        change: impl FnOnce(&mut QuotaOverrides),
+        if_match: Option<&[DateTime<Utc>]>,
+    ) -> Result<VersionedQuotas> {
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(&format!(
-            "UPDATE tenants SET quotas = $2, updated_at = {BUMP} WHERE id = $1"
+        versions::check(
+            &mut tx,
+            Versioned::Tenants,
+            tenant,
+            tenant.as_str(),
+            if_match,
+        )
+        .await?;
+        let row: Option<(Json<serde_json::Value>, DateTime<Utc>)> =
+            sqlx::query_as("SELECT quotas, updated_at FROM tenants WHERE id = $1 FOR UPDATE")
+                .bind(tenant)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (Json(value), version) = row.ok_or(StoreError::NotFound)?;
+        let before: QuotaOverrides = serde_json::from_value(value).unwrap_or_default();
+        let mut overrides = before.clone();
+        change(&mut overrides);
+        if overrides == before {
+            return Ok(VersionedQuotas { overrides, version });
+        }
+        let version: DateTime<Utc> = sqlx::query_scalar(&format!(
+            "UPDATE tenants SET quotas = $2, updated_at = {BUMP} WHERE id = $1 RETURNING updated_at"
         ))
         .bind(tenant)
-        .bind(Json(overrides))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            return Err(StoreError::NotFound);
-        }
+        .bind(Json(&overrides))
+        .fetch_one(&mut *tx)
+        .await?;
         notify::publish(
             &mut *tx,
             &Change::Principals {
@@ -59,7 +105,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(overrides.clone())
+        Ok(VersionedQuotas { overrides, version })
     }
 
     /// How many devices `tenant` has.
@@ -87,6 +133,10 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn set(overrides: &QuotaOverrides) -> impl FnOnce(&mut QuotaOverrides) + '_ {
+        move |current| *current = overrides.clone()
+    }
+
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn overrides_round_trip_per_tenant(pool: sqlx::PgPool) {
         let store = Store::from_pool(pool);
@@ -101,7 +151,10 @@ mod tests {
             max_rules: Some(0),
             ..QuotaOverrides::default()
         };
-        store.set_quota_overrides(&a, &overrides).await.unwrap();
+        store
+            .update_quota_overrides(&a, set(&overrides), None)
+            .await
+            .unwrap();
         assert_eq!(store.get_quota_overrides(&a).await.unwrap(), overrides);
         assert_eq!(
             store.get_quota_overrides(&b).await.unwrap(),
@@ -109,11 +162,52 @@ mod tests {
         );
         assert!(matches!(
             store
-                .set_quota_overrides(&TenantId::generate(), &overrides)
+                .update_quota_overrides(&TenantId::generate(), set(&overrides), None)
                 .await,
             Err(StoreError::NotFound)
         ));
         assert_eq!(store.count_devices(&a).await.unwrap(), 0);
         assert_eq!(store.count_rules(&a).await.unwrap(), 0);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn quota_changes_move_the_version_and_honour_if_match(pool: sqlx::PgPool) {
+        let store = Store::from_pool(pool);
+        let a = store.create_tenant("a").await.unwrap().id;
+        let v0 = store
+            .get_versioned_quota_overrides(&a)
+            .await
+            .unwrap()
+            .version;
+        assert_eq!(v0, store.get_tenant(&a).await.unwrap().updated_at);
+
+        // Setting what is already there changes nothing, not even the version.
+        let same = store
+            .update_quota_overrides(&a, |q| q.max_devices = None, Some(&[v0]))
+            .await
+            .unwrap();
+        assert_eq!(same.version, v0);
+
+        let changed = store
+            .update_quota_overrides(&a, |q| q.max_devices = Some(7), Some(&[v0]))
+            .await
+            .unwrap();
+        assert!(changed.version > v0);
+        assert_eq!(changed.overrides.max_devices, Some(7));
+        assert_eq!(
+            store.get_tenant(&a).await.unwrap().updated_at,
+            changed.version
+        );
+
+        // A writer holding the old version loses, and changes nothing.
+        assert!(matches!(
+            store
+                .update_quota_overrides(&a, |q| q.max_rules = Some(1), Some(&[v0]))
+                .await,
+            Err(StoreError::PreconditionFailed)
+        ));
+        let now = store.get_versioned_quota_overrides(&a).await.unwrap();
+        assert_eq!(now.overrides.max_rules, None);
+        assert_eq!(now.version, changed.version);
     }
 }

@@ -157,7 +157,8 @@ impl Store {
 
     /// Applies `update` to the registry `id` of `tenant`. A name already used in the
     /// tenant is `Conflict { field: "name" }`. Notifies [`Change::Principals`]: the
-    /// default policy decides what its devices may do.
+    /// default policy decides what its devices may do. A change that changes nothing keeps
+    /// the version.
     pub async fn update_registry(
         &self,
         tenant: &TenantId,
@@ -178,7 +179,11 @@ impl Store {
             "UPDATE registries SET name = COALESCE($3, name),
                     description = COALESCE($4, description), labels = COALESCE($5, labels),
                     default_policy = COALESCE($6, default_policy), updated_at = {BUMP}
-              WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
+              WHERE tenant_id = $1 AND id = $2
+                AND (COALESCE($3, name), COALESCE($4, description), COALESCE($5, labels),
+                     COALESCE($6, default_policy))
+                    IS DISTINCT FROM (name, description, labels, default_policy)
+             RETURNING {COLUMNS}"
         ))
         .bind(tenant)
         .bind(id)
@@ -189,7 +194,17 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| StoreError::on_constraint(e, &[("registries_tenant_id_name_key", "name")]))?;
-        let row = row.ok_or(StoreError::NotFound)?;
+        let Some(row) = row else {
+            // Nothing to change, or no such registry.
+            let row: Option<RegistryRow> = sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM registries WHERE tenant_id = $1 AND id = $2"
+            ))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            return row.map(Registry::from).ok_or(StoreError::NotFound);
+        };
         notify::publish(
             &mut *tx,
             &Change::Principals {

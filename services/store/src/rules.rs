@@ -272,7 +272,7 @@ impl Store {
     }
 
     /// Applies `changes` to the rule `id` of `tenant` and returns it; `NotFound` when
-    /// there is no such rule.
+    /// there is no such rule. A change that changes nothing keeps the version.
     pub async fn update_rule(
         &self,
         tenant: &TenantId,
@@ -289,7 +289,11 @@ impl Store {
                     batch_max_messages = COALESCE($6, batch_max_messages),
                     batch_max_wait_ms = COALESCE($7, batch_max_wait_ms),
                     updated_at = {BUMP}
-              WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
+              WHERE tenant_id = $1 AND id = $2
+                AND (COALESCE($3, enabled), CASE WHEN $4 THEN $5 ELSE condition END,
+                     COALESCE($6, batch_max_messages), COALESCE($7, batch_max_wait_ms))
+                    IS DISTINCT FROM (enabled, condition, batch_max_messages, batch_max_wait_ms)
+             RETURNING {COLUMNS}"
         ))
         .bind(tenant)
         .bind(id)
@@ -300,13 +304,24 @@ impl Store {
         .bind(changes.batch_max_wait_ms)
         .fetch_optional(&mut *tx)
         .await?;
-        let row = row.ok_or(StoreError::NotFound)?;
+        let Some(row) = row else {
+            // Nothing to change, or no such rule.
+            let row: Option<RuleRow> = sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM rules WHERE tenant_id = $1 AND id = $2"
+            ))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            return row.map(Rule::from).ok_or(StoreError::NotFound);
+        };
         rules_changed(&mut tx, tenant).await?;
         tx.commit().await?;
         Ok(row.into())
     }
 
-    /// Enables or disables the rule `id` of `tenant` and returns it.
+    /// Enables or disables the rule `id` of `tenant` and returns it; the version moves
+    /// only when the rule was not already so.
     pub async fn set_rule_enabled(
         &self,
         tenant: &TenantId,
@@ -315,14 +330,18 @@ impl Store {
     ) -> Result<Rule> {
         let mut tx = self.pool.begin().await?;
         let row: Option<RuleRow> = sqlx::query_as(&format!(
-            "UPDATE rules SET enabled = $3, updated_at = {BUMP} WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}"
+            "UPDATE rules SET enabled = $3, updated_at = {BUMP}
+              WHERE tenant_id = $1 AND id = $2 AND enabled <> $3 RETURNING {COLUMNS}"
         ))
         .bind(tenant)
         .bind(id)
         .bind(enabled)
         .fetch_optional(&mut *tx)
         .await?;
-        let row = row.ok_or(StoreError::NotFound)?;
+        let Some(row) = row else {
+            // Already so, or no such rule.
+            return self.get_rule(tenant, id).await;
+        };
         rules_changed(&mut tx, tenant).await?;
         tx.commit().await?;
         Ok(row.into())

@@ -173,7 +173,7 @@ impl Store {
 
     /// Renames the tenant `id` and/or changes its status; `None` leaves a field alone.
     /// Every change notifies [`Change::Principals`], so brokers drop the sessions of a
-    /// tenant that was just suspended.
+    /// tenant that was just suspended. A change that changes nothing keeps the version.
     pub async fn update_tenant(
         &self,
         id: &TenantId,
@@ -186,14 +186,25 @@ impl Store {
         let row: Option<TenantRow> = sqlx::query_as(&format!(
             "UPDATE tenants SET name = COALESCE($2, name), status = COALESCE($3, status),
                     updated_at = {BUMP}
-              WHERE id = $1 RETURNING id, name, status, created_at, updated_at"
+              WHERE id = $1
+                AND (COALESCE($2, name), COALESCE($3, status)) IS DISTINCT FROM (name, status)
+             RETURNING id, name, status, created_at, updated_at"
         ))
         .bind(id)
         .bind(name)
         .bind(status.map(TenantStatus::as_str))
         .fetch_optional(&mut *tx)
         .await?;
-        let row = row.ok_or(StoreError::NotFound)?;
+        let Some(row) = row else {
+            // Nothing to change, or no such tenant.
+            let row: Option<TenantRow> = sqlx::query_as(
+                "SELECT id, name, status, created_at, updated_at FROM tenants WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            return row.map(Tenant::from).ok_or(StoreError::NotFound);
+        };
         notify::publish(
             &mut *tx,
             &Change::Principals {

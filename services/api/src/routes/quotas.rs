@@ -5,10 +5,12 @@ use crate::auth::Principal;
 use crate::config::QuotaConfig;
 use crate::error::{Error, Problem};
 use crate::extract::{ApiJson, Operator, PathId};
+use crate::versioning::{tagged, IfMatch};
 use crate::ApiState;
 use axum::extract::State;
+use axum::response::Response;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use iotcore_store::quotas::QuotaOverrides;
 use iotcore_store::TenantId;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -148,12 +150,13 @@ impl ApiState {
 
 /// Get a tenant's quotas.
 ///
-/// Operators read any tenant's; members read their own.
+/// Operators read any tenant's; members read their own. The `ETag` is the tenant's version,
+/// which moves when the quotas change (and when the tenant itself does).
 #[utoipa::path(
     get, path = "/v1/tenants/{id}/quotas", tag = "tenants",
-    params(("id" = String, Path, description = "Tenant id", example = "tnt_4f8k2m9q1z7x3c5v6b0n")),
+    params(("id" = String, Path, description = "Tenant id", pattern = r"^tnt_[0-9a-z]{20}$", example = "tnt_4f8k2m9q1z7x3c5v6b0n")),
     responses(
-        (status = 200, description = "The limits in force", body = QuotasView),
+        (status = 200, description = "The limits in force", body = QuotasView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
@@ -163,26 +166,39 @@ pub async fn get_quotas(
     principal: Principal,
     State(state): State<ApiState>,
     PathId(id): PathId<TenantId>,
-) -> Result<Json<QuotasView>, Error> {
+) -> Result<Response, Error> {
     if principal.tenant_id.as_ref().is_some_and(|own| *own != id) {
         return Err(Error::NotFound("tenant"));
     }
-    Ok(Json(state.quotas(&id).await?))
+    let quotas = state
+        .store
+        .get_versioned_quota_overrides(&id)
+        .await
+        .map_err(Error::store("tenant"))?;
+    Ok(tagged(
+        quotas.version,
+        effective(&state.quotas, &quotas.overrides),
+    ))
 }
 
 /// Change a tenant's quotas.
 ///
 /// Operators only. A number sets the tenant's own limit, `null` returns to the default.
+/// A change that changes nothing keeps the `ETag`.
 #[utoipa::path(
     patch, path = "/v1/tenants/{id}/quotas", tag = "tenants",
-    params(("id" = String, Path, description = "Tenant id", example = "tnt_4f8k2m9q1z7x3c5v6b0n")),
+    params(
+        ("id" = String, Path, description = "Tenant id", pattern = r"^tnt_[0-9a-z]{20}$", example = "tnt_4f8k2m9q1z7x3c5v6b0n"),
+        ("If-Match" = Option<String>, Header, description = "Change only if the quotas still have this entity tag (their `ETag`); 412 otherwise", pattern = r#"^(\*|(W/)?"[!#-+--~]*"([ 	]*,[ 	]*(W/)?"[!#-+--~]*"){0,15})$"#),
+    ),
     request_body = UpdateQuotas,
     responses(
-        (status = 200, description = "The limits now in force", body = QuotasView),
+        (status = 200, description = "The limits now in force", body = QuotasView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an operator", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The quotas changed since the entity tag in If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -190,37 +206,38 @@ pub async fn update_quotas(
     _operator: Operator,
     State(state): State<ApiState>,
     PathId(id): PathId<TenantId>,
+    if_match: IfMatch,
     ApiJson(body): ApiJson<UpdateQuotas>,
-) -> Result<Json<QuotasView>, Error> {
-    let mut overrides = state
-        .store
-        .get_quota_overrides(&id)
-        .await
-        .map_err(Error::store("tenant"))?;
-    let apply = |slot: &mut Option<u64>, change: Option<Option<u64>>| {
-        if let Some(change) = change {
-            *slot = change;
-        }
+) -> Result<Response, Error> {
+    let change = |overrides: &mut QuotaOverrides| {
+        let apply = |slot: &mut Option<u64>, change: Option<Option<u64>>| {
+            if let Some(change) = change {
+                *slot = change;
+            }
+        };
+        apply(&mut overrides.max_devices, body.max_devices);
+        apply(&mut overrides.max_connections, body.max_connections);
+        apply(
+            &mut overrides.max_messages_per_second,
+            body.max_messages_per_second,
+        );
+        apply(
+            &mut overrides.max_bytes_per_second,
+            body.max_bytes_per_second,
+        );
+        apply(
+            &mut overrides.max_retained_messages,
+            body.max_retained_messages,
+        );
+        apply(&mut overrides.max_rules, body.max_rules);
     };
-    apply(&mut overrides.max_devices, body.max_devices);
-    apply(&mut overrides.max_connections, body.max_connections);
-    apply(
-        &mut overrides.max_messages_per_second,
-        body.max_messages_per_second,
-    );
-    apply(
-        &mut overrides.max_bytes_per_second,
-        body.max_bytes_per_second,
-    );
-    apply(
-        &mut overrides.max_retained_messages,
-        body.max_retained_messages,
-    );
-    apply(&mut overrides.max_rules, body.max_rules);
-    let overrides = state
+    let quotas = state
         .store
-        .set_quota_overrides(&id, &overrides)
+        .update_quota_overrides(&id, change, if_match.versions())
         .await
         .map_err(Error::store("tenant"))?;
-    Ok(Json(effective(&state.quotas, &overrides)))
+    Ok(tagged(
+        quotas.version,
+        effective(&state.quotas, &quotas.overrides),
+    ))
 }

@@ -4,7 +4,7 @@ use super::{created, list_type, next_page_token, PageParams};
 use crate::error::{Error, FieldError, Problem};
 use crate::extract::{ApiJson, ApiQuery, PathId, TenantScope, TenantWriter};
 use crate::input::{Fields, ResourceName};
-use crate::versioning::{self, tagged, with_etag, IfMatch};
+use crate::versioning::{tagged, with_etag, IfMatch};
 use crate::ApiState;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode, Uri};
@@ -79,10 +79,22 @@ pub fn router() -> Router<ApiState> {
 }))]
 pub struct CreateRule {
     /// 1 to 128 characters, unique in the tenant.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+    )]
     pub name: String,
     /// An MQTT topic filter; `+` and `#` wildcards allowed.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^(#|(\+|[^+#\x00/]*)(/(\+|[^+#\x00/]*)){0,15}|(\+|[^+#\x00/]*)(/(\+|[^+#\x00/]*)){0,14}/#)$",
+        example = "$devices/+/events/#"
+    )]
     pub topic_filter: String,
     /// Only messages of devices of this registry match.
+    #[schema(pattern = r"^reg_[0-9a-z]{20}$", example = "reg_0123456789abcdefghij")]
     pub registry_id: Option<String>,
     /// Only messages for which this expression is true match (see the README's rules
     /// section): e.g. `payload.celsius > 30 and startswith(topic, "$devices/")`. An
@@ -103,12 +115,17 @@ pub struct CreateRule {
 }))]
 pub struct CreateWebhook {
     /// An absolute http or https URL.
-    #[schema(example = "https://backend.example.com/iot")]
+    #[schema(
+        max_length = 2048,
+        pattern = r"^https?://[A-Za-z][A-Za-z0-9.-]*(:[0-9]{1,4})?(/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?$",
+        example = "https://backend.example.com/iot"
+    )]
     pub url: String,
     /// Extra request headers (at most 32); `Content-Type`, `Host`, `Idempotency-Key` and
     /// `X-Iotcore-*` are set by the service.
     pub headers: Option<BTreeMap<String, String>>,
     /// Signs each request (`X-Iotcore-Signature`). Write-only: never returned.
+    #[schema(min_length = 1, max_length = 1024)]
     pub secret: Option<String>,
     /// 1 to 60000; 5000 when absent.
     #[schema(minimum = 1, maximum = 60000)]
@@ -487,7 +504,7 @@ fn parse_rule(body: CreateRule) -> Result<NewRule, Error> {
 /// Matching messages of the tenant are delivered to the webhook at least once.
 #[utoipa::path(
     post, path = "/v1/rules", tag = "rules",
-    params(("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
+    params(("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$")),
     request_body = CreateRule,
     responses(
         (status = 201, description = "The new rule", body = RuleView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
@@ -518,7 +535,7 @@ pub async fn create_rule(
 /// List rules.
 #[utoipa::path(
     get, path = "/v1/rules", tag = "rules",
-    params(PageParams, ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
+    params(PageParams, ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$")),
     responses(
         (status = 200, description = "A page of rules, ordered by id", body = RuleList),
         (status = 400, description = "Invalid page parameters", body = Problem, content_type = "application/problem+json"),
@@ -545,8 +562,8 @@ pub async fn list_rules(
 #[utoipa::path(
     get, path = "/v1/rules/{id}", tag = "rules",
     params(
-        ("id" = String, Path, description = "Rule id", example = "rul_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("id" = String, Path, description = "Rule id", pattern = r"^rul_[0-9a-z]{20}$", example = "rul_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     responses(
         (status = 200, description = "The rule", body = RuleView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
@@ -572,9 +589,9 @@ pub async fn get_rule(
 #[utoipa::path(
     patch, path = "/v1/rules/{id}", tag = "rules",
     params(
-        ("id" = String, Path, description = "Rule id", example = "rul_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
-        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
+        ("id" = String, Path, description = "Rule id", pattern = r"^rul_[0-9a-z]{20}$", example = "rul_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
+        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise", pattern = r#"^(\*|(W/)?"[!#-+--~]*"([ 	]*,[ 	]*(W/)?"[!#-+--~]*"){0,15})$"#),
     ),
     request_body = UpdateRule,
     responses(
@@ -610,21 +627,11 @@ pub async fn update_rule(
         batch_max_messages: batch.max_messages,
         batch_max_wait_ms: batch.max_wait_ms,
     };
-    let rule = if changes == RuleChanges::default() {
-        let rule = state
-            .store
-            .get_rule(scope.tenant_id(), &id)
-            .await
-            .map_err(Error::store("rule"))?;
-        versioning::check(&if_match, rule.updated_at)?;
-        rule
-    } else {
-        state
-            .store
-            .update_rule(scope.tenant_id(), &id, &changes, if_match.versions())
-            .await
-            .map_err(Error::store("rule"))?
-    };
+    let rule = state
+        .store
+        .update_rule(scope.tenant_id(), &id, &changes, if_match.versions())
+        .await
+        .map_err(Error::store("rule"))?;
     Ok(tagged(rule.updated_at, RuleView::from(rule)))
 }
 
@@ -632,9 +639,9 @@ pub async fn update_rule(
 #[utoipa::path(
     delete, path = "/v1/rules/{id}", tag = "rules",
     params(
-        ("id" = String, Path, description = "Rule id", example = "rul_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
-        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
+        ("id" = String, Path, description = "Rule id", pattern = r"^rul_[0-9a-z]{20}$", example = "rul_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
+        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise", pattern = r#"^(\*|(W/)?"[!#-+--~]*"([ 	]*,[ 	]*(W/)?"[!#-+--~]*"){0,15})$"#),
     ),
     responses(
         (status = 204, description = "Deleted"),
@@ -810,8 +817,8 @@ fn parse_replay_ids(ids: Option<Vec<String>>) -> Result<Option<Vec<MessageId>>, 
 #[utoipa::path(
     get, path = "/v1/rules/{id}/stats", tag = "rules",
     params(
-        ("id" = String, Path, description = "Rule id", example = "rul_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("id" = String, Path, description = "Rule id", pattern = r"^rul_[0-9a-z]{20}$", example = "rul_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     responses(
         (status = 200, description = "Counters, the last error and the queue depth", body = RuleStatsView),
@@ -837,9 +844,9 @@ pub async fn get_rule_stats(
 #[utoipa::path(
     get, path = "/v1/rules/{id}/dead-letters", tag = "rules",
     params(
-        ("id" = String, Path, description = "Rule id", example = "rul_0123456789abcdefghij"),
+        ("id" = String, Path, description = "Rule id", pattern = r"^rul_[0-9a-z]{20}$", example = "rul_0123456789abcdefghij"),
         PageParams,
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     responses(
         (status = 200, description = "A page of dead letters, ordered by id", body = DeadLetterList),
@@ -872,8 +879,8 @@ pub async fn list_dead_letters(
 #[utoipa::path(
     post, path = "/v1/rules/{id}/dead-letters/replay", tag = "rules",
     params(
-        ("id" = String, Path, description = "Rule id", example = "rul_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("id" = String, Path, description = "Rule id", pattern = r"^rul_[0-9a-z]{20}$", example = "rul_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     request_body = ReplayRequest,
     responses(

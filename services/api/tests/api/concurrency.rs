@@ -60,12 +60,29 @@ async fn check_versioning(
         "{uri}: a fresh read has the tag of the creation"
     );
 
+    // A change with nothing to change keeps the version, and still answers for If-Match.
+    let unchanged = patch_if(app, caller, uri, &json!({}), &created_tag).await;
+    assert_eq!(
+        unchanged.status,
+        StatusCode::OK,
+        "{uri}: {:#?}",
+        unchanged.body
+    );
+    assert_eq!(etag(&unchanged), created_tag, "{uri}: an empty change");
+    patch_if(app, caller, uri, &json!({}), "\"1\"")
+        .await
+        .assert_problem(StatusCode::PRECONDITION_FAILED);
+
     // A change based on the current version succeeds and moves the version on.
     let changed = patch_if(app, caller, uri, &first, &created_tag).await;
     assert_eq!(changed.status, StatusCode::OK, "{uri}: {:#?}", changed.body);
     let changed_tag = etag(&changed);
     assert_ne!(changed_tag, created_tag, "{uri}");
     assert_eq!(etag(&app.get(caller, uri).await), changed_tag, "{uri}");
+    // Making the same change again changes nothing.
+    let again = patch_if(app, caller, uri, &first, &changed_tag).await;
+    assert_eq!(again.status, StatusCode::OK, "{uri}: {:#?}", again.body);
+    assert_eq!(etag(&again), changed_tag, "{uri}: the same change again");
 
     // A change based on the old version is refused and changes nothing.
     let stale = patch_if(app, caller, uri, &second, &created_tag).await;
@@ -119,7 +136,7 @@ async fn check_versioning(
     let current = etag(&plain);
 
     // Deletion: refused for an old version, done for the current one.
-    delete_if(app, caller, uri, &listed_tag)
+    delete_if(app, caller, uri, &created_tag)
         .await
         .assert_problem(StatusCode::PRECONDITION_FAILED);
     assert_eq!(app.get(caller, uri).await.status, StatusCode::OK, "{uri}");
@@ -247,26 +264,60 @@ async fn rules_carry_etags_and_honour_if_match(pool: sqlx::PgPool) {
         json!({ "enabled": true }),
     )
     .await;
-    // A change with nothing to change still answers for the version it was based on.
-    let again = app
-        .post(
-            &admin,
-            "/v1/rules",
-            json!({
-                "name": "again",
-                "topic_filter": "$devices/+/events/#",
-                "webhook": { "url": "http://127.0.0.1:9/hook" },
-            }),
-        )
-        .await;
-    let uri = format!("/v1/rules/{}", again.body["id"].as_str().unwrap());
-    let tag = etag(&again);
-    let unchanged = patch_if(&app, &admin, &uri, &json!({}), &tag).await;
+}
+
+#[sqlx::test(migrator = "iotcore_store::MIGRATOR")]
+async fn quotas_carry_the_tenants_etag_and_honour_if_match(pool: sqlx::PgPool) {
+    let app = TestApp::new(pool);
+    let ops = app.operator();
+    let tenant = app.create_tenant("acme").await;
+    let uri = format!("/v1/tenants/{tenant}/quotas");
+    let read = app.get(&ops, &uri).await;
+    assert_eq!(read.status, StatusCode::OK, "{:#?}", read.body);
+    let first = etag(&read);
+    // The quotas are part of the tenant: they share its version.
+    assert_eq!(
+        first,
+        etag(&app.get(&ops, &format!("/v1/tenants/{tenant}")).await)
+    );
+
+    let unchanged = patch_if(&app, &ops, &uri, &json!({}), &first).await;
     assert_eq!(unchanged.status, StatusCode::OK, "{:#?}", unchanged.body);
-    assert_eq!(etag(&unchanged), tag);
-    patch_if(&app, &admin, &uri, &json!({}), "\"1\"")
+    assert_eq!(etag(&unchanged), first, "an empty change keeps the version");
+
+    let changed = patch_if(&app, &ops, &uri, &json!({ "max_devices": 5 }), &first).await;
+    assert_eq!(changed.status, StatusCode::OK, "{:#?}", changed.body);
+    assert_eq!(changed.body["max_devices"], 5);
+    let second = etag(&changed);
+    assert_ne!(second, first);
+    assert_eq!(etag(&app.get(&ops, &uri).await), second);
+    let again = patch_if(&app, &ops, &uri, &json!({ "max_devices": 5 }), &second).await;
+    assert_eq!(etag(&again), second, "the same limit again changes nothing");
+
+    // A change based on the old version is refused and changes nothing.
+    patch_if(&app, &ops, &uri, &json!({ "max_rules": 3 }), &first)
         .await
         .assert_problem(StatusCode::PRECONDITION_FAILED);
+    let after = app.get(&ops, &uri).await;
+    assert_eq!(etag(&after), second);
+    assert_eq!(after.body["overridden"], json!(["max_devices"]));
+    patch_if(&app, &ops, &uri, &json!({ "max_rules": 3 }), "not-a-tag")
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST);
+    let listed = patch_if(
+        &app,
+        &ops,
+        &uri,
+        &json!({ "max_rules": 3 }),
+        &format!("{first}, {second}"),
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::OK, "{:#?}", listed.body);
+    assert_ne!(etag(&listed), second);
+
+    // Members read their own tenant's quotas with the same tag.
+    let viewer = app.member(Role::Viewer, &tenant);
+    assert_eq!(etag(&app.get(&viewer, &uri).await), etag(&listed));
 }
 
 #[sqlx::test(migrator = "iotcore_store::MIGRATOR")]
