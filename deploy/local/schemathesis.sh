@@ -6,6 +6,8 @@
 #
 #   DATABASE_URL=postgres://… IOTCORE_BIN=…/iotcore ./deploy/local/schemathesis.sh
 #
+# Extra arguments go to `schemathesis run` (e.g. `--phases fuzzing --mode positive`).
+#
 # Installs schemathesis (deploy/local/schemathesis-requirements.txt) into a virtualenv under
 # CARGO_TARGET_DIR on first use.
 set -euo pipefail
@@ -118,9 +120,11 @@ tenant="$(http "$base/v1/tenants" "$operator" '{"name":"schemathesis"}' |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')"
 
 say "schemathesis against $base/openapi.json (tenant $tenant, $max_examples examples per operation)"
-timeout "$time_limit" "$venv/bin/schemathesis" run "$base/openapi.json" \
+# Fresh Idempotency-Key values, as a real client sends (see the hooks file).
+SCHEMATHESIS_HOOKS="$IOTCORE_ROOT/deploy/local/schemathesis_hooks.py" \
+  timeout "$time_limit" "$venv/bin/schemathesis" run "$base/openapi.json" \
   --checks not_a_server_error,response_schema_conformance \
   --max-examples "$max_examples" \
   --header "Authorization: Bearer $operator" \
   --header "X-Iotcore-Tenant: $tenant" \
-  --no-color
+  --no-color "$@"

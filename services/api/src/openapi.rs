@@ -53,7 +53,7 @@ by naming it in the `X-Iotcore-Tenant` header. Errors are RFC 9457 problem detai
         health::healthz, health::readyz, health::metrics, health::openapi_json,
     ),
     components(schemas(Problem, FieldError)),
-    modifiers(&BearerAuth, &IdempotencyKey),
+    modifiers(&BearerAuth, &IdempotencyKey, &NoNullParameters),
     security(("bearer" = [])),
     tags(
         (name = "tenants", description = "Tenants (operators only)"),
@@ -107,21 +107,60 @@ impl Modify for IdempotencyKey {
                 .description(Some(
                     "Makes the request idempotent for 24 hours: a retry with the same key and \
                      body gets the first response again (with `Idempotency-Replayed: true`); the \
-                     same key with another body is refused with 422.",
+                     same key with another body is refused with 422. Use a fresh random value \
+                     (a UUID) for each new request.",
                 ))
                 .schema(Some(
                     ObjectBuilder::new()
                         .schema_type(Type::String)
                         .min_length(Some(1))
                         .max_length(Some(crate::idempotency::MAX_KEY_LEN))
-                        .pattern(Some("^[!-~]+$"))
-                        .examples(["3f7c2a9e-6b1d-4c8e-9a52-1f0d7e4b8c63"]),
+                        .pattern(Some("^[!-~]+$")),
                 ))
                 .build();
             operation
                 .parameters
                 .get_or_insert_with(Vec::new)
                 .push(header);
+        }
+    }
+}
+
+/// Headers and query parameters cannot be `null`: absent is how they say "none". utoipa
+/// documents an optional one as nullable, which invites clients (and fuzzers) to send the
+/// text `null`; this takes `null` out of their types.
+struct NoNullParameters;
+
+impl Modify for NoNullParameters {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{Schema, SchemaType, Type};
+        use utoipa::openapi::RefOr;
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    let Some(RefOr::T(Schema::Object(schema))) = parameter.schema.as_mut() else {
+                        continue;
+                    };
+                    if let SchemaType::Array(types) = &schema.schema_type {
+                        let types: Vec<Type> = types
+                            .iter()
+                            .filter(|t| **t != Type::Null)
+                            .cloned()
+                            .collect();
+                        schema.schema_type = match types.as_slice() {
+                            [one] => SchemaType::Type(one.clone()),
+                            _ => SchemaType::Array(types),
+                        };
+                    }
+                }
+            }
         }
     }
 }

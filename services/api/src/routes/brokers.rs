@@ -33,8 +33,14 @@ pub fn router() -> Router<ApiState> {
 #[schema(example = json!({"name": "lab", "description": "Bench devices", "labels": {"env": "dev"}}))]
 pub struct CreateBroker {
     /// 1 to 128 characters, unique in the tenant.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+    )]
     pub name: String,
     /// At most 1024 characters.
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
     /// At most 64; keys of 1 to 63 ASCII letters, digits, `-`, `_` or `.`.
     pub labels: Option<BTreeMap<String, String>>,
@@ -46,8 +52,14 @@ pub struct CreateBroker {
 #[schema(example = json!({"description": "Bench devices of the lab"}))]
 pub struct UpdateBroker {
     /// 1 to 128 characters, unique in the tenant.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+    )]
     pub name: Option<String>,
     /// At most 1024 characters.
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
     /// At most 64; keys of 1 to 63 ASCII letters, digits, `-`, `_` or `.`.
     pub labels: Option<BTreeMap<String, String>>,
@@ -94,7 +106,7 @@ list_type!(
 /// Create a virtual broker.
 #[utoipa::path(
     post, path = "/v1/brokers", tag = "brokers",
-    params(("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
+    params(("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$")),
     request_body = CreateBroker,
     responses(
         (status = 201, description = "The new virtual broker", body = BrokerView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
@@ -137,7 +149,7 @@ pub async fn create_broker(
 /// List virtual brokers.
 #[utoipa::path(
     get, path = "/v1/brokers", tag = "brokers",
-    params(PageParams, FilterParams, ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
+    params(PageParams, FilterParams, ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$")),
     responses(
         (status = 200, description = "A page of virtual brokers, ordered by id", body = BrokerList),
         (status = 400, description = "Invalid page parameters", body = Problem, content_type = "application/problem+json"),
@@ -167,8 +179,8 @@ pub async fn list_brokers(
 #[utoipa::path(
     get, path = "/v1/brokers/{id}", tag = "brokers",
     params(
-        ("id" = String, Path, description = "Virtual broker id", example = "brk_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("id" = String, Path, description = "Virtual broker id", pattern = r"^brk_[0-9a-z]{20}$", example = "brk_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     responses(
         (status = 200, description = "The virtual broker", body = BrokerView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
@@ -194,9 +206,9 @@ pub async fn get_broker(
 #[utoipa::path(
     patch, path = "/v1/brokers/{id}", tag = "brokers",
     params(
-        ("id" = String, Path, description = "Virtual broker id", example = "brk_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
-        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
+        ("id" = String, Path, description = "Virtual broker id", pattern = r"^brk_[0-9a-z]{20}$", example = "brk_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
+        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise", pattern = r#"^(\*|(W/)?"[!#-+--~]*"([ 	]*,[ 	]*(W/)?"[!#-+--~]*"){0,15})$"#),
     ),
     request_body = UpdateBroker,
     responses(
@@ -245,9 +257,9 @@ pub async fn update_broker(
 #[utoipa::path(
     delete, path = "/v1/brokers/{id}", tag = "brokers",
     params(
-        ("id" = String, Path, description = "Virtual broker id", example = "brk_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
-        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
+        ("id" = String, Path, description = "Virtual broker id", pattern = r"^brk_[0-9a-z]{20}$", example = "brk_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
+        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise", pattern = r#"^(\*|(W/)?"[!#-+--~]*"([ 	]*,[ 	]*(W/)?"[!#-+--~]*"){0,15})$"#),
     ),
     responses(
         (status = 204, description = "Deleted"),

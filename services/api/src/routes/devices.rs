@@ -35,8 +35,14 @@ pub fn router() -> Router<ApiState> {
 #[schema(example = json!({"name": "thermometer-1", "labels": {"floor": "2"}}))]
 pub struct CreateDevice {
     /// 1 to 128 characters, unique in the registry.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+    )]
     pub name: String,
     /// At most 1024 characters.
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
     /// At most 64; keys of 1 to 63 ASCII letters, digits, `-`, `_` or `.`.
     pub labels: Option<BTreeMap<String, String>>,
@@ -65,8 +71,14 @@ impl DeviceStatusView {
 #[schema(example = json!({"labels": {"floor": "3"}, "status": "disabled"}))]
 pub struct UpdateDevice {
     /// 1 to 128 characters, unique in the registry.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+    )]
     pub name: Option<String>,
     /// At most 1024 characters.
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
     /// At most 64; keys of 1 to 63 ASCII letters, digits, `-`, `_` or `.`.
     pub labels: Option<BTreeMap<String, String>>,
@@ -177,8 +189,8 @@ list_type!(
 #[utoipa::path(
     post, path = "/v1/registries/{id}/devices", tag = "devices",
     params(
-        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("id" = String, Path, description = "Registry id", pattern = r"^reg_[0-9a-z]{20}$", example = "reg_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     request_body = CreateDevice,
     responses(
@@ -231,11 +243,11 @@ pub async fn create_device(
 #[utoipa::path(
     get, path = "/v1/registries/{id}/devices", tag = "devices",
     params(
-        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
+        ("id" = String, Path, description = "Registry id", pattern = r"^reg_[0-9a-z]{20}$", example = "reg_0123456789abcdefghij"),
         PageParams,
         FilterParams,
         DeviceStatusParam,
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     responses(
         (status = 200, description = "A page of devices, ordered by id", body = DeviceList),
@@ -269,8 +281,8 @@ pub async fn list_devices(
 #[utoipa::path(
     get, path = "/v1/devices/{id}", tag = "devices",
     params(
-        ("id" = String, Path, description = "Device id", example = "dev_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("id" = String, Path, description = "Device id", pattern = r"^dev_[0-9a-z]{20}$", example = "dev_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     responses(
         (status = 200, description = "The device", body = DeviceView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
@@ -301,9 +313,9 @@ pub async fn get_device(
 #[utoipa::path(
     patch, path = "/v1/devices/{id}", tag = "devices",
     params(
-        ("id" = String, Path, description = "Device id", example = "dev_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
-        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
+        ("id" = String, Path, description = "Device id", pattern = r"^dev_[0-9a-z]{20}$", example = "dev_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
+        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise", pattern = r#"^(\*|(W/)?"[!#-+--~]*"([ 	]*,[ 	]*(W/)?"[!#-+--~]*"){0,15})$"#),
     ),
     request_body = UpdateDevice,
     responses(
@@ -353,9 +365,9 @@ pub async fn update_device(
 #[utoipa::path(
     delete, path = "/v1/devices/{id}", tag = "devices",
     params(
-        ("id" = String, Path, description = "Device id", example = "dev_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
-        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
+        ("id" = String, Path, description = "Device id", pattern = r"^dev_[0-9a-z]{20}$", example = "dev_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
+        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise", pattern = r#"^(\*|(W/)?"[!#-+--~]*"([ 	]*,[ 	]*(W/)?"[!#-+--~]*"){0,15})$"#),
     ),
     responses(
         (status = 204, description = "Deleted"),

@@ -37,6 +37,11 @@ pub struct PageParams {
     #[param(minimum = 1, maximum = 1000, example = 100)]
     pub page_size: Option<u32>,
     /// The `next_page_token` of the previous page; absent for the first page.
+    #[param(
+        max_length = 128,
+        pattern = r"^[A-Za-z0-9_-]+$",
+        example = "cmVnXzAxMjM0NTY3ODlhYmNkZWZnaGlq"
+    )]
     pub page_token: Option<String>,
 }
 
@@ -71,8 +76,20 @@ pub struct FilterParams {
     #[param(max_length = 128, example = "sensor-")]
     pub name_prefix: Option<String>,
     /// Keep resources carrying this label, written `key:value`.
-    #[param(example = "site:north")]
+    #[param(
+        pattern = r"^[A-Za-z0-9._-]{1,63}:[^\x00-\x1f\x7f-\x9f]{0,255}$",
+        example = "site:north"
+    )]
     pub label: Option<String>,
+}
+
+/// The filter of lists of resources that have names but no labels.
+#[derive(Clone, Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NamePrefixParam {
+    /// Keep resources whose name starts with this string (taken literally).
+    #[param(max_length = 128, example = "acme")]
+    pub name_prefix: Option<String>,
 }
 
 impl FilterParams {

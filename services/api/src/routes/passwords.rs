@@ -104,8 +104,8 @@ list_type!(
 #[utoipa::path(
     post, path = "/v1/devices/{id}/passwords", tag = "passwords",
     params(
-        ("id" = String, Path, description = "Device id", example = "dev_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("id" = String, Path, description = "Device id", pattern = r"^dev_[0-9a-z]{20}$", example = "dev_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     request_body = CreatePassword,
     responses(
@@ -197,9 +197,9 @@ async fn list(
 #[utoipa::path(
     get, path = "/v1/devices/{id}/passwords", tag = "passwords",
     params(
-        ("id" = String, Path, description = "Device id", example = "dev_0123456789abcdefghij"),
+        ("id" = String, Path, description = "Device id", pattern = r"^dev_[0-9a-z]{20}$", example = "dev_0123456789abcdefghij"),
         PageParams,
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     responses(
         (status = 200, description = "A page of passwords, ordered by id", body = PasswordList),
@@ -228,9 +228,9 @@ pub async fn list_passwords(
 #[utoipa::path(
     delete, path = "/v1/devices/{id}/passwords/{password_id}", tag = "passwords",
     params(
-        ("id" = String, Path, description = "Device id", example = "dev_0123456789abcdefghij"),
-        ("password_id" = String, Path, description = "Password id", example = "pwd_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("id" = String, Path, description = "Device id", pattern = r"^dev_[0-9a-z]{20}$", example = "dev_0123456789abcdefghij"),
+        ("password_id" = String, Path, description = "Password id", pattern = r"^pwd_[0-9a-z]{20}$", example = "pwd_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     responses(
         (status = 204, description = "Deleted"),
@@ -262,8 +262,8 @@ pub async fn delete_password(
 #[utoipa::path(
     post, path = "/v1/registries/{id}/passwords", tag = "passwords",
     params(
-        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("id" = String, Path, description = "Registry id", pattern = r"^reg_[0-9a-z]{20}$", example = "reg_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     request_body = CreatePassword,
     responses(
@@ -298,9 +298,9 @@ pub async fn create_registry_password(
 #[utoipa::path(
     get, path = "/v1/registries/{id}/passwords", tag = "passwords",
     params(
-        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
+        ("id" = String, Path, description = "Registry id", pattern = r"^reg_[0-9a-z]{20}$", example = "reg_0123456789abcdefghij"),
         PageParams,
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     responses(
         (status = 200, description = "A page of passwords, ordered by id", body = PasswordList),
@@ -329,9 +329,9 @@ pub async fn list_registry_passwords(
 #[utoipa::path(
     delete, path = "/v1/registries/{id}/passwords/{password_id}", tag = "passwords",
     params(
-        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
-        ("password_id" = String, Path, description = "Password id", example = "pwd_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("id" = String, Path, description = "Registry id", pattern = r"^reg_[0-9a-z]{20}$", example = "reg_0123456789abcdefghij"),
+        ("password_id" = String, Path, description = "Password id", pattern = r"^pwd_[0-9a-z]{20}$", example = "pwd_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     responses(
         (status = 204, description = "Deleted"),
@@ -363,8 +363,8 @@ pub async fn delete_registry_password(
 #[utoipa::path(
     post, path = "/v1/brokers/{id}/passwords", tag = "passwords",
     params(
-        ("id" = String, Path, description = "Virtual broker id", example = "brk_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("id" = String, Path, description = "Virtual broker id", pattern = r"^brk_[0-9a-z]{20}$", example = "brk_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     request_body = CreatePassword,
     responses(
@@ -399,9 +399,9 @@ pub async fn create_broker_password(
 #[utoipa::path(
     get, path = "/v1/brokers/{id}/passwords", tag = "passwords",
     params(
-        ("id" = String, Path, description = "Virtual broker id", example = "brk_0123456789abcdefghij"),
+        ("id" = String, Path, description = "Virtual broker id", pattern = r"^brk_[0-9a-z]{20}$", example = "brk_0123456789abcdefghij"),
         PageParams,
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     responses(
         (status = 200, description = "A page of passwords, ordered by id", body = PasswordList),
@@ -430,9 +430,9 @@ pub async fn list_broker_passwords(
 #[utoipa::path(
     delete, path = "/v1/brokers/{id}/passwords/{password_id}", tag = "passwords",
     params(
-        ("id" = String, Path, description = "Virtual broker id", example = "brk_0123456789abcdefghij"),
-        ("password_id" = String, Path, description = "Password id", example = "pwd_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("id" = String, Path, description = "Virtual broker id", pattern = r"^brk_[0-9a-z]{20}$", example = "brk_0123456789abcdefghij"),
+        ("password_id" = String, Path, description = "Password id", pattern = r"^pwd_[0-9a-z]{20}$", example = "pwd_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     responses(
         (status = 204, description = "Deleted"),

@@ -33,11 +33,21 @@ pub fn router() -> Router<ApiState> {
 #[schema(example = json!({"subtopic": "reboot", "payload": "{\"delay_s\": 5}", "qos": 1}))]
 pub struct CommandRequest {
     /// Levels appended to the commands topic: `$devices/{id}/commands/{subtopic}`.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^+#\x00/]*(/[^+#\x00/]*){0,12}$",
+        example = "reboot"
+    )]
     pub subtopic: Option<String>,
     /// The payload as UTF-8 text; give this or `payload_base64`, not both (empty when
     /// neither is given).
     pub payload: Option<String>,
     /// The payload as standard base64, for binary payloads.
+    #[schema(
+        pattern = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+        example = "AAEC"
+    )]
     pub payload_base64: Option<String>,
     /// The MQTT QoS to publish with: 0, 1 or 2.
     #[schema(minimum = 0, maximum = 2)]
@@ -45,6 +55,11 @@ pub struct CommandRequest {
     /// Whether the broker retains the message; false when absent.
     pub retain: Option<bool>,
     /// The MQTT 5 content type of the message.
+    #[schema(
+        max_length = 256,
+        pattern = r"^[\x20-\x7e]*$",
+        example = "application/json"
+    )]
     pub content_type: Option<String>,
 }
 
@@ -54,10 +69,20 @@ pub struct CommandRequest {
 pub struct PublishRequest {
     /// A topic name (no wildcards): a free-form topic, or the commands topic of a device
     /// or registry of the tenant (`$devices/{id}/commands/…`, `$registries/{id}/commands/…`).
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^(([^$+#\x00/][^+#\x00/]*)?(/[^+#\x00/]*){0,15}|\$(devices/dev|registries/reg)_[0-9a-z]{20}/commands(/[^+#\x00/]*){0,13})$",
+        example = "plant/line-1/announcements"
+    )]
     pub topic: String,
     /// The payload as UTF-8 text; give this or `payload_base64`, not both.
     pub payload: Option<String>,
     /// The payload as standard base64, for binary payloads.
+    #[schema(
+        pattern = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+        example = "AAEC"
+    )]
     pub payload_base64: Option<String>,
     /// The MQTT QoS to publish with: 0, 1 or 2.
     #[schema(minimum = 0, maximum = 2)]
@@ -65,6 +90,11 @@ pub struct PublishRequest {
     /// Whether the broker retains the message; false when absent.
     pub retain: Option<bool>,
     /// The MQTT 5 content type of the message.
+    #[schema(
+        max_length = 256,
+        pattern = r"^[\x20-\x7e]*$",
+        example = "application/json"
+    )]
     pub content_type: Option<String>,
 }
 
@@ -183,8 +213,8 @@ async fn enqueue(
 #[utoipa::path(
     post, path = "/v1/devices/{id}/commands", tag = "publish",
     params(
-        ("id" = String, Path, description = "Device id", example = "dev_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("id" = String, Path, description = "Device id", pattern = r"^dev_[0-9a-z]{20}$", example = "dev_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     request_body = CommandRequest,
     responses(
@@ -238,8 +268,8 @@ pub async fn command_device(
 #[utoipa::path(
     post, path = "/v1/registries/{id}/commands", tag = "publish",
     params(
-        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("id" = String, Path, description = "Registry id", pattern = r"^reg_[0-9a-z]{20}$", example = "reg_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     request_body = CommandRequest,
     responses(
@@ -311,7 +341,7 @@ fn dollar_target(topic: &TopicName) -> Option<DollarTarget> {
 /// devices or registries.
 #[utoipa::path(
     post, path = "/v1/publish", tag = "publish",
-    params(("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
+    params(("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$")),
     request_body = PublishRequest,
     responses(
         (status = 202, description = "Queued for the brokers", body = PublishAccepted),

@@ -34,8 +34,14 @@ pub fn router() -> Router<ApiState> {
 #[schema(example = json!({"name": "greenhouse-sensors", "description": "Sensors of greenhouse 1", "labels": {"site": "north"}}))]
 pub struct CreateRegistry {
     /// 1 to 128 characters, unique in the tenant.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+    )]
     pub name: String,
     /// At most 1024 characters.
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
     /// At most 64; keys of 1 to 63 ASCII letters, digits, `-`, `_` or `.`.
     pub labels: Option<BTreeMap<String, String>>,
@@ -49,8 +55,14 @@ pub struct CreateRegistry {
 #[schema(example = json!({"description": "Sensors of greenhouses 1 and 2", "labels": {"site": "north", "tier": "2"}}))]
 pub struct UpdateRegistry {
     /// 1 to 128 characters, unique in the tenant.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+    )]
     pub name: Option<String>,
     /// At most 1024 characters.
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
     /// At most 64; keys of 1 to 63 ASCII letters, digits, `-`, `_` or `.`.
     pub labels: Option<BTreeMap<String, String>>,
@@ -110,7 +122,7 @@ pub struct DeleteRegistryParams {
 /// Create a registry.
 #[utoipa::path(
     post, path = "/v1/registries", tag = "registries",
-    params(("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
+    params(("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$")),
     request_body = CreateRegistry,
     responses(
         (status = 201, description = "The new registry", body = RegistryView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
@@ -154,7 +166,7 @@ pub async fn create_registry(
 /// List registries.
 #[utoipa::path(
     get, path = "/v1/registries", tag = "registries",
-    params(PageParams, FilterParams, ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in")),
+    params(PageParams, FilterParams, ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$")),
     responses(
         (status = 200, description = "A page of registries, ordered by id", body = RegistryList),
         (status = 400, description = "Invalid page parameters", body = Problem, content_type = "application/problem+json"),
@@ -184,8 +196,8 @@ pub async fn list_registries(
 #[utoipa::path(
     get, path = "/v1/registries/{id}", tag = "registries",
     params(
-        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
+        ("id" = String, Path, description = "Registry id", pattern = r"^reg_[0-9a-z]{20}$", example = "reg_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
     ),
     responses(
         (status = 200, description = "The registry", body = RegistryView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
@@ -211,9 +223,9 @@ pub async fn get_registry(
 #[utoipa::path(
     patch, path = "/v1/registries/{id}", tag = "registries",
     params(
-        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
-        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
+        ("id" = String, Path, description = "Registry id", pattern = r"^reg_[0-9a-z]{20}$", example = "reg_0123456789abcdefghij"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
+        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise", pattern = r#"^(\*|(W/)?"[!#-+--~]*"([ 	]*,[ 	]*(W/)?"[!#-+--~]*"){0,15})$"#),
     ),
     request_body = UpdateRegistry,
     responses(
@@ -266,10 +278,10 @@ pub async fn update_registry(
 #[utoipa::path(
     delete, path = "/v1/registries/{id}", tag = "registries",
     params(
-        ("id" = String, Path, description = "Registry id", example = "reg_0123456789abcdefghij"),
+        ("id" = String, Path, description = "Registry id", pattern = r"^reg_[0-9a-z]{20}$", example = "reg_0123456789abcdefghij"),
         DeleteRegistryParams,
-        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in"),
-        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
+        ("X-Iotcore-Tenant" = Option<String>, Header, description = "The tenant an operator acts in", pattern = r"^tnt_[0-9a-z]{20}$"),
+        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise", pattern = r#"^(\*|(W/)?"[!#-+--~]*"([ 	]*,[ 	]*(W/)?"[!#-+--~]*"){0,15})$"#),
     ),
     responses(
         (status = 204, description = "Deleted"),

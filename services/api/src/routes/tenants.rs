@@ -1,7 +1,7 @@
 //! `/v1/tenants`: operators create, change and delete tenants; members of a tenant read
 //! their own and its admins rename it.
 
-use super::{created, list_type, next_page_token, FilterParams, PageParams};
+use super::{created, list_type, next_page_token, FilterParams, NamePrefixParam, PageParams};
 use crate::auth::{Principal, Role};
 use crate::error::{Error, FieldError, Problem};
 use crate::extract::{ApiJson, ApiQuery, Operator, PathId};
@@ -33,6 +33,11 @@ pub fn router() -> Router<ApiState> {
 #[schema(example = json!({"name": "acme"}))]
 pub struct CreateTenant {
     /// 1 to 128 characters; need not be unique.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+    )]
     pub name: String,
 }
 
@@ -60,6 +65,11 @@ impl TenantStatusView {
 #[schema(example = json!({"status": "suspended"}))]
 pub struct UpdateTenant {
     /// 1 to 128 characters.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+    )]
     pub name: Option<String>,
     /// Operators only: suspend or reactivate the tenant.
     pub status: Option<TenantStatusView>,
@@ -157,7 +167,7 @@ pub async fn create_tenant(
 /// Operators only; ordered by id.
 #[utoipa::path(
     get, path = "/v1/tenants", tag = "tenants",
-    params(PageParams, FilterParams, TenantStatusParam),
+    params(PageParams, NamePrefixParam, TenantStatusParam),
     responses(
         (status = 200, description = "A page of tenants", body = TenantList),
         (status = 400, description = "Invalid page parameters", body = Problem, content_type = "application/problem+json"),
@@ -195,7 +205,7 @@ pub async fn list_tenants(
 /// Operators read any tenant; members of a tenant read their own.
 #[utoipa::path(
     get, path = "/v1/tenants/{id}", tag = "tenants",
-    params(("id" = String, Path, description = "Tenant id", example = "tnt_4f8k2m9q1z7x3c5v6b0n")),
+    params(("id" = String, Path, description = "Tenant id", pattern = r"^tnt_[0-9a-z]{20}$", example = "tnt_4f8k2m9q1z7x3c5v6b0n")),
     responses(
         (status = 200, description = "The tenant", body = TenantView, headers(("ETag" = String, description = "The entity tag of this version, for If-Match"))),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
@@ -224,8 +234,8 @@ pub async fn get_tenant(
 #[utoipa::path(
     patch, path = "/v1/tenants/{id}", tag = "tenants",
     params(
-        ("id" = String, Path, description = "Tenant id", example = "tnt_4f8k2m9q1z7x3c5v6b0n"),
-        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
+        ("id" = String, Path, description = "Tenant id", pattern = r"^tnt_[0-9a-z]{20}$", example = "tnt_4f8k2m9q1z7x3c5v6b0n"),
+        ("If-Match" = Option<String>, Header, description = "Change only if the resource still has this entity tag (its `ETag`); 412 otherwise", pattern = r#"^(\*|(W/)?"[!#-+--~]*"([ 	]*,[ 	]*(W/)?"[!#-+--~]*"){0,15})$"#),
     ),
     request_body = UpdateTenant,
     responses(
@@ -279,8 +289,8 @@ pub async fn update_tenant(
 #[utoipa::path(
     delete, path = "/v1/tenants/{id}", tag = "tenants",
     params(
-        ("id" = String, Path, description = "Tenant id", example = "tnt_4f8k2m9q1z7x3c5v6b0n"),
-        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise"),
+        ("id" = String, Path, description = "Tenant id", pattern = r"^tnt_[0-9a-z]{20}$", example = "tnt_4f8k2m9q1z7x3c5v6b0n"),
+        ("If-Match" = Option<String>, Header, description = "Delete only if the resource still has this entity tag (its `ETag`); 412 otherwise", pattern = r#"^(\*|(W/)?"[!#-+--~]*"([ 	]*,[ 	]*(W/)?"[!#-+--~]*"){0,15})$"#),
     ),
     responses(
         (status = 204, description = "Deleted"),
