@@ -328,6 +328,10 @@ pub async fn serve<S>(
     .await
 }
 
+/// The most one read takes in between packets (the size of the stack buffer of
+/// [`Io::fill`]).
+const READ_CHUNK: usize = 8 * 1024;
+
 /// The socket halves and their buffers.
 pub struct Io<R, W> {
     reader: R,
@@ -375,15 +379,31 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
     }
 
     /// Reads more bytes; 0 means the peer closed.
+    ///
+    /// Between packets (nothing buffered) the read goes through a buffer on the stack and
+    /// only what arrived is copied to the heap, so that an idle connection, which spends
+    /// its life waiting here, holds no read buffer at all. A partial packet is read into
+    /// `rbuf` directly.
     async fn fill(&mut self) -> Result<usize, &'static str> {
-        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-            self.rbuf.reserve(4096);
-        }
-        let read = self
-            .reader
-            .read_buf(&mut self.rbuf)
+        let read = if self.rbuf.is_empty() {
+            // Payloads decoded earlier share this allocation; let it go with them.
+            self.rbuf = BytesMut::new();
+            let (reader, rbuf) = (&mut self.reader, &mut self.rbuf);
+            std::future::poll_fn(|cx| {
+                let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                let mut buf = tokio::io::ReadBuf::uninit(&mut stack);
+                std::task::ready!(std::pin::Pin::new(&mut *reader).poll_read(cx, &mut buf))?;
+                rbuf.extend_from_slice(buf.filled());
+                std::task::Poll::Ready(Ok::<_, std::io::Error>(buf.filled().len()))
+            })
             .await
-            .map_err(|_| "read error")?;
+        } else {
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            self.reader.read_buf(&mut self.rbuf).await
+        }
+        .map_err(|_| "read error")?;
         if let Some((received, _)) = &self.bytes {
             received.add(read as u64);
         }
@@ -416,12 +436,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
             if let Some((_, sent)) = &self.bytes {
                 sent.add(self.wbuf.len() as u64);
             }
-            self.wbuf.clear();
-            self.writer.flush().await?;
-        }
-        // Do not keep a large buffer around on an idle connection.
-        if self.wbuf.capacity() > 64 * 1024 {
+            // What was written is not kept: an idle connection holds no write buffer.
             self.wbuf = BytesMut::new();
+            self.writer.flush().await?;
         }
         Ok(())
     }
