@@ -183,28 +183,30 @@ async fn serve_over(
     } else {
         peer
     };
+    // Each transport's handshake and connection are boxed on their own: the task would
+    // otherwise be as large as the largest of them (a TLS session), even for plain TCP.
     match transport {
-        Transport::Tcp => run(tcp, peer, None, shared).await,
+        Transport::Tcp => Box::pin(run(tcp, peer, None, shared)).await,
         Transport::Tls(acceptor) => {
-            match tokio::time::timeout(deadline, tls::accept(&acceptor, tcp)).await {
+            match tokio::time::timeout(deadline, Box::pin(tls::accept(&acceptor, tcp))).await {
                 Ok(Ok((stream, client_certificate))) => {
                     let alpn = tls::alpn(&stream).map(String::from_utf8_lossy);
                     tracing::debug!(%peer, alpn = ?alpn, "TLS established");
-                    run(stream, peer, client_certificate, shared).await
+                    Box::pin(run(stream, peer, client_certificate, shared)).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
         Transport::WebSocket(config) => {
-            match tokio::time::timeout(deadline, websocket::accept(tcp, config)).await {
-                Ok(Ok(stream)) => run(stream, peer, None, shared).await,
+            match tokio::time::timeout(deadline, Box::pin(websocket::accept(tcp, config))).await {
+                Ok(Ok(stream)) => Box::pin(run(stream, peer, None, shared)).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket upgrade failed"),
                 Err(_) => tracing::debug!(%peer, "WebSocket upgrade timed out"),
             }
         }
         Transport::WebSocketTls(acceptor, config) => {
-            let handshake = async {
+            let handshake = Box::pin(async {
                 let (stream, client_certificate) = tls::accept(&acceptor, tcp)
                     .await
                     .map_err(|e| format!("TLS: {e}"))?;
@@ -212,10 +214,10 @@ async fn serve_over(
                     .await
                     .map_err(|e| format!("WebSocket: {e}"))?;
                 Ok::<_, String>((stream, client_certificate))
-            };
+            });
             match tokio::time::timeout(deadline, handshake).await {
                 Ok(Ok((stream, client_certificate))) => {
-                    run(stream, peer, client_certificate, shared).await
+                    Box::pin(run(stream, peer, client_certificate, shared)).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WSS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "WSS handshake timed out"),
