@@ -160,11 +160,14 @@ impl Authenticator {
             // verification, so that timing does not tell which usernames exist.
             _ => vec![decoy_hash().to_owned()],
         };
-        let verified = tokio::task::spawn_blocking(move || {
-            hashes.iter().any(|hash| verify_password(hash, &password))
-        })
-        .await
-        .unwrap_or(false);
+        let verified = {
+            let _running = verifications().acquire().await;
+            tokio::task::spawn_blocking(move || {
+                hashes.iter().any(|hash| verify_password(hash, &password))
+            })
+            .await
+            .unwrap_or(false)
+        };
         match (found, tenant) {
             (Some(principal), Some(tenant)) if verified => {
                 if let Some(username) = username {
@@ -183,6 +186,17 @@ impl Authenticator {
             }
         }
     }
+}
+
+/// Bounds the argon2id verifications running at once to the number of cores. Each takes
+/// 19 MiB while it runs and keeps a core busy, so more at once finish no sooner, while a
+/// storm of CONNECTs would otherwise hold one 19 MiB block per blocking thread (up to 512).
+fn verifications() -> &'static tokio::sync::Semaphore {
+    static RUNNING: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    RUNNING.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    })
 }
 
 fn admit(
