@@ -14,3 +14,4 @@ mod resources;
 mod roles;
 mod serve;
 mod tokens;
+mod walk;
