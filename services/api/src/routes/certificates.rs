@@ -598,6 +598,12 @@ pub async fn create_registry_certificate(
     PathId(registry): PathId<RegistryId>,
     ApiJson(body): ApiJson<CreateCertificate>,
 ) -> Result<Response, Error> {
+    // Another tenant's registry is exactly like a missing one, before its CA is looked for.
+    state
+        .store
+        .get_registry(scope.tenant_id(), &registry)
+        .await
+        .map_err(store_error("registry"))?;
     create(
         &state,
         &scope,
