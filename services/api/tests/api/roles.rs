@@ -407,6 +407,82 @@ pub(crate) fn cases() -> Vec<Case> {
             "/v1/brokers/{broker}/policies/pol_00000000000000000000",
             None,
         ),
+        get("/v1/devices/{device}/certificates", Read).fails(
+            404,
+            "/v1/devices/dev_00000000000000000000/certificates",
+            None,
+        ),
+        post(
+            "/v1/devices/{device}/certificates",
+            json!({ "generate": true }),
+            Write,
+        )
+        .fails(422, "/v1/devices/{device}/certificates", Some(json!({}))),
+        delete("/v1/devices/{fresh_device_certificate}", Write).fails(
+            404,
+            "/v1/devices/dev_00000000000000000000/certificates/{fingerprint}",
+            None,
+        ),
+        get("/v1/registries/{registry}/certificates", Read).fails(
+            404,
+            "/v1/registries/reg_00000000000000000000/certificates",
+            None,
+        ),
+        post(
+            "/v1/registries/{registry}/certificates",
+            json!({ "generate": true }),
+            Write,
+        )
+        .fails(
+            422,
+            "/v1/registries/{registry}/certificates",
+            Some(json!({ "certificate_pem": "not a certificate" })),
+        ),
+        delete("/v1/registries/{fresh_registry_certificate}", Write).fails(
+            404,
+            "/v1/registries/reg_00000000000000000000/certificates/{fingerprint}",
+            None,
+        ),
+        get("/v1/brokers/{broker}/certificates", Read).fails(
+            404,
+            "/v1/brokers/brk_00000000000000000000/certificates",
+            None,
+        ),
+        post(
+            "/v1/brokers/{broker}/certificates",
+            json!({ "generate": true }),
+            Write,
+        )
+        .fails(
+            422,
+            "/v1/brokers/{broker}/certificates",
+            Some(json!({ "generate": true, "validity_days": 0 })),
+        ),
+        delete("/v1/brokers/{fresh_broker_certificate}", Write).fails(
+            404,
+            "/v1/brokers/brk_00000000000000000000/certificates/{fingerprint}",
+            None,
+        ),
+        get("/v1/registries/{registry}/ca-certificates", Read).fails(
+            404,
+            "/v1/registries/reg_00000000000000000000/ca-certificates",
+            None,
+        ),
+        post(
+            "/v1/registries/{registry}/ca-certificates",
+            json!({ "generate": true }),
+            Write,
+        )
+        .fails(
+            422,
+            "/v1/registries/{registry}/ca-certificates",
+            Some(json!({})),
+        ),
+        delete("/v1/registries/{fresh_registry_ca}", Write).fails(
+            404,
+            "/v1/registries/{registry}/ca-certificates/cac_00000000000000000000",
+            None,
+        ),
         get("/healthz", Nothing),
         get("/readyz", Nothing).fails_without_database(503),
         get("/metrics", Nothing),
@@ -424,6 +500,8 @@ pub(crate) struct Fixtures<'a> {
     broker: String,
     rule: String,
     policy: String,
+    /// A certificate of the fixture device, for paths that name `{fingerprint}`.
+    fingerprint: String,
     counter: std::cell::Cell<u32>,
 }
 
@@ -451,6 +529,29 @@ impl<'a> Fixtures<'a> {
             )
             .await;
         assert_eq!(policy.status, StatusCode::CREATED, "{:#?}", policy.body);
+        // The registry's own CA, so that device certificates can be generated.
+        let ca = app
+            .post(
+                &owner,
+                &format!("/v1/registries/{}/ca-certificates", id(&registry)),
+                json!({ "generate": true }),
+            )
+            .await;
+        assert_eq!(ca.status, StatusCode::CREATED, "{:#?}", ca.body);
+        let certificate = app
+            .post(
+                &owner,
+                &format!("/v1/devices/{device}/certificates"),
+                json!({ "generate": true }),
+            )
+            .await;
+        assert_eq!(
+            certificate.status,
+            StatusCode::CREATED,
+            "{:#?}",
+            certificate.body
+        );
+        let fingerprint = certificate.body["fingerprint"].as_str().unwrap().to_owned();
         Fixtures {
             app,
             tenant,
@@ -460,6 +561,7 @@ impl<'a> Fixtures<'a> {
             broker: id(&broker.body),
             rule,
             policy: id(&policy.body),
+            fingerprint,
             counter: std::cell::Cell::new(0),
         }
     }
@@ -550,6 +652,32 @@ impl<'a> Fixtures<'a> {
             } else {
                 format!("{owner}/policies/{policy}")
             }
+        } else if let Some(target) = ["device", "registry", "broker"]
+            .into_iter()
+            .find(|t| path.contains(&format!("{{fresh_{t}_certificate}}")))
+        {
+            // A certificate registered for this one call, which revokes it.
+            let owner = match target {
+                "device" => self.device.clone(),
+                "registry" => self.registry.clone(),
+                _ => self.broker.clone(),
+            };
+            let collection = match target {
+                "device" => format!("/v1/devices/{owner}/certificates"),
+                "registry" => format!("/v1/registries/{owner}/certificates"),
+                _ => format!("/v1/brokers/{owner}/certificates"),
+            };
+            let response = self
+                .app
+                .post(&self.owner, &collection, json!({ "generate": true }))
+                .await;
+            assert_eq!(response.status, StatusCode::CREATED, "{:#?}", response.body);
+            let fingerprint = response.body["fingerprint"].as_str().unwrap();
+            format!("{owner}/certificates/{fingerprint}")
+        } else if path.contains("{fresh_registry_ca}") {
+            let uri = format!("/v1/registries/{}/ca-certificates", self.registry);
+            let ca = self.created(&uri, json!({ "generate": true })).await;
+            format!("{}/ca-certificates/{ca}", self.registry)
         } else if path.contains("{fresh_device_password}") {
             let uri = format!("/v1/registries/{}/devices", self.registry);
             let device = self
@@ -578,7 +706,8 @@ impl<'a> Fixtures<'a> {
             .replace("{device}", &self.device)
             .replace("{broker}", &self.broker)
             .replace("{rule}", &self.rule)
-            .replace("{policy}", &self.policy);
+            .replace("{policy}", &self.policy)
+            .replace("{fingerprint}", &self.fingerprint);
         if let (Some(start), Some(end)) = (filled.find("{fresh_"), filled.find('}')) {
             filled.replace_range(start..=end, &fresh);
         }
@@ -600,6 +729,7 @@ fn names_a_resource(path: &str) -> bool {
         "{broker}",
         "{rule}",
         "{policy}",
+        "{fingerprint}",
         "{fresh_",
     ]
     .iter()
