@@ -86,7 +86,8 @@ pub async fn accept(
         // A certificate that names nobody, and nothing else to go by: not authorized
         // (3.1.1: 5; 5.0: 0x87) rather than a bad password that was never given.
         Ok(None)
-            if connect.username.is_none()
+            if client_certificate.is_some()
+                && connect.username.is_none()
                 && connect.password.is_none()
                 && shared
                     .config
