@@ -11,13 +11,21 @@ locals {
 
   # Plain values; the two secrets are added from their Secrets below. Values set here win over
   # var.config so that the module's wiring (migrations, listeners) stays consistent.
-  common_env = merge(var.config, {
-    IOTCORE_PROFILE                   = "production"
-    IOTCORE_DATABASE_MIGRATE_ON_START = "false"
-    IOTCORE_API_LISTEN                = "0.0.0.0:8080"
-    IOTCORE_LOG_FORMAT                = "json"
-    IOTCORE_LOG_LEVEL                 = var.log_level
-  })
+  common_env = merge(
+    var.config,
+    {
+      IOTCORE_PROFILE                   = "production"
+      IOTCORE_DATABASE_MIGRATE_ON_START = "false"
+      IOTCORE_API_LISTEN                = "0.0.0.0:8080"
+      IOTCORE_LOG_FORMAT                = "json"
+      IOTCORE_LOG_LEVEL                 = var.log_level
+    },
+    # Spans and metrics over OTLP/HTTP from every pod, when a collector is given.
+    var.otlp_endpoint == null ? {} : {
+      IOTCORE_TELEMETRY_OTLP_ENDPOINT      = var.otlp_endpoint
+      IOTCORE_TELEMETRY_OTLP_INTERVAL_SECS = tostring(var.otlp_interval_secs)
+    },
+  )
 
   broker_env = merge(
     local.common_env,

@@ -84,6 +84,27 @@ variable "nats_url" {
   default     = null
 }
 
+variable "otlp_endpoint" {
+  description = <<-EOT
+    OTLP/HTTP collector base URL (telemetry.otlp_endpoint), such as
+    "http://otel-collector.observability:4318": every pod sends its spans to /v1/traces and its
+    metrics to /v1/metrics there. null exports nothing over OTLP (/metrics is always served).
+  EOT
+  type        = string
+  default     = null
+}
+
+variable "otlp_interval_secs" {
+  description = "How often metrics are exported over OTLP, in seconds (telemetry.otlp_interval_secs); only with otlp_endpoint."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.otlp_interval_secs >= 1
+    error_message = "otlp_interval_secs must be at least 1."
+  }
+}
+
 variable "config" {
   description = <<-EOT
     More configuration as IOTCORE_* variables, for example { IOTCORE_MQTT_MAX_CONNECTIONS = "50000" }.

@@ -23,10 +23,11 @@ pub use error::Error;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
-use axum::http::Request;
+use axum::http::{Request, Response};
 use axum::Router;
 use iotcore_store::Store;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
@@ -80,20 +81,64 @@ pub fn router(state: ApiState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(metrics::record))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(record_response),
+        )
         .with_state(state)
 }
 
 /// One span per request, named by the matched route rather than the raw path so that ids
 /// do not explode the cardinality of whatever aggregates the logs; `tenant_id` is filled
-/// once the tenant scope is resolved.
+/// once the tenant scope is resolved, the status once the response is ready. A caller's
+/// W3C `traceparent` header makes the span part of the caller's trace (when spans are
+/// exported over OTLP). The field names are OpenTelemetry's HTTP conventions; the
+/// `otel.*` fields name the exported span ("GET /v1/devices/{id}") and its kind.
 fn request_span(request: &Request<Body>) -> tracing::Span {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(MatchedPath::as_str)
         .unwrap_or("unmatched");
-    tracing::info_span!("http", method = %request.method(), route, tenant_id = tracing::field::Empty)
+    let method = request.method().as_str();
+    let span = tracing::info_span!(
+        "http",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        tenant_id = tracing::field::Empty,
+    );
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    iotcore_telemetry::trace_context::continue_trace(
+        &span,
+        header(iotcore_telemetry::trace_context::TRACEPARENT),
+        header(iotcore_telemetry::trace_context::TRACESTATE),
+    );
+    span
+}
+
+/// Puts the status on the request's span (a 5xx marks it failed) and logs the end of the
+/// request at debug level, as tower-http's default does.
+fn record_response<B>(response: &Response<B>, latency: Duration, span: &tracing::Span) {
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+    tracing::debug!(
+        status = status.as_u16(),
+        latency_ms = latency.as_millis(),
+        "finished processing request"
+    );
 }
 
 /// Serves the API on `config.listen` until `shutdown` is cancelled.

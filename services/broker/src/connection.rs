@@ -103,17 +103,35 @@ pub async fn serve<S>(
             }
         };
         let version = connect.protocol;
-        let mut accepted = match handshake::accept(
-            &shared,
-            &connect,
-            peer.ip(),
-            client_certificate.as_ref(),
-        )
-        .await
-        {
+        // From the CONNECT to the CONNACK, authentication included: its own span, so that
+        // a trace shows what connecting cost, and with what outcome, apart from the
+        // connection's whole life. Never the password: only ids.
+        let connect_span = tracing::info_span!(
+            "connect",
+            otel.name = "mqtt CONNECT",
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            connection_id,
+            transport = crate::metrics::transport(),
+            protocol = ?version,
+            tenant_id = tracing::field::Empty,
+            registry_id = tracing::field::Empty,
+            device_id = tracing::field::Empty,
+            client_id = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            reason = tracing::field::Empty,
+        );
+        let authenticated =
+            handshake::accept(&shared, &connect, peer.ip(), client_certificate.as_ref())
+                .instrument(connect_span.clone())
+                .await;
+        let mut accepted = match authenticated {
             Ok(accepted) => accepted,
             Err(refused) => {
-                tracing::info!(reason = refused.reason, "CONNECT refused");
+                connect_span.record("outcome", "refused");
+                connect_span.record("reason", refused.reason);
+                connect_span.record("otel.status_code", "error");
+                tracing::info!(parent: &connect_span, reason = refused.reason, "CONNECT refused");
                 crate::metrics::connect_refused(refused.code, version);
                 let mut answer = handshake::refusal(&refused, version);
                 let max = connect.properties.maximum_packet_size;
@@ -136,6 +154,12 @@ pub async fn serve<S>(
         );
         span.record("client_id", accepted.client_id.as_str());
         crate::metrics::record_principal(&span, &accepted.principal.kind);
+        connect_span.record(
+            "tenant_id",
+            tracing::field::display(&accepted.principal.tenant_id),
+        );
+        connect_span.record("client_id", accepted.client_id.as_str());
+        crate::metrics::record_principal(&connect_span, &accepted.principal.kind);
         let routes = shared.routes_for(&accepted.principal).await;
         let namespace = accepted.principal.namespace.clone();
         let tenant = namespace.tenant_id().as_str();
@@ -169,7 +193,11 @@ pub async fn serve<S>(
             };
         let session_present = resumed.is_some();
         let connack = handshake::connack(&shared, version, &accepted, session_present);
-        if io.send(&connack, version, None).is_err() || io.flush().await.is_err() {
+        let sent = io.send(&connack, version, None).is_ok() && io.flush().await.is_ok();
+        connect_span.record("outcome", if sent { "accepted" } else { "closed" });
+        // Closes the span: connecting ends with the CONNACK.
+        drop(connect_span);
+        if !sent {
             if let Some(state) = resumed {
                 shared.sessions.park(
                     &namespace,

@@ -104,13 +104,20 @@ pub struct TelemetryConfig {
     /// The OTLP/HTTP endpoint traces and metrics are exported to, such as
     /// `http://otel-collector:4318`; unset (or empty) exports nothing.
     pub otlp_endpoint: Option<String>,
+    /// How often metrics are exported over OTLP, in seconds (and once more at shutdown).
+    pub otlp_interval_secs: u64,
 }
+
+/// Metrics go out over OTLP this often unless told otherwise: the OpenTelemetry SDKs'
+/// default export interval.
+pub const DEFAULT_OTLP_INTERVAL_SECS: u64 = 60;
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig {
             listen: DEFAULT_TELEMETRY_LISTEN.into(),
             otlp_endpoint: None,
+            otlp_interval_secs: DEFAULT_OTLP_INTERVAL_SECS,
         }
     }
 }
@@ -373,6 +380,12 @@ impl Config {
                     "expected an http:// or https:// URL (OTLP over HTTP)".into(),
                 ));
             }
+        }
+        if self.telemetry.otlp_interval_secs == 0 {
+            return Err(invalid(
+                "telemetry.otlp_interval_secs",
+                "must be at least 1".into(),
+            ));
         }
         if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             return Err(invalid(

@@ -6,6 +6,7 @@
 
 mod config;
 mod logging;
+mod otlp;
 mod probes;
 mod serve;
 mod token;
@@ -22,6 +23,10 @@ use tracing::{error, warn};
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+
+/// How long tasks still running when `serve` returns (blocking ones, mostly) get before
+/// the process goes on to exit without them.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
 
 /// iotcore: a multi-tenant MQTT broker, REST control plane and webhook rules service.
 ///
@@ -164,9 +169,16 @@ fn main() -> ExitCode {
                 services,
                 migrate: config.database.migrate_on_start && !args.no_migrate,
             };
-            run_async(&config, &warnings, serve::serve(config.clone(), options))
+            let names: Vec<String> = options.services.iter().map(Service::to_string).collect();
+            let exports = Some(names.join(","));
+            run_async(
+                &config,
+                &warnings,
+                exports,
+                serve::serve(config.clone(), options),
+            )
         }
-        Command::Migrate => run_async(&config, &warnings, async {
+        Command::Migrate => run_async(&config, &warnings, None, async {
             let store = serve::connect(&config.database, &CancellationToken::new()).await?;
             serve::migrate(&store).await?;
             store.pool().close().await;
@@ -175,13 +187,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// Starts logging and the runtime, then runs `work` to completion.
+/// Starts OTLP export (when `exports` names the services of a `serve` and an endpoint
+/// is configured), logging and the runtime, then runs `work` to completion, and flushes
+/// what OTLP has not sent yet.
 fn run_async(
     config: &Config,
     warnings: &[String],
+    exports: Option<String>,
     work: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> ExitCode {
-    if let Err(err) = logging::init(&config.log) {
+    // Before the runtime: the exporters' blocking HTTP clients must not start inside it.
+    let otlp = match exports.map(|services| otlp::Otlp::start(&config.telemetry, &services)) {
+        Some(Ok(otlp)) => otlp,
+        Some(Err(err)) => {
+            eprintln!("iotcore: {err:#}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+        None => None,
+    };
+    if let Err(err) = logging::init(&config.log, otlp.as_ref().map(otlp::Otlp::tracer)) {
         eprintln!("iotcore: {err:#}");
         return ExitCode::from(EXIT_FAILURE);
     }
@@ -199,7 +223,13 @@ fn run_async(
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match runtime.block_on(work) {
+    let outcome = runtime.block_on(work);
+    // Ends what is still running (and so closes its spans) before the last export.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    if let Some(otlp) = otlp {
+        otlp.shutdown();
+    }
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{err:#}");

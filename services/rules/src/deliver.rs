@@ -131,6 +131,8 @@ impl Deliverer {
         match sent {
             Ok(response) => {
                 let status = response.status();
+                // The attempt's span (the worker's `delivery`) shows what the webhook said.
+                tracing::Span::current().record("http.response.status_code", status.as_u16());
                 let retry_after = retry_after(response.headers());
                 drain(response).await;
                 classify(status, retry_after)

@@ -307,20 +307,43 @@ impl Worker {
         let Some(first) = request.first() else {
             return Attempt::Neutral;
         };
+        // `outcome` is the attempt's (`success`, `retry`, `dead_letter`; a retry of a
+        // message too old to wait is dead-lettered all the same), and the status is the
+        // webhook's, when it answered.
         let span = tracing::info_span!(
             "delivery",
+            otel.name = "rule delivery",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
             tenant_id = %first.tenant_id,
             rule_id = %first.rule_id,
             message_id = %first.id,
             messages = request.len(),
             attempt = first.attempts.saturating_add(1),
+            outcome = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            error = tracing::field::Empty,
         );
         async move {
             let outcome = self.deliverer.deliver_batch(&request).await;
+            let span = tracing::Span::current();
             let attempt = match &outcome {
-                Outcome::Delivered => Attempt::Delivered,
-                Outcome::Retry { .. } => Attempt::Failed,
-                Outcome::Reject { .. } => Attempt::Neutral,
+                Outcome::Delivered => {
+                    span.record("outcome", OUTCOME_SUCCESS);
+                    Attempt::Delivered
+                }
+                Outcome::Retry { error, .. } => {
+                    span.record("outcome", OUTCOME_RETRY);
+                    span.record("error", error.as_str());
+                    span.record("otel.status_code", "error");
+                    Attempt::Failed
+                }
+                Outcome::Reject { error } => {
+                    span.record("outcome", OUTCOME_DEAD_LETTER);
+                    span.record("error", error.as_str());
+                    span.record("otel.status_code", "error");
+                    Attempt::Neutral
+                }
             };
             if let Err(err) = self.record(&request, outcome).await {
                 tracing::warn!(error = %err, "could not record the delivery outcome; it will be retried when its lease expires");

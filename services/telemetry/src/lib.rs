@@ -43,6 +43,7 @@
 mod family;
 pub mod metrics;
 mod registry;
+pub mod trace_context;
 mod value;
 
 pub use family::{Family, MAX_SERIES_PER_FAMILY, OVERFLOW_LABEL};
@@ -92,6 +93,13 @@ pub fn histogram(
 pub fn render() -> String {
     metrics::touch_all();
     GLOBAL.render()
+}
+
+/// Every family of the global registry, those of the operations contract included: what
+/// an OTLP export sends, the same as [`render`] shows.
+pub fn snapshot() -> Vec<FamilySnapshot> {
+    metrics::touch_all();
+    GLOBAL.snapshot()
 }
 
 /// The `Content-Type` of [`render`]'s output.

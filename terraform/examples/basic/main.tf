@@ -56,6 +56,9 @@ module "iotcore" {
     broker = 3
   }
 
+  # Spans and metrics to an OpenTelemetry collector (OTLP over HTTP); omit to export none.
+  # otlp_endpoint = "http://otel-collector.observability:4318"
+
   # Any configuration key as its IOTCORE_* variable.
   config = {
     IOTCORE_MQTT_MAX_CONNECTIONS = "50000"

@@ -7,6 +7,7 @@
 
 pub mod mosquitto;
 pub mod mqtt;
+pub mod otlp;
 pub mod raw;
 pub mod tls;
 pub mod webhook;
@@ -66,6 +67,8 @@ pub struct TestApp {
     /// The tenant created by [`TestApp::spawn`] and an admin token for it.
     pub tenant_id: String,
     pub token: String,
+    /// Where the process writes its log (standard output and error).
+    pub log: PathBuf,
     child: Child,
     env: Vec<(String, String)>,
 }
@@ -100,6 +103,7 @@ impl TestApp {
             api,
             mqtt,
             env,
+            log,
         } = running;
         let http = reqwest::Client::new();
         let operator_token = mint_token(&env, &["--role", "operator"]).await?;
@@ -111,6 +115,7 @@ impl TestApp {
             operator_token,
             tenant_id: String::new(),
             token: String::new(),
+            log,
             child,
             env,
         };
@@ -327,6 +332,7 @@ impl TestApp {
         self.api = running.api;
         self.mqtt = running.mqtt;
         self.env = running.env;
+        self.log = running.log;
         self
     }
 
@@ -335,6 +341,23 @@ impl TestApp {
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
         let _ = self.child.wait().await;
+    }
+
+    /// Ends the test with a graceful stop (SIGTERM) and returns how the process exited
+    /// (`None` if it did not within 30 s); drops the database like [`TestApp::stop`].
+    pub async fn terminate(mut self) -> Option<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let exited = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        self.stop().await;
+        exited
     }
 
     /// Ends the test: stops the process and drops its database (a test that fails before
@@ -358,6 +381,7 @@ struct Running {
     api: String,
     mqtt: SocketAddr,
     env: Vec<(String, String)>,
+    log: PathBuf,
 }
 
 impl Running {
@@ -422,6 +446,7 @@ impl Running {
                     api,
                     mqtt,
                     env,
+                    log,
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

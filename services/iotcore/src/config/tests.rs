@@ -55,6 +55,7 @@ fn env_names_cover_every_key_without_ambiguity() {
         "IOTCORE_LOG_LEVEL",
         "IOTCORE_TELEMETRY_LISTEN",
         "IOTCORE_TELEMETRY_OTLP_ENDPOINT",
+        "IOTCORE_TELEMETRY_OTLP_INTERVAL_SECS",
     ] {
         assert!(
             names.contains(&expected),
@@ -367,4 +368,17 @@ fn otlp_endpoint_must_be_http_and_is_shown_without_its_password() {
     vars.push(("IOTCORE_TELEMETRY_OTLP_ENDPOINT", "otel.example:4317"));
     let err = load(&Flags::default(), &vars).unwrap_err().to_string();
     assert!(err.starts_with("telemetry.otlp_endpoint:"), "{err}");
+}
+
+#[test]
+fn otlp_interval_defaults_to_a_minute_and_zero_is_refused() {
+    assert_eq!(dev(&[]).config.telemetry.otlp_interval_secs, 60);
+    let set = dev(&[("IOTCORE_TELEMETRY_OTLP_INTERVAL_SECS", "5")]);
+    assert_eq!(set.config.telemetry.otlp_interval_secs, 5);
+    let vars = [
+        ("IOTCORE_PROFILE", "dev"),
+        ("IOTCORE_TELEMETRY_OTLP_INTERVAL_SECS", "0"),
+    ];
+    let err = load(&Flags::default(), &vars).unwrap_err().to_string();
+    assert!(err.starts_with("telemetry.otlp_interval_secs:"), "{err}");
 }

@@ -15,6 +15,7 @@ mod metrics;
 mod mosquitto_interop;
 mod mqtt5_conformance;
 mod mqtt_features;
+mod otlp;
 mod outbound_aliases;
 mod policies;
 mod protocol;
