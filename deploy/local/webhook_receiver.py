@@ -3,7 +3,7 @@
 
 Usage: deploy/local/webhook_receiver.py [PORT]   (default 9000, listens on 127.0.0.1)
 
-With IOTCORE_WEBHOOK_SECRET set, it also checks the X-Iotcore-Signature header
+With WEBHOOK_SECRET set, it also checks the X-Iotcore-Signature header
 (t={unix_seconds},v1={hex HMAC-SHA256(secret, "{t}.{body}")}) and prints the result.
 """
 
@@ -23,7 +23,7 @@ class Handler(BaseHTTPRequestHandler):
         for name in ("X-Iotcore-Message-Id", "X-Iotcore-Rule-Id", "X-Iotcore-Signature"):
             if self.headers.get(name):
                 print(f"{name}: {self.headers.get(name)}")
-        secret = os.environ.get("IOTCORE_WEBHOOK_SECRET")
+        secret = os.environ.get("WEBHOOK_SECRET")
         if secret and self.headers.get("X-Iotcore-Signature"):
             print(f"signature valid: {signature_valid(secret, self.headers['X-Iotcore-Signature'], body)}")
         try:
