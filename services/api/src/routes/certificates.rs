@@ -7,6 +7,7 @@
 //! key returned once and never stored. A registry's CA is uploaded (the service never sees
 //! its key), or created by the service, which then keeps its key to issue certificates.
 
+use super::owner::CredentialOwner;
 use super::{created, list_type, next_page_token, PageParams};
 use crate::error::{Error, FieldError, Problem};
 use crate::extract::{
@@ -21,7 +22,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Duration, Utc};
 use iotcore_pki::{Certificate, Validity};
 use iotcore_store::certificates::{
-    CaCertificateMeta, CertificateMeta, CertificateOwner, NewCaCertificate, NewCertificate,
+    CaCertificateMeta, CertificateMeta, NewCaCertificate, NewCertificate,
 };
 use iotcore_store::{BrokerId, CaCertificateId, DeviceId, RegistryId, StoreError};
 use serde::{Deserialize, Serialize};
@@ -362,27 +363,42 @@ fn new_certificate(certificate: &Certificate, ca: Option<CaCertificateId>) -> Ne
     }
 }
 
-/// Registers a certificate on `owner`: the uploaded one, or one generated for
-/// `common_name` by the CA of `registry` (self-signed when `registry` is `None`).
+/// Registers a certificate on `owner`: the uploaded one, or one generated for the owner's
+/// id, signed by the CA of its registry (self-signed for a virtual broker).
 async fn create(
     state: &ApiState,
     scope: &TenantWriter,
-    owner: CertificateOwner<'_>,
-    registry: Option<&RegistryId>,
-    common_name: &str,
+    owner: CredentialOwner,
     body: CreateCertificate,
-    what: &'static str,
 ) -> Result<Response, Error> {
     let tenant = scope.tenant_id();
-    let collection = match owner {
-        CertificateOwner::Device(id) => format!("/v1/devices/{id}/certificates"),
-        CertificateOwner::Registry(id) => format!("/v1/registries/{id}/certificates"),
-        CertificateOwner::Broker(id) => format!("/v1/brokers/{id}/certificates"),
+    let what = owner.what();
+    // The registry whose CA signs a generated certificate. Another tenant's device or
+    // registry is a 404 here, before the body is read or the registry's CA looked for; an
+    // unknown virtual broker is refused by the store when the certificate is stored.
+    let registry = match &owner {
+        CredentialOwner::Device(device) => Some(
+            state
+                .store
+                .device_registry(tenant, device)
+                .await
+                .map_err(store_error(what))?
+                .ok_or(Error::NotFound(what))?,
+        ),
+        CredentialOwner::Registry(registry) => {
+            state
+                .store
+                .get_registry(tenant, registry)
+                .await
+                .map_err(store_error(what))?;
+            Some(registry.clone())
+        }
+        CredentialOwner::Broker(_) => None,
     };
     let (new, private_key_pem) = match certificate_request(&body)? {
         CertificateRequest::Upload(certificate) => (new_certificate(&certificate, None), None),
         CertificateRequest::Generate { not_after } => {
-            let (issued, ca_id) = match registry {
+            let (issued, ca_id) = match &registry {
                 Some(registry) => {
                     let ca = state
                         .store
@@ -396,12 +412,12 @@ async fn create(
                             ))
                         })?;
                     let issued =
-                        iotcore_pki::issue(&ca.pem, &ca.private_key_pem, common_name, not_after)
+                        iotcore_pki::issue(&ca.pem, &ca.private_key_pem, owner.id(), not_after)
                             .map_err(|e| Error::Internal(Box::new(e)))?;
                     (issued, Some(ca.id))
                 }
                 None => (
-                    iotcore_pki::self_signed(common_name, not_after)
+                    iotcore_pki::self_signed(owner.id(), not_after)
                         .map_err(|e| Error::Internal(Box::new(e)))?,
                     None,
                 ),
@@ -418,42 +434,43 @@ async fn create(
     };
     let meta = state
         .store
-        .create_certificate(tenant, owner, &new)
+        .create_certificate(tenant, owner.credentials(), &new)
         .await
         .map_err(store_error(what))?;
-    let location = format!("{collection}/{}", meta.fingerprint);
+    let location = format!("{}/certificates/{}", owner.path(), meta.fingerprint);
     let mut view = CertificateView::from(meta);
     view.private_key_pem = private_key_pem;
     Ok(created(location, view))
 }
 
+/// A page of `owner`'s certificates.
 async fn list(
     state: &ApiState,
     scope: &TenantScope,
-    owner: CertificateOwner<'_>,
+    owner: CredentialOwner,
     params: &PageParams,
-    what: &'static str,
 ) -> Result<Json<CertificateList>, Error> {
     let page = state
         .store
-        .list_certificates(&scope.tenant_id, owner, &params.request()?)
+        .list_certificates(&scope.tenant_id, owner.credentials(), &params.request()?)
         .await
-        .map_err(store_error(what))?;
+        .map_err(store_error(owner.what()))?;
     Ok(Json(CertificateList {
         items: page.items.into_iter().map(CertificateView::from).collect(),
         next_page_token: next_page_token(page.next_after),
     }))
 }
 
+/// Revokes `owner`'s certificate `fingerprint`.
 async fn revoke(
     state: &ApiState,
     scope: &TenantWriter,
-    owner: CertificateOwner<'_>,
+    owner: CredentialOwner,
     fingerprint: &Fingerprint,
 ) -> Result<StatusCode, Error> {
     state
         .store
-        .revoke_certificate(scope.tenant_id(), owner, &fingerprint.0)
+        .revoke_certificate(scope.tenant_id(), owner.credentials(), &fingerprint.0)
         .await
         .map_err(store_error("certificate"))?;
     Ok(StatusCode::NO_CONTENT)
@@ -488,22 +505,7 @@ pub async fn create_device_certificate(
     PathId(device): PathId<DeviceId>,
     ApiJson(body): ApiJson<CreateCertificate>,
 ) -> Result<Response, Error> {
-    let registry = state
-        .store
-        .device_registry(scope.tenant_id(), &device)
-        .await
-        .map_err(store_error("device"))?
-        .ok_or(Error::NotFound("device"))?;
-    create(
-        &state,
-        &scope,
-        CertificateOwner::Device(&device),
-        Some(&registry),
-        device.as_str(),
-        body,
-        "device",
-    )
-    .await
+    create(&state, &scope, device.into(), body).await
 }
 
 /// List a device's client certificates, revoked ones included.
@@ -527,14 +529,7 @@ pub async fn list_device_certificates(
     PathId(device): PathId<DeviceId>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<CertificateList>, Error> {
-    list(
-        &state,
-        &scope,
-        CertificateOwner::Device(&device),
-        &params,
-        "device",
-    )
-    .await
+    list(&state, &scope, device.into(), &params).await
 }
 
 /// Revoke a client certificate of a device.
@@ -561,13 +556,7 @@ pub async fn revoke_device_certificate(
     State(state): State<ApiState>,
     PathIds(device, fingerprint): PathIds<DeviceId, Fingerprint>,
 ) -> Result<StatusCode, Error> {
-    revoke(
-        &state,
-        &scope,
-        CertificateOwner::Device(&device),
-        &fingerprint,
-    )
-    .await
+    revoke(&state, &scope, device.into(), &fingerprint).await
 }
 
 /// Register a client certificate of a registry client.
@@ -598,22 +587,7 @@ pub async fn create_registry_certificate(
     PathId(registry): PathId<RegistryId>,
     ApiJson(body): ApiJson<CreateCertificate>,
 ) -> Result<Response, Error> {
-    // Another tenant's registry is exactly like a missing one, before its CA is looked for.
-    state
-        .store
-        .get_registry(scope.tenant_id(), &registry)
-        .await
-        .map_err(store_error("registry"))?;
-    create(
-        &state,
-        &scope,
-        CertificateOwner::Registry(&registry),
-        Some(&registry),
-        registry.as_str(),
-        body,
-        "registry",
-    )
-    .await
+    create(&state, &scope, registry.into(), body).await
 }
 
 /// List a registry's client certificates, revoked ones included.
@@ -637,14 +611,7 @@ pub async fn list_registry_certificates(
     PathId(registry): PathId<RegistryId>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<CertificateList>, Error> {
-    list(
-        &state,
-        &scope,
-        CertificateOwner::Registry(&registry),
-        &params,
-        "registry",
-    )
-    .await
+    list(&state, &scope, registry.into(), &params).await
 }
 
 /// Revoke a client certificate of a registry client.
@@ -670,13 +637,7 @@ pub async fn revoke_registry_certificate(
     State(state): State<ApiState>,
     PathIds(registry, fingerprint): PathIds<RegistryId, Fingerprint>,
 ) -> Result<StatusCode, Error> {
-    revoke(
-        &state,
-        &scope,
-        CertificateOwner::Registry(&registry),
-        &fingerprint,
-    )
-    .await
+    revoke(&state, &scope, registry.into(), &fingerprint).await
 }
 
 /// Register a client certificate of a virtual broker.
@@ -707,16 +668,7 @@ pub async fn create_broker_certificate(
     PathId(broker): PathId<BrokerId>,
     ApiJson(body): ApiJson<CreateCertificate>,
 ) -> Result<Response, Error> {
-    create(
-        &state,
-        &scope,
-        CertificateOwner::Broker(&broker),
-        None,
-        broker.as_str(),
-        body,
-        "virtual broker",
-    )
-    .await
+    create(&state, &scope, broker.into(), body).await
 }
 
 /// List a virtual broker's client certificates, revoked ones included.
@@ -740,14 +692,7 @@ pub async fn list_broker_certificates(
     PathId(broker): PathId<BrokerId>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<CertificateList>, Error> {
-    list(
-        &state,
-        &scope,
-        CertificateOwner::Broker(&broker),
-        &params,
-        "virtual broker",
-    )
-    .await
+    list(&state, &scope, broker.into(), &params).await
 }
 
 /// Revoke a client certificate of a virtual broker.
@@ -773,13 +718,7 @@ pub async fn revoke_broker_certificate(
     State(state): State<ApiState>,
     PathIds(broker, fingerprint): PathIds<BrokerId, Fingerprint>,
 ) -> Result<StatusCode, Error> {
-    revoke(
-        &state,
-        &scope,
-        CertificateOwner::Broker(&broker),
-        &fingerprint,
-    )
-    .await
+    revoke(&state, &scope, broker.into(), &fingerprint).await
 }
 
 /// Register a CA certificate on a registry.

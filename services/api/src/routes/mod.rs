@@ -5,6 +5,7 @@ pub mod certificates;
 pub mod devices;
 pub mod docs;
 pub mod health;
+mod owner;
 pub mod passwords;
 pub mod policies;
 pub mod publish;
