@@ -1,6 +1,7 @@
 //! `/v1/devices/{id}/passwords` and `/v1/registries/{id}/passwords`: the passwords a
 //! device, or a registry client acting for its devices, authenticates with (SPEC §4.1).
 
+use super::owner::CredentialOwner;
 use super::{created, list_type, next_page_token, PageParams};
 use crate::error::{Error, FieldError, Problem};
 use crate::extract::{ApiJson, ApiQuery, PathId, PathIds, TenantScope, TenantWriter};
@@ -11,7 +12,7 @@ use axum::response::Response;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use iotcore_store::passwords::{PasswordMeta, PasswordOwner};
+use iotcore_store::passwords::PasswordMeta;
 use iotcore_store::{BrokerId, DeviceId, PasswordId, RegistryId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -124,26 +125,15 @@ pub async fn create_password(
     PathId(device): PathId<DeviceId>,
     ApiJson(body): ApiJson<CreatePassword>,
 ) -> Result<Response, Error> {
-    let location = format!("/v1/devices/{device}/passwords");
-    create(
-        &state,
-        &scope,
-        PasswordOwner::Device(&device),
-        body,
-        location,
-        "device",
-    )
-    .await
+    create(&state, &scope, device.into(), body).await
 }
 
 /// Checks `body` and adds the password to `owner`.
 async fn create(
     state: &ApiState,
     scope: &TenantWriter,
-    owner: PasswordOwner<'_>,
+    owner: CredentialOwner,
     body: CreatePassword,
-    collection: String,
-    what: &'static str,
 ) -> Result<Response, Error> {
     let mut errors = Vec::new();
     if let Some(password) = &body.password {
@@ -165,10 +155,15 @@ async fn create(
     }
     let created_password = state
         .store
-        .create_password(scope.tenant_id(), owner, body.password, body.expires_at)
+        .create_password(
+            scope.tenant_id(),
+            owner.credentials(),
+            body.password,
+            body.expires_at,
+        )
         .await
-        .map_err(Error::store(what))?;
-    let location = format!("{collection}/{}", created_password.meta.id);
+        .map_err(Error::store(owner.what()))?;
+    let location = format!("{}/passwords/{}", owner.path(), created_password.meta.id);
     let mut view = PasswordView::from(created_password.meta);
     view.password = created_password.generated;
     Ok(created(location, view))
@@ -178,19 +173,33 @@ async fn create(
 async fn list(
     state: &ApiState,
     scope: &TenantScope,
-    owner: PasswordOwner<'_>,
+    owner: CredentialOwner,
     params: &PageParams,
-    what: &'static str,
 ) -> Result<Json<PasswordList>, Error> {
     let page = state
         .store
-        .list_passwords(&scope.tenant_id, owner, &params.request()?)
+        .list_passwords(&scope.tenant_id, owner.credentials(), &params.request()?)
         .await
-        .map_err(Error::store(what))?;
+        .map_err(Error::store(owner.what()))?;
     Ok(Json(PasswordList {
         items: page.items.into_iter().map(PasswordView::from).collect(),
         next_page_token: next_page_token(page.next_after),
     }))
+}
+
+/// Deletes `owner`'s password `id`.
+async fn remove(
+    state: &ApiState,
+    scope: &TenantWriter,
+    owner: CredentialOwner,
+    id: &PasswordId,
+) -> Result<StatusCode, Error> {
+    state
+        .store
+        .delete_password(scope.tenant_id(), owner.credentials(), id)
+        .await
+        .map_err(Error::store("password"))?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// List a device's passwords (metadata only; secrets are never returned).
@@ -214,14 +223,7 @@ pub async fn list_passwords(
     PathId(device): PathId<DeviceId>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<PasswordList>, Error> {
-    list(
-        &state,
-        &scope,
-        PasswordOwner::Device(&device),
-        &params,
-        "device",
-    )
-    .await
+    list(&state, &scope, device.into(), &params).await
 }
 
 /// Delete a password of a device.
@@ -245,13 +247,7 @@ pub async fn delete_password(
     State(state): State<ApiState>,
     PathIds(device, id): PathIds<DeviceId, PasswordId>,
 ) -> Result<StatusCode, Error> {
-    let owner = PasswordOwner::Device(&device);
-    state
-        .store
-        .delete_password(scope.tenant_id(), owner, &id)
-        .await
-        .map_err(Error::store("password"))?;
-    Ok(StatusCode::NO_CONTENT)
+    remove(&state, &scope, device.into(), &id).await
 }
 
 /// Add a password to a registry.
@@ -282,16 +278,7 @@ pub async fn create_registry_password(
     PathId(registry): PathId<RegistryId>,
     ApiJson(body): ApiJson<CreatePassword>,
 ) -> Result<Response, Error> {
-    let location = format!("/v1/registries/{registry}/passwords");
-    create(
-        &state,
-        &scope,
-        PasswordOwner::Registry(&registry),
-        body,
-        location,
-        "registry",
-    )
-    .await
+    create(&state, &scope, registry.into(), body).await
 }
 
 /// List a registry's passwords (metadata only; secrets are never returned).
@@ -315,14 +302,7 @@ pub async fn list_registry_passwords(
     PathId(registry): PathId<RegistryId>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<PasswordList>, Error> {
-    list(
-        &state,
-        &scope,
-        PasswordOwner::Registry(&registry),
-        &params,
-        "registry",
-    )
-    .await
+    list(&state, &scope, registry.into(), &params).await
 }
 
 /// Delete a password of a registry.
@@ -346,13 +326,7 @@ pub async fn delete_registry_password(
     State(state): State<ApiState>,
     PathIds(registry, id): PathIds<RegistryId, PasswordId>,
 ) -> Result<StatusCode, Error> {
-    let owner = PasswordOwner::Registry(&registry);
-    state
-        .store
-        .delete_password(scope.tenant_id(), owner, &id)
-        .await
-        .map_err(Error::store("password"))?;
-    Ok(StatusCode::NO_CONTENT)
+    remove(&state, &scope, registry.into(), &id).await
 }
 
 /// Add a password to a virtual broker.
@@ -383,16 +357,7 @@ pub async fn create_broker_password(
     PathId(broker): PathId<BrokerId>,
     ApiJson(body): ApiJson<CreatePassword>,
 ) -> Result<Response, Error> {
-    let location = format!("/v1/brokers/{broker}/passwords");
-    create(
-        &state,
-        &scope,
-        PasswordOwner::Broker(&broker),
-        body,
-        location,
-        "virtual broker",
-    )
-    .await
+    create(&state, &scope, broker.into(), body).await
 }
 
 /// List a virtual broker's passwords (metadata only; secrets are never returned).
@@ -416,14 +381,7 @@ pub async fn list_broker_passwords(
     PathId(broker): PathId<BrokerId>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<PasswordList>, Error> {
-    list(
-        &state,
-        &scope,
-        PasswordOwner::Broker(&broker),
-        &params,
-        "virtual broker",
-    )
-    .await
+    list(&state, &scope, broker.into(), &params).await
 }
 
 /// Delete a password of a virtual broker.
@@ -447,11 +405,5 @@ pub async fn delete_broker_password(
     State(state): State<ApiState>,
     PathIds(broker, id): PathIds<BrokerId, PasswordId>,
 ) -> Result<StatusCode, Error> {
-    let owner = PasswordOwner::Broker(&broker);
-    state
-        .store
-        .delete_password(scope.tenant_id(), owner, &id)
-        .await
-        .map_err(Error::store("password"))?;
-    Ok(StatusCode::NO_CONTENT)
+    remove(&state, &scope, broker.into(), &id).await
 }
