@@ -2,6 +2,7 @@
 //! what holds passwords and certificates, and (beside the tenant) what policies attach to.
 
 use iotcore_store::passwords::PasswordOwner;
+use iotcore_store::policies::PolicyTarget;
 use iotcore_store::{BrokerId, DeviceId, RegistryId};
 
 /// A principal clients authenticate as: a device, a registry client acting for the
@@ -50,6 +51,15 @@ impl CredentialOwner {
             CredentialOwner::Device(id) => PasswordOwner::Device(id),
             CredentialOwner::Registry(id) => PasswordOwner::Registry(id),
             CredentialOwner::Broker(id) => PasswordOwner::Broker(id),
+        }
+    }
+
+    /// As the store's policy attachments name it.
+    pub fn policy_target(&self) -> PolicyTarget<'_> {
+        match self {
+            CredentialOwner::Device(id) => PolicyTarget::Device(id),
+            CredentialOwner::Registry(id) => PolicyTarget::Registry(id),
+            CredentialOwner::Broker(id) => PolicyTarget::Broker(id),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `/v1/policies`: a tenant's ACL policies (SPEC §4.2), and their attachment to the tenant,
 //! registries, devices and virtual brokers. Brokers apply every change to live sessions.
 
+use super::owner::CredentialOwner;
 use super::{created, list_type, next_page_token, FilterParams, PageParams};
 use crate::error::{Error, FieldError, Problem};
 use crate::extract::{ApiJson, ApiQuery, PathId, PathIds, TenantScope, TenantWriter};
@@ -420,50 +421,57 @@ pub async fn delete_policy(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Attaches `policy` to `owner`, or to the tenant itself when `owner` is `None`.
 async fn attach(
     state: &ApiState,
     scope: &TenantWriter,
     policy: &PolicyId,
-    target: PolicyTarget<'_>,
+    owner: Option<CredentialOwner>,
 ) -> Result<StatusCode, Error> {
     state
         .store
-        .attach_policy(scope.tenant_id(), policy, target)
+        .attach_policy(scope.tenant_id(), policy, target(owner.as_ref()))
         .await
         .map_err(Error::store("policy or target"))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Detaches `policy` from `owner`, or from the tenant itself when `owner` is `None`.
 async fn detach(
     state: &ApiState,
     scope: &TenantWriter,
     policy: &PolicyId,
-    target: PolicyTarget<'_>,
+    owner: Option<CredentialOwner>,
 ) -> Result<StatusCode, Error> {
     state
         .store
-        .detach_policy(scope.tenant_id(), policy, target)
+        .detach_policy(scope.tenant_id(), policy, target(owner.as_ref()))
         .await
         .map_err(Error::store("policy attachment"))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A page of the policies attached to `owner`, or to the tenant itself when it is `None`.
 async fn attached(
     state: &ApiState,
     scope: &TenantScope,
-    target: PolicyTarget<'_>,
+    owner: Option<CredentialOwner>,
     params: &PageParams,
-    what: &'static str,
 ) -> Result<Json<PolicyList>, Error> {
+    let what = owner.as_ref().map_or("tenant", CredentialOwner::what);
     let page = state
         .store
-        .attached_policies(&scope.tenant_id, target, &params.request()?)
+        .attached_policies(&scope.tenant_id, target(owner.as_ref()), &params.request()?)
         .await
         .map_err(Error::store(what))?;
     Ok(Json(PolicyList {
         items: page.items.into_iter().map(PolicyView::from).collect(),
         next_page_token: next_page_token(page.next_after),
     }))
+}
+
+fn target(owner: Option<&CredentialOwner>) -> PolicyTarget<'_> {
+    owner.map_or(PolicyTarget::Tenant, CredentialOwner::policy_target)
 }
 
 /// List the policies attached to the tenant (they apply to every device and registry client).
@@ -481,7 +489,7 @@ pub async fn list_tenant_policies(
     State(state): State<ApiState>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<PolicyList>, Error> {
-    attached(&state, &scope, PolicyTarget::Tenant, &params, "tenant").await
+    attached(&state, &scope, None, &params).await
 }
 
 /// Attach a policy to the tenant; attaching twice is the same as once.
@@ -505,7 +513,7 @@ pub async fn attach_tenant_policy(
     State(state): State<ApiState>,
     PathId(policy): PathId<PolicyId>,
 ) -> Result<StatusCode, Error> {
-    attach(&state, &scope, &policy, PolicyTarget::Tenant).await
+    attach(&state, &scope, &policy, None).await
 }
 
 /// Detach a policy from the tenant.
@@ -528,12 +536,12 @@ pub async fn detach_tenant_policy(
     State(state): State<ApiState>,
     PathId(policy): PathId<PolicyId>,
 ) -> Result<StatusCode, Error> {
-    detach(&state, &scope, &policy, PolicyTarget::Tenant).await
+    detach(&state, &scope, &policy, None).await
 }
 
 /// Declares the list, attach and detach handlers of one kind of target.
 macro_rules! target_routes {
-    ($id:ty, $variant:ident, $what:literal, $base:literal, $pattern:literal, $example:literal,
+    ($id:ty, $what:literal, $base:literal, $pattern:literal, $example:literal,
      $list:ident, $attach:ident, $detach:ident) => {
         #[doc = concat!("List the policies attached to a ", $what, ".")]
         #[utoipa::path(
@@ -557,7 +565,7 @@ macro_rules! target_routes {
             PathId(id): PathId<$id>,
             ApiQuery(params): ApiQuery<PageParams>,
         ) -> Result<Json<PolicyList>, Error> {
-            attached(&state, &scope, PolicyTarget::$variant(&id), &params, $what).await
+            attached(&state, &scope, Some(id.into()), &params).await
         }
 
         #[doc = concat!("Attach a policy to a ", $what, "; attaching twice is the same as once.")]
@@ -583,7 +591,7 @@ macro_rules! target_routes {
             State(state): State<ApiState>,
             PathIds(id, policy): PathIds<$id, PolicyId>,
         ) -> Result<StatusCode, Error> {
-            attach(&state, &scope, &policy, PolicyTarget::$variant(&id)).await
+            attach(&state, &scope, &policy, Some(id.into())).await
         }
 
         #[doc = concat!("Detach a policy from a ", $what, ".")]
@@ -608,14 +616,13 @@ macro_rules! target_routes {
             State(state): State<ApiState>,
             PathIds(id, policy): PathIds<$id, PolicyId>,
         ) -> Result<StatusCode, Error> {
-            detach(&state, &scope, &policy, PolicyTarget::$variant(&id)).await
+            detach(&state, &scope, &policy, Some(id.into())).await
         }
     };
 }
 
 target_routes!(
     RegistryId,
-    Registry,
     "registry",
     "registries",
     r"^reg_[0-9a-z]{20}$",
@@ -626,7 +633,6 @@ target_routes!(
 );
 target_routes!(
     DeviceId,
-    Device,
     "device",
     "devices",
     r"^dev_[0-9a-z]{20}$",
@@ -637,7 +643,6 @@ target_routes!(
 );
 target_routes!(
     BrokerId,
-    Broker,
     "virtual broker",
     "brokers",
     r"^brk_[0-9a-z]{20}$",
