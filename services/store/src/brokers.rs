@@ -2,7 +2,7 @@
 //! reached with the broker's own credentials.
 
 use crate::filters::{self, ListFilter};
-use crate::notify::{self, Change};
+use crate::notify;
 use crate::registries::missing_tenant_is_not_found;
 use crate::tenants::{Page, PageRequest};
 use crate::versions::{self, Versioned, BUMP};
@@ -173,7 +173,7 @@ impl Store {
     }
 
     /// Deletes the virtual broker `id` of `tenant` with its credentials; notifies
-    /// [`Change::Principals`] so that its clients lose their sessions.
+    /// [`Change::Principals`](notify::Change::Principals) so that its clients lose their sessions.
     pub async fn delete_broker(
         &self,
         tenant: &TenantId,
@@ -191,14 +191,7 @@ impl Store {
         if deleted == 0 {
             return Err(StoreError::NotFound);
         }
-        notify::publish(
-            &mut *tx,
-            &Change::Principals {
-                tenant_id: tenant.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        notify::commit_principals(tx, tenant).await?;
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 //! certificate keeps its row (status `revoked`), so that it stays refused even when it
 //! would also chain to a registry's CA.
 
-use crate::notify::{self, Change};
+use crate::notify;
 use crate::passwords::PasswordOwner;
 use crate::tenants::{Page, PageRequest};
 use crate::{CaCertificateId, DeviceId, RegistryId, Result, Store, StoreError, TenantId};
@@ -173,14 +173,7 @@ impl Store {
             Some(_) => {}
         }
         let meta = insert_certificate(&mut tx, tenant, column, id, new).await?;
-        notify::publish(
-            &mut *tx,
-            &Change::Principals {
-                tenant_id: tenant.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        notify::commit_principals(tx, tenant).await?;
         Ok(meta)
     }
 
@@ -211,7 +204,7 @@ impl Store {
     }
 
     /// Revokes the certificate `fingerprint` of `owner`: it is refused from now on, and
-    /// live connections that use it are disconnected (through [`Change::Principals`]).
+    /// live connections that use it are disconnected (through [`Change::Principals`](notify::Change::Principals)).
     /// Revoking a revoked certificate changes nothing; an unknown one is `NotFound`.
     pub async fn revoke_certificate(
         &self,
@@ -235,14 +228,7 @@ impl Store {
         if updated == 0 {
             return Err(StoreError::NotFound);
         }
-        notify::publish(
-            &mut *tx,
-            &Change::Principals {
-                tenant_id: tenant.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        notify::commit_principals(tx, tenant).await?;
         Ok(())
     }
 
@@ -347,14 +333,7 @@ impl Store {
         if deleted == 0 {
             return Err(StoreError::NotFound);
         }
-        notify::publish(
-            &mut *tx,
-            &Change::Principals {
-                tenant_id: tenant.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        notify::commit_principals(tx, tenant).await?;
         Ok(())
     }
 
@@ -498,14 +477,7 @@ impl Store {
         .await
         .map_err(|e| StoreError::on_constraint(e, &[("devices_registry_id_name_key", "name")]))?;
         insert_certificate(&mut tx, tenant, "device_id", id.as_str(), certificate).await?;
-        notify::publish(
-            &mut *tx,
-            &Change::Principals {
-                tenant_id: tenant.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        notify::commit_principals(tx, tenant).await?;
         Ok(id)
     }
 }

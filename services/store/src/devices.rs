@@ -2,7 +2,7 @@
 //! client id and username.
 
 use crate::filters::{self, ListFilter};
-use crate::notify::{self, Change};
+use crate::notify;
 use crate::registries::missing_tenant_is_not_found;
 use crate::tenants::{Page, PageRequest};
 use crate::versions::{self, Versioned, BUMP};
@@ -172,14 +172,7 @@ impl Store {
             )
         })
         .map_err(missing_tenant_is_not_found)?;
-        notify::publish(
-            &mut *tx,
-            &Change::Principals {
-                tenant_id: tenant.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        notify::commit_principals(tx, tenant).await?;
         Ok(row.into())
     }
 
@@ -277,7 +270,7 @@ impl Store {
     }
 
     /// Applies `update` to the device `id` of `tenant`. A name already used in the
-    /// registry is `Conflict { field: "name" }`. Notifies [`Change::Principals`], so that
+    /// registry is `Conflict { field: "name" }`. Notifies [`Change::Principals`](notify::Change::Principals), so that
     /// brokers disconnect a device that was just disabled. A change that changes nothing
     /// keeps the version.
     pub async fn update_device(
@@ -319,14 +312,7 @@ impl Store {
             .await?;
             return row.map(Device::from).ok_or(StoreError::NotFound);
         };
-        notify::publish(
-            &mut *tx,
-            &Change::Principals {
-                tenant_id: tenant.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        notify::commit_principals(tx, tenant).await?;
         Ok(row.into())
     }
 
@@ -348,14 +334,7 @@ impl Store {
         if deleted == 0 {
             return Err(StoreError::NotFound);
         }
-        notify::publish(
-            &mut *tx,
-            &Change::Principals {
-                tenant_id: tenant.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        notify::commit_principals(tx, tenant).await?;
         Ok(())
     }
 }
@@ -498,7 +477,7 @@ pub(crate) mod tests {
         assert_eq!(updated.description, one.description);
         assert_eq!(
             listener.recv().await.unwrap(),
-            Some(Change::Principals {
+            Some(notify::Change::Principals {
                 tenant_id: a.clone()
             })
         );

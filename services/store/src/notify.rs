@@ -34,6 +34,23 @@ pub async fn publish<'e>(executor: impl PgExecutor<'e>, change: &Change) -> Resu
     Ok(())
 }
 
+/// Commits `tx` with a [`Change::Principals`] of `tenant` in it, for the changes that can
+/// invalidate what brokers cached about the tenant's clients.
+pub(crate) async fn commit_principals(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: &TenantId,
+) -> Result<()> {
+    publish(
+        &mut *tx,
+        &Change::Principals {
+            tenant_id: tenant.clone(),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Listens on [`CHANNEL`].
 pub struct ChangeListener {
     listener: PgListener,

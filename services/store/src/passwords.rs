@@ -2,7 +2,7 @@
 //! service generates is returned once, to the caller that asked for it, and never again.
 
 use crate::auth::hash_password;
-use crate::notify::{self, Change};
+use crate::notify;
 use crate::tenants::{Page, PageRequest};
 use crate::{BrokerId, DeviceId, PasswordId, RegistryId, Result, Store, StoreError, TenantId};
 use chrono::{DateTime, Utc};
@@ -141,14 +141,7 @@ impl Store {
         .bind(expires_at)
         .fetch_one(&mut *tx)
         .await?;
-        notify::publish(
-            &mut *tx,
-            &Change::Principals {
-                tenant_id: tenant.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        notify::commit_principals(tx, tenant).await?;
         Ok(CreatedPassword {
             meta,
             generated: generated.then_some(secret),
@@ -208,14 +201,7 @@ impl Store {
         if deleted == 0 {
             return Err(StoreError::NotFound);
         }
-        notify::publish(
-            &mut *tx,
-            &Change::Principals {
-                tenant_id: tenant.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        notify::commit_principals(tx, tenant).await?;
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Per-tenant quota overrides (SPEC §7.3), kept in `tenants.quotas`. A limit a tenant does
 //! not override comes from configuration; the store knows only the overrides.
 
-use crate::notify::{self, Change};
+use crate::notify;
 use crate::versions::{self, Versioned, BUMP};
 use crate::{Result, Store, StoreError, TenantId};
 use chrono::{DateTime, Utc};
@@ -61,7 +61,7 @@ impl Store {
     /// Applies `change` to the quota overrides of `tenant`, on the locked row, so that two
     /// changes of different limits cannot undo each other. When `if_match` is given, the
     /// tenant's version must be one of it (`PreconditionFailed` otherwise). A change that
-    /// changes nothing keeps the version; any other notifies [`Change::Principals`], so
+    /// changes nothing keeps the version; any other notifies [`Change::Principals`](notify::Change::Principals), so
     /// that brokers pick up the new connection and rate limits.
     pub async fn update_quota_overrides(
         &self,
@@ -97,14 +97,7 @@ impl Store {
         .bind(Json(&overrides))
         .fetch_one(&mut *tx)
         .await?;
-        notify::publish(
-            &mut *tx,
-            &Change::Principals {
-                tenant_id: tenant.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        notify::commit_principals(tx, tenant).await?;
         Ok(VersionedQuotas { overrides, version })
     }
 

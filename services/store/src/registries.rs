@@ -1,7 +1,7 @@
 //! Registries (SPEC §2): named groups of devices inside a tenant.
 
 use crate::filters::{self, ListFilter};
-use crate::notify::{self, Change};
+use crate::notify;
 use crate::tenants::{Page, PageRequest};
 use crate::versions::{self, Versioned, BUMP};
 use crate::{RegistryId, Result, Store, StoreError, TenantId};
@@ -109,14 +109,7 @@ impl Store {
             )
         })
         .map_err(missing_tenant_is_not_found)?;
-        notify::publish(
-            &mut *tx,
-            &Change::Principals {
-                tenant_id: tenant.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        notify::commit_principals(tx, tenant).await?;
         Ok(row.into())
     }
 
@@ -156,7 +149,7 @@ impl Store {
     }
 
     /// Applies `update` to the registry `id` of `tenant`. A name already used in the
-    /// tenant is `Conflict { field: "name" }`. Notifies [`Change::Principals`]: the
+    /// tenant is `Conflict { field: "name" }`. Notifies [`Change::Principals`](notify::Change::Principals): the
     /// default policy decides what its devices may do. A change that changes nothing keeps
     /// the version.
     pub async fn update_registry(
@@ -205,14 +198,7 @@ impl Store {
             .await?;
             return row.map(Registry::from).ok_or(StoreError::NotFound);
         };
-        notify::publish(
-            &mut *tx,
-            &Change::Principals {
-                tenant_id: tenant.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        notify::commit_principals(tx, tenant).await?;
         Ok(row.into())
     }
 
@@ -254,14 +240,7 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        notify::publish(
-            &mut *tx,
-            &Change::Principals {
-                tenant_id: tenant.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        notify::commit_principals(tx, tenant).await?;
         Ok(RegistryDeletion::Deleted)
     }
 }

@@ -135,8 +135,7 @@ impl Store {
         .bind(name)
         .fetch_one(&mut *tx)
         .await?;
-        notify::publish(&mut *tx, &Change::Principals { tenant_id: id }).await?;
-        tx.commit().await?;
+        notify::commit_principals(tx, &id).await?;
         Ok(row.into())
     }
 
@@ -205,14 +204,7 @@ impl Store {
             .await?;
             return row.map(Tenant::from).ok_or(StoreError::NotFound);
         };
-        notify::publish(
-            &mut *tx,
-            &Change::Principals {
-                tenant_id: id.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        notify::commit_principals(tx, id).await?;
         Ok(row.into())
     }
 
