@@ -173,6 +173,7 @@ pub async fn create_tenant(
         (status = 400, description = "Invalid page parameters", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an operator", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid filter", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_tenants(

@@ -37,6 +37,10 @@ async fn operators_suspend_rename_filter_and_delete_tenants(pool: sqlx::PgPool) 
     app.get(&ops, "/v1/tenants?status=sleeping")
         .await
         .assert_problem(StatusCode::BAD_REQUEST);
+    // Tenants have no labels: a label filter is an invalid filter, a 422 as documented.
+    let by_label = app.get(&ops, "/v1/tenants?label=site:north").await;
+    by_label.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(by_label.error_fields(), vec!["label"]);
 
     // A tenant's admin renames it but cannot reactivate it.
     let admin = app.member(Role::Admin, &acme);
