@@ -237,13 +237,21 @@ pub async fn command_device(
         .get_device(scope.tenant_id(), &device)
         .await
         .map_err(Error::store("device"))?;
+    command(&state, &scope, format!("$devices/{device}/commands"), body).await
+}
+
+/// Checks `body` and queues it on `commands` (or its `subtopic`) of a device or registry
+/// known to exist.
+async fn command(
+    state: &ApiState,
+    scope: &TenantWriter,
+    commands: String,
+    body: CommandRequest,
+) -> Result<(StatusCode, Json<PublishAccepted>), Error> {
     let mut errors = Vec::new();
-    let topic = command_topic(
-        format!("$devices/{device}/commands"),
-        body.subtopic.as_deref(),
-    )
-    .map_err(|e| errors.push(e))
-    .ok();
+    let topic = command_topic(commands, body.subtopic.as_deref())
+        .map_err(|e| errors.push(e))
+        .ok();
     let message = check_message(
         state.max_publish_payload_bytes,
         body.payload,
@@ -255,7 +263,7 @@ pub async fn command_device(
     );
     match (topic, message) {
         (Some(topic), Some(message)) if errors.is_empty() => {
-            enqueue(&state, scope.tenant_id(), topic, message).await
+            enqueue(state, scope.tenant_id(), topic, message).await
         }
         _ => Err(Error::invalid(errors)),
     }
@@ -292,28 +300,13 @@ pub async fn command_registry(
         .get_registry(scope.tenant_id(), &registry)
         .await
         .map_err(Error::store("registry"))?;
-    let mut errors = Vec::new();
-    let topic = command_topic(
+    command(
+        &state,
+        &scope,
         format!("$registries/{registry}/commands"),
-        body.subtopic.as_deref(),
+        body,
     )
-    .map_err(|e| errors.push(e))
-    .ok();
-    let message = check_message(
-        state.max_publish_payload_bytes,
-        body.payload,
-        body.payload_base64,
-        body.qos,
-        body.retain,
-        body.content_type,
-        &mut errors,
-    );
-    match (topic, message) {
-        (Some(topic), Some(message)) if errors.is_empty() => {
-            enqueue(&state, scope.tenant_id(), topic, message).await
-        }
-        _ => Err(Error::invalid(errors)),
-    }
+    .await
 }
 
 /// Where among the `$`-topics the API may publish: the commands topics only.
