@@ -1,7 +1,7 @@
 //! `/v1/brokers`: a tenant's virtual brokers (SPEC §3.6), isolated namespaces of free-form
 //! topics whose clients authenticate with the broker's own credentials.
 
-use super::{created, list_type, next_page_token, FilterParams, PageParams};
+use super::{created, list_type, FilterParams, PageParams};
 use crate::error::{Error, Problem};
 use crate::extract::{ApiJson, ApiQuery, PathId, TenantScope, TenantWriter};
 use crate::input::{self, Fields, ResourceName};
@@ -169,10 +169,7 @@ pub async fn list_brokers(
         .list_brokers(&scope.tenant_id, &filter, &params.request()?)
         .await
         .map_err(Error::store("virtual broker"))?;
-    Ok(Json(BrokerList {
-        items: page.items.into_iter().map(BrokerView::from).collect(),
-        next_page_token: next_page_token(page.next_after),
-    }))
+    Ok(Json(page.into()))
 }
 
 /// Get a virtual broker.

@@ -8,7 +8,7 @@
 //! its key), or created by the service, which then keeps its key to issue certificates.
 
 use super::owner::CredentialOwner;
-use super::{created, list_type, next_page_token, PageParams};
+use super::{created, list_type, PageParams};
 use crate::error::{Error, FieldError, Problem};
 use crate::extract::{
     ApiJson, ApiQuery, PathId, PathIdentifier, PathIds, TenantScope, TenantWriter,
@@ -455,10 +455,7 @@ async fn list(
         .list_certificates(&scope.tenant_id, owner.credentials(), &params.request()?)
         .await
         .map_err(store_error(owner.what()))?;
-    Ok(Json(CertificateList {
-        items: page.items.into_iter().map(CertificateView::from).collect(),
-        next_page_token: next_page_token(page.next_after),
-    }))
+    Ok(Json(page.into()))
 }
 
 /// Revokes `owner`'s certificate `fingerprint`.
@@ -842,14 +839,7 @@ pub async fn list_ca_certificates(
         .list_ca_certificates(&scope.tenant_id, &registry, &params.request()?)
         .await
         .map_err(store_error("registry"))?;
-    Ok(Json(CaCertificateList {
-        items: page
-            .items
-            .into_iter()
-            .map(CaCertificateView::from)
-            .collect(),
-        next_page_token: next_page_token(page.next_after),
-    }))
+    Ok(Json(page.into()))
 }
 
 /// Delete a CA certificate of a registry.

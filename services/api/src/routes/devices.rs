@@ -1,6 +1,6 @@
 //! `/v1/registries/{id}/devices` and `/v1/devices/{id}`: a tenant's devices.
 
-use super::{created, list_type, next_page_token, FilterParams, PageParams};
+use super::{created, list_type, FilterParams, PageParams};
 use crate::error::{Error, Problem};
 use crate::extract::{ApiJson, ApiQuery, PathId, TenantScope, TenantWriter};
 use crate::input::{self, Fields, ResourceName};
@@ -271,10 +271,7 @@ pub async fn list_devices(
         .list_devices(&scope.tenant_id, &registry, &filter, &params.request()?)
         .await
         .map_err(Error::store("registry"))?;
-    Ok(Json(DeviceList {
-        items: page.items.into_iter().map(DeviceView::from).collect(),
-        next_page_token: next_page_token(page.next_after),
-    }))
+    Ok(Json(page.into()))
 }
 
 /// Get a device with its connection status.

@@ -160,7 +160,8 @@ pub fn created<T: Serialize>(location: String, body: T) -> Response {
     response
 }
 
-/// Declares a list response type `{"items": [...], "next_page_token": ...}`.
+/// Declares a list response type `{"items": [...], "next_page_token": ...}`, made from a
+/// page of the store with `into()`.
 macro_rules! list_type {
     ($(#[$doc:meta])* $name:ident, $item:ty) => {
         #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -170,6 +171,18 @@ macro_rules! list_type {
             pub items: Vec<$item>,
             /// Pass as `page_token` to read the next page; `null` on the last page.
             pub next_page_token: Option<String>,
+        }
+
+        impl<T> From<iotcore_store::tenants::Page<T>> for $name
+        where
+            $item: From<T>,
+        {
+            fn from(page: iotcore_store::tenants::Page<T>) -> $name {
+                $name {
+                    items: page.items.into_iter().map(<$item>::from).collect(),
+                    next_page_token: crate::routes::next_page_token(page.next_after),
+                }
+            }
         }
     };
 }

@@ -2,7 +2,7 @@
 //! device, or a registry client acting for its devices, authenticates with (SPEC §4.1).
 
 use super::owner::CredentialOwner;
-use super::{created, list_type, next_page_token, PageParams};
+use super::{created, list_type, PageParams};
 use crate::error::{Error, FieldError, Problem};
 use crate::extract::{ApiJson, ApiQuery, PathId, PathIds, TenantScope, TenantWriter};
 use crate::ApiState;
@@ -181,10 +181,7 @@ async fn list(
         .list_passwords(&scope.tenant_id, owner.credentials(), &params.request()?)
         .await
         .map_err(Error::store(owner.what()))?;
-    Ok(Json(PasswordList {
-        items: page.items.into_iter().map(PasswordView::from).collect(),
-        next_page_token: next_page_token(page.next_after),
-    }))
+    Ok(Json(page.into()))
 }
 
 /// Deletes `owner`'s password `id`.

@@ -2,7 +2,7 @@
 //! registries, devices and virtual brokers. Brokers apply every change to live sessions.
 
 use super::owner::CredentialOwner;
-use super::{created, list_type, next_page_token, FilterParams, PageParams};
+use super::{created, list_type, FilterParams, PageParams};
 use crate::error::{Error, FieldError, Problem};
 use crate::extract::{ApiJson, ApiQuery, PathId, PathIds, TenantScope, TenantWriter};
 use crate::input::{Fields, ResourceName};
@@ -321,10 +321,7 @@ pub async fn list_policies(
         .list_policies(&scope.tenant_id, &filter, &params.request()?)
         .await
         .map_err(Error::store("policy"))?;
-    Ok(Json(PolicyList {
-        items: page.items.into_iter().map(PolicyView::from).collect(),
-        next_page_token: next_page_token(page.next_after),
-    }))
+    Ok(Json(page.into()))
 }
 
 /// Get a policy.
@@ -464,10 +461,7 @@ async fn attached(
         .attached_policies(&scope.tenant_id, target(owner.as_ref()), &params.request()?)
         .await
         .map_err(Error::store(what))?;
-    Ok(Json(PolicyList {
-        items: page.items.into_iter().map(PolicyView::from).collect(),
-        next_page_token: next_page_token(page.next_after),
-    }))
+    Ok(Json(page.into()))
 }
 
 fn target(owner: Option<&CredentialOwner>) -> PolicyTarget<'_> {

@@ -1,6 +1,6 @@
 //! `/v1/registries`: a tenant's groups of devices.
 
-use super::{created, list_type, next_page_token, FilterParams, PageParams};
+use super::{created, list_type, FilterParams, PageParams};
 use crate::error::{Error, Problem};
 use crate::extract::{ApiJson, ApiQuery, PathId, TenantScope, TenantWriter};
 use crate::input::{self, Fields, ResourceName};
@@ -186,10 +186,7 @@ pub async fn list_registries(
         .list_registries(&scope.tenant_id, &filter, &params.request()?)
         .await
         .map_err(Error::store("registry"))?;
-    Ok(Json(RegistryList {
-        items: page.items.into_iter().map(RegistryView::from).collect(),
-        next_page_token: next_page_token(page.next_after),
-    }))
+    Ok(Json(page.into()))
 }
 
 /// Get a registry.

@@ -1,6 +1,6 @@
 //! `/v1/rules`: which messages of a tenant are forwarded to which webhook (SPEC §5).
 
-use super::{created, list_type, next_page_token, PageParams};
+use super::{created, list_type, PageParams};
 use crate::error::{Error, FieldError, Problem};
 use crate::extract::{ApiJson, ApiQuery, PathId, TenantScope, TenantWriter};
 use crate::input::{Fields, ResourceName};
@@ -552,10 +552,7 @@ pub async fn list_rules(
         .list_rules(&scope.tenant_id, &params.request()?)
         .await
         .map_err(Error::store("rule"))?;
-    Ok(Json(RuleList {
-        items: page.items.into_iter().map(RuleView::from).collect(),
-        next_page_token: next_page_token(page.next_after),
-    }))
+    Ok(Json(page.into()))
 }
 
 /// Get a rule.
@@ -866,10 +863,7 @@ pub async fn list_dead_letters(
         .list_dead_letters(&scope.tenant_id, &id, &params.request()?)
         .await
         .map_err(Error::store("rule"))?;
-    Ok(Json(DeadLetterList {
-        items: page.items.into_iter().map(DeadLetterView::from).collect(),
-        next_page_token: next_page_token(page.next_after),
-    }))
+    Ok(Json(page.into()))
 }
 
 /// Replay dead letters.

@@ -1,7 +1,7 @@
 //! `/v1/tenants`: operators create, change and delete tenants; members of a tenant read
 //! their own and its admins rename it.
 
-use super::{created, list_type, next_page_token, FilterParams, NamePrefixParam, PageParams};
+use super::{created, list_type, FilterParams, NamePrefixParam, PageParams};
 use crate::auth::{Principal, Role};
 use crate::error::{Error, FieldError, Problem};
 use crate::extract::{ApiJson, ApiQuery, Operator, PathId};
@@ -195,10 +195,7 @@ pub async fn list_tenants(
         .list_tenants(&filter, &params.request()?)
         .await
         .map_err(Error::store("tenant"))?;
-    Ok(Json(TenantList {
-        items: page.items.into_iter().map(TenantView::from).collect(),
-        next_page_token: next_page_token(page.next_after),
-    }))
+    Ok(Json(page.into()))
 }
 
 /// Get a tenant.
