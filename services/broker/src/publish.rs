@@ -8,7 +8,6 @@ use crate::router::{Message, NamespaceRoutes, RouteOutcome};
 use crate::rules::{deliveries_for, EnqueueError};
 use iotcore_codec::QoS;
 use iotcore_store::auth::PrincipalKind;
-use iotcore_telemetry::metrics::mqtt::{DROPPED, DROP_QUEUE_FULL};
 use std::sync::Arc;
 
 /// Publishes `message` in `routes`' namespace on behalf of `principal` (`None` for the
@@ -47,10 +46,7 @@ pub async fn publish(
         // Counted here, once per publish, for every kind of publisher (clients, wills, the
         // API): QoS 0 messages to full queues and the oldest messages that QoS 1/2 ones
         // pushed out (SPEC §3.1).
-        let tenant = routes.namespace().tenant_id().as_str();
-        DROPPED
-            .with(&[tenant, DROP_QUEUE_FULL])
-            .add(outcome.dropped as u64);
+        routes.count_queue_full_drops(outcome.dropped);
     }
     Ok(outcome)
 }

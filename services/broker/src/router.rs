@@ -11,12 +11,14 @@ use crate::rules::RuleIndex;
 use bytes::Bytes;
 use iotcore_codec::QoS;
 use iotcore_store::{BrokerId, RegistryId, TenantId};
+use iotcore_telemetry::metrics::mqtt::{DROPPED, DROP_QUEUE_FULL};
+use iotcore_telemetry::Counter;
 #[cfg(test)]
 use iotcore_topic::TopicFilter;
 use iotcore_topic::{matches, Subscription, TopicTrie};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 /// An isolated topic space.
@@ -156,6 +158,8 @@ pub struct NamespaceRoutes {
     pub retained_loaded: tokio::sync::OnceCell<()>,
     /// Rule filters of the tenant (only for [`Namespace::Tenant`]).
     pub rules: RwLock<Option<Arc<RuleIndex>>>,
+    /// The tenant's `iotcore_mqtt_dropped_total{reason="queue_full"}`, looked up once.
+    queue_full_drops: OnceLock<Counter>,
 }
 
 /// How a publish fared, for metrics and MQTT 5 reason codes.
@@ -169,6 +173,23 @@ pub struct RouteOutcome {
     pub dropped: usize,
 }
 
+impl RouteOutcome {
+    fn count(&mut self, pushed: Pushed) {
+        match pushed {
+            Pushed::Queued => self.delivered += 1,
+            // A slow consumer or an absent client: the oldest message waiting for it made
+            // room (SPEC §3.1).
+            Pushed::QueuedDroppingOldest => {
+                self.delivered += 1;
+                self.dropped += 1;
+            }
+            // A full mailbox (QoS 0), or a closed one that belongs to a connection that is
+            // going away (its subscriptions are removed as it ends).
+            Pushed::Dropped => self.dropped += 1,
+        }
+    }
+}
+
 impl NamespaceRoutes {
     pub fn new(namespace: Namespace) -> NamespaceRoutes {
         NamespaceRoutes {
@@ -179,11 +200,19 @@ impl NamespaceRoutes {
             retained: Mutex::default(),
             retained_loaded: tokio::sync::OnceCell::new(),
             rules: RwLock::default(),
+            queue_full_drops: OnceLock::new(),
         }
     }
 
     pub fn namespace(&self) -> &Namespace {
         &self.namespace
+    }
+
+    /// Counts messages dropped because a subscriber's queue was full (SPEC §3.1).
+    pub fn count_queue_full_drops(&self, dropped: usize) {
+        self.queue_full_drops
+            .get_or_init(|| DROPPED.with(&[self.namespace.tenant_id().as_str(), DROP_QUEUE_FULL]))
+            .add(dropped as u64);
     }
 
     /// The tenant whose rules apply to this namespace: only a tenant's registry namespace
@@ -247,51 +276,45 @@ impl NamespaceRoutes {
 
     /// Hands `message` to every matching subscriber's queue without waiting: a full queue
     /// drops the message for that subscriber only (SPEC §3.1, slow consumers).
+    ///
+    /// The subscribers are used in place, under the trie's read lock (a push never waits):
+    /// nothing of a subscriber is copied per message, only the message's `Arc`.
     pub fn route(&self, message: &Arc<Message>) -> RouteOutcome {
-        let mut targets: Vec<(ConnectionId, Subscriber)> = Vec::new();
+        let mut outcome = RouteOutcome::default();
         {
             let trie = read(&self.subscriptions);
+            let mut targets: Vec<(ConnectionId, &Subscriber)> = Vec::new();
             trie.for_each_match(&message.topic, |connection, subscriber| {
                 if subscriber.accepts(*connection, message) {
-                    targets.push((*connection, subscriber.clone()));
+                    targets.push((*connection, subscriber));
                 }
             });
-        }
-        // A connection whose filters overlap gets the message once, with the highest QoS
-        // of its matching subscriptions and all their subscription identifiers
-        // (MQTT-3.3.4-2/3 allow one copy; it is what clients of AWS IoT Core and
-        // Mosquitto observe).
-        targets.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.qos.cmp(&a.1.qos)));
-        let mut outcome = RouteOutcome::default();
-        let mut i = 0;
-        while i < targets.len() {
-            let (connection, best) = &targets[i];
-            let mut subscription_ids = Vec::new();
-            let mut j = i;
-            while j < targets.len() && targets[j].0 == *connection {
-                subscription_ids.extend(targets[j].1.subscription_id);
-                j += 1;
+            // A connection whose filters overlap gets the message once, with the highest QoS
+            // of its matching subscriptions and all their subscription identifiers
+            // (MQTT-3.3.4-2/3 allow one copy; it is what clients of AWS IoT Core and
+            // Mosquitto observe).
+            if targets.len() > 1 {
+                targets.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.qos.cmp(&a.1.qos)));
             }
-            let outgoing = Outgoing {
-                message: message.clone(),
-                qos: message.qos.min(best.qos),
-                retain: message.retain && best.retain_as_published,
-                subscription_ids,
-                seq: 0,
-            };
-            match best.mailbox.push(outgoing) {
-                Pushed::Queued => outcome.delivered += 1,
-                // A slow consumer or an absent client: the oldest message waiting for it
-                // made room (SPEC §3.1).
-                Pushed::QueuedDroppingOldest => {
-                    outcome.delivered += 1;
-                    outcome.dropped += 1;
+            let mut i = 0;
+            while i < targets.len() {
+                let (connection, best) = targets[i];
+                let mut subscription_ids = Vec::new();
+                let mut j = i;
+                while j < targets.len() && targets[j].0 == connection {
+                    subscription_ids.extend(targets[j].1.subscription_id);
+                    j += 1;
                 }
-                // A full mailbox (QoS 0), or a closed one that belongs to a connection that
-                // is going away (its subscriptions are removed as it ends).
-                Pushed::Dropped => outcome.dropped += 1,
+                let outgoing = Outgoing {
+                    message: message.clone(),
+                    qos: message.qos.min(best.qos),
+                    retain: message.retain && best.retain_as_published,
+                    subscription_ids,
+                    seq: 0,
+                };
+                outcome.count(best.mailbox.push(outgoing));
+                i = j;
             }
-            i = j;
         }
         self.route_shared(message, &mut outcome);
         outcome
@@ -301,23 +324,16 @@ impl NamespaceRoutes {
     /// message once, delivered to one of its members in turn (skipping members whose queue
     /// is full).
     fn route_shared(&self, message: &Arc<Message>, outcome: &mut RouteOutcome) {
-        let mut groups: Vec<(Arc<str>, Arc<str>, ConnectionId, Subscriber)> = Vec::new();
-        {
-            let trie = read(&self.shared);
-            trie.for_each_match(
-                &message.topic,
-                |(group, connection), (filter, subscriber)| {
-                    if subscriber.in_scope(message) {
-                        groups.push((
-                            group.clone(),
-                            filter.clone(),
-                            *connection,
-                            subscriber.clone(),
-                        ));
-                    }
-                },
-            );
-        }
+        let trie = read(&self.shared);
+        let mut groups: Vec<(&str, &str, ConnectionId, &Subscriber)> = Vec::new();
+        trie.for_each_match(
+            &message.topic,
+            |(group, connection), (filter, subscriber)| {
+                if subscriber.in_scope(message) {
+                    groups.push((&**group, &**filter, *connection, subscriber));
+                }
+            },
+        );
         if groups.is_empty() {
             return;
         }
@@ -343,7 +359,7 @@ impl NamespaceRoutes {
             };
             let mut delivered = false;
             for k in 0..members.len() {
-                let (_, _, _, subscriber) = &members[(turn + k) % members.len()];
+                let (_, _, _, subscriber) = members[(turn + k) % members.len()];
                 if subscriber.mailbox.try_push(outgoing_to(subscriber)).is_ok() {
                     delivered = true;
                     break;
@@ -354,7 +370,7 @@ impl NamespaceRoutes {
             } else {
                 // Every member is full: the member whose turn it is drops its oldest
                 // message for a QoS 1/2 one (SPEC §3.1), and a QoS 0 one is dropped.
-                let (_, _, _, subscriber) = &members[turn % members.len()];
+                let (_, _, _, subscriber) = members[turn % members.len()];
                 match subscriber.mailbox.push(outgoing_to(subscriber)) {
                     Pushed::Dropped => {}
                     _ => outcome.delivered += 1,
@@ -537,13 +553,7 @@ mod tests {
         routes.subscribe(&filter("a/#"), 7, sub0);
         routes.subscribe(&filter("a/+"), 7, sub1);
         let outcome = routes.route(&message("a/b", QoS::AtLeastOnce, None));
-        assert_eq!(
-            outcome,
-            RouteOutcome {
-                delivered: 1,
-                dropped: 0
-            }
-        );
+        assert_eq!((outcome.delivered, outcome.dropped), (1, 0));
         let outgoing = rx.try_recv().expect("one copy");
         assert_eq!(outgoing.qos, QoS::AtLeastOnce);
         let mut ids = outgoing.subscription_ids.clone();
@@ -564,13 +574,7 @@ mod tests {
             assert!(fast_rx.try_recv().is_ok());
         }
         let outcome = routes.route(&message("t", QoS::AtMostOnce, None));
-        assert_eq!(
-            outcome,
-            RouteOutcome {
-                delivered: 1,
-                dropped: 1
-            }
-        );
+        assert_eq!((outcome.delivered, outcome.dropped), (1, 1));
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl<K, V> Node<K, V> {
         self.children.is_empty() && self.plus.is_none() && self.subscribers.is_none()
     }
 
-    fn visit_subscribers<F: FnMut(&K, &V)>(&self, end: End, f: &mut F) {
+    fn visit_subscribers<'a, F: FnMut(&'a K, &'a V)>(&'a self, end: End, f: &mut F) {
         if let Some(subscribers) = &self.subscribers {
             let map = match end {
                 End::Exact => &subscribers.exact,
@@ -121,7 +121,7 @@ impl<K: Eq + Hash, V> Node<K, V> {
 
     /// Visits the subscribers under this node that match the remaining topic levels `rest`.
     /// Never called for the root, so the `$` rule does not apply here.
-    fn visit<F: FnMut(&K, &V)>(&self, mut rest: Split<'_, char>, f: &mut F) {
+    fn visit<'a, F: FnMut(&'a K, &'a V)>(&'a self, mut rest: Split<'_, char>, f: &mut F) {
         // `#` matches whatever remains, including nothing: `a/#` matches `a`
         // (MQTT-4.7.1-1).
         self.visit_subscribers(End::Multi, f);
@@ -251,7 +251,9 @@ impl<K: Eq + Hash, V> TopicTrie<K, V> {
     /// decides, e.g. taking the highest QoS, or one delivery per subscription identifier).
     /// The order of visits is unspecified. Filters starting with `+` or `#` do not match
     /// `$`-topics (MQTT-4.7.2-1). Nothing is visited when `topic` is not a valid topic name.
-    pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&K, &V)) {
+    /// The references passed to `f` live as long as the borrow of the trie, so `f` may keep
+    /// them (to use the values in place rather than clone them).
+    pub fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a K, &'a V)) {
         if check_name_syntax(topic).is_err() {
             return;
         }
