@@ -18,7 +18,9 @@ use crate::topic_aliases::OutboundAliases;
 use crate::transport::tls::ClientCertificate;
 use crate::wills;
 use bytes::BytesMut;
-use iotcore_codec::{decode, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode};
+use iotcore_codec::{
+    decode, Disconnect, Packet, Properties, ProtocolVersion, PublishRef, ReasonCode,
+};
 use iotcore_telemetry::metrics::mqtt::{ConnectionMetrics, ACCEPTED, CONNECTS};
 use iotcore_topic::Subscription;
 use std::collections::{HashMap, HashSet};
@@ -448,6 +450,25 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
     ) -> Result<(), ()> {
         let start = self.wbuf.len();
         if packet.encode(version, &mut self.wbuf).is_err() {
+            self.wbuf.truncate(start);
+            return Err(());
+        }
+        if client_max.is_some_and(|max| self.wbuf.len() - start > max as usize) {
+            self.wbuf.truncate(start);
+            return Err(());
+        }
+        Ok(())
+    }
+
+    /// Encodes a PUBLISH into the write buffer, as [`Io::send`] does a packet.
+    pub fn send_publish(
+        &mut self,
+        publish: &PublishRef<'_>,
+        version: ProtocolVersion,
+        client_max: Option<u32>,
+    ) -> Result<(), ()> {
+        let start = self.wbuf.len();
+        if publish.encode(version, &mut self.wbuf).is_err() {
             self.wbuf.truncate(start);
             return Err(());
         }

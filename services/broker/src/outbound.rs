@@ -6,7 +6,8 @@ use crate::router::Outgoing;
 pub use crate::session_store::Awaiting;
 use crate::topic_aliases::AliasUse;
 use iotcore_codec::{
-    Packet, Properties, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
+    Packet, Properties, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, PublishRef, QoS,
+    ReasonCode,
 };
 use iotcore_telemetry::metrics::mqtt;
 use std::collections::HashMap;
@@ -57,11 +58,12 @@ impl Outbound {
 }
 
 impl Session {
-    /// The PUBLISH that carries `outgoing` to this client.
-    fn publish_packet(&self, outgoing: &Outgoing, packet_id: Option<u16>, now: Instant) -> Publish {
-        let message = &outgoing.message;
+    /// The properties of the PUBLISH that carries `outgoing` to this client: none before
+    /// MQTT 5.
+    fn publish_properties(&self, outgoing: &Outgoing, now: Instant) -> Properties {
         let mut properties = Properties::default();
         if self.version == ProtocolVersion::V5 {
+            let message = &outgoing.message;
             let passed = &message.properties;
             properties.payload_format_indicator = passed.payload_format_indicator;
             properties.content_type = passed.content_type.clone();
@@ -71,33 +73,58 @@ impl Session {
             properties.message_expiry_interval = message.remaining_expiry(now);
             properties.subscription_identifiers = outgoing.subscription_ids.clone();
         }
-        Publish {
-            dup: false,
-            qos: outgoing.qos,
-            retain: outgoing.retain,
-            topic: message.topic.clone(),
-            packet_id,
-            payload: message.payload.clone(),
-            properties,
-        }
+        properties
     }
 
-    /// Sends the topic as an MQTT 5 topic alias where the client accepts them: the topic
-    /// and its new alias the first time, the alias and an empty topic afterwards.
-    fn apply_topic_alias(&mut self, publish: &mut Publish) -> AliasUse {
-        if self.version != ProtocolVersion::V5 {
-            return AliasUse::None;
-        }
-        let alias = self.outbound_aliases.assign(&publish.topic);
+    /// Encodes the PUBLISH that carries `outgoing` into the write buffer, with the topic as
+    /// an MQTT 5 topic alias where the client accepts them (the topic and its new alias the
+    /// first time, the alias and an empty topic afterwards). The message's topic and payload
+    /// are written from where they are, not copied per client. `Err` when the packet is
+    /// larger than the client accepts (MQTT-3.1.2-25): nothing was written.
+    fn write_publish<R, W>(
+        &mut self,
+        outgoing: &Outgoing,
+        packet_id: Option<u16>,
+        dup: bool,
+        now: Instant,
+        io: &mut Io<R, W>,
+    ) -> Result<(), ()>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let message = &outgoing.message;
+        let mut properties = self.publish_properties(outgoing, now);
+        let mut topic = message.topic.as_str();
+        let alias = if self.version == ProtocolVersion::V5 {
+            self.outbound_aliases.assign(topic)
+        } else {
+            AliasUse::None
+        };
         match alias {
             AliasUse::None => {}
-            AliasUse::New(alias) => publish.properties.topic_alias = Some(alias),
+            AliasUse::New(alias) => properties.topic_alias = Some(alias),
             AliasUse::Known(alias) => {
-                publish.properties.topic_alias = Some(alias);
-                publish.topic.clear();
+                properties.topic_alias = Some(alias);
+                topic = "";
             }
         }
-        alias
+        let publish = PublishRef {
+            dup,
+            qos: outgoing.qos,
+            retain: outgoing.retain,
+            topic,
+            packet_id,
+            payload: &message.payload,
+            properties: &properties,
+        };
+        let written = io.send_publish(&publish, self.version, self.client_max_packet);
+        if written.is_err() {
+            if let AliasUse::New(alias) = alias {
+                self.outbound_aliases.forget(alias);
+            }
+        }
+        written
     }
 
     pub fn send_outgoing<R, W>(&mut self, outgoing: Outgoing, io: &mut Io<R, W>)
@@ -106,9 +133,8 @@ impl Session {
         W: AsyncWrite + Unpin,
     {
         let now = Instant::now();
-        let message = &outgoing.message;
         // MQTT-3.3.2-5: an expired message is not delivered.
-        if message.expired(now) {
+        if outgoing.message.expired(now) {
             self.journal_done(&outgoing);
             self.metrics.dropped(mqtt::DROP_EXPIRED);
             return;
@@ -117,19 +143,13 @@ impl Session {
             QoS::AtMostOnce => None,
             _ => Some(self.outbound.allocate()),
         };
-        let mut publish = self.publish_packet(&outgoing, packet_id, now);
-        let alias = self.apply_topic_alias(&mut publish);
-        let publish = Packet::Publish(publish);
-        if io
-            .send(&publish, self.version, self.client_max_packet)
+        if self
+            .write_publish(&outgoing, packet_id, false, now, io)
             .is_err()
         {
-            if let AliasUse::New(alias) = alias {
-                self.outbound_aliases.forget(alias);
-            }
             // MQTT-3.1.2-25: larger than the client accepts; discarded as if delivered.
             tracing::debug!(
-                topic = message.topic,
+                topic = outgoing.message.topic,
                 "message larger than the client accepts; dropped"
             );
             self.journal_done(&outgoing);
@@ -165,6 +185,7 @@ impl Session {
     {
         let mut ids: Vec<u16> = self.outbound.inflight.keys().copied().collect();
         ids.sort_unstable();
+        let now = Instant::now();
         for packet_id in ids {
             let Some((awaiting, outgoing)) = self.outbound.inflight.get(&packet_id) else {
                 continue;
@@ -176,19 +197,8 @@ impl Session {
                     properties: Properties::default(),
                 }),
                 Awaiting::PubAck | Awaiting::PubRec => {
-                    let mut publish =
-                        self.publish_packet(outgoing, Some(packet_id), Instant::now());
-                    publish.dup = true;
-                    let alias = self.apply_topic_alias(&mut publish);
-                    let packet = Packet::Publish(publish);
-                    if io
-                        .send(&packet, self.version, self.client_max_packet)
-                        .is_err()
-                    {
-                        if let AliasUse::New(alias) = alias {
-                            self.outbound_aliases.forget(alias);
-                        }
-                    }
+                    let outgoing = outgoing.clone();
+                    let _ = self.write_publish(&outgoing, Some(packet_id), true, now, io);
                     continue;
                 }
             };

@@ -38,7 +38,7 @@ pub use error::{DecodeError, EncodeError};
 pub use packet::{check, connect_protocol, decode, Packet};
 pub use primitives::MAX_VARIABLE_BYTE_INTEGER;
 pub use properties::Properties;
-pub use publish::Publish;
+pub use publish::{Publish, PublishRef};
 pub use reason::{connack_v3, ReasonCode};
 pub use subscribe::{SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe};
 pub use version::{ProtocolVersion, QoS};

@@ -3,7 +3,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
-use crate::primitives::{prefixed_len, put_prefixed, Reader};
+use crate::primitives::{
+    prefixed_len, put_prefixed, put_variable_byte_integer, variable_byte_integer_len, Reader,
+};
 use crate::properties::{Properties, PropertyContext};
 use crate::version::{ProtocolVersion, QoS};
 use crate::Plan;
@@ -68,13 +70,67 @@ impl Publish {
         })
     }
 
+    /// The same PUBLISH, borrowed.
+    pub fn borrowed(&self) -> PublishRef<'_> {
+        PublishRef {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: &self.topic,
+            packet_id: self.packet_id,
+            payload: &self.payload,
+            properties: &self.properties,
+        }
+    }
+
     pub(crate) fn first_byte(&self) -> u8 {
+        self.borrowed().first_byte()
+    }
+
+    pub(crate) fn plan(&self, version: ProtocolVersion) -> Result<Plan, EncodeError> {
+        self.borrowed().plan(version)
+    }
+
+    pub(crate) fn write(&self, version: ProtocolVersion, plan: &Plan, buf: &mut BytesMut) {
+        self.borrowed().write(version, plan, buf);
+    }
+}
+
+/// A PUBLISH made of borrowed parts, to encode one message for many clients without
+/// copying its topic, payload or properties into a [`Publish`] for each.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub topic: &'a str,
+    pub packet_id: Option<u16>,
+    pub payload: &'a [u8],
+    pub properties: &'a Properties,
+}
+
+impl PublishRef<'_> {
+    /// Appends the packet's bytes to `buf`, as [`Packet::encode`](crate::Packet::encode)
+    /// does for a [`Publish`]. On error nothing has been written.
+    pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        let plan = self.plan(version)?;
+        if plan.remaining > crate::MAX_REMAINING_LENGTH {
+            return Err(EncodeError::PacketTooLarge(plan.remaining));
+        }
+        buf.reserve(1 + variable_byte_integer_len(plan.remaining) + plan.remaining);
+        buf.put_u8(self.first_byte());
+        put_variable_byte_integer(buf, plan.remaining);
+        self.write(version, &plan, buf);
+        Ok(())
+    }
+
+    fn first_byte(&self) -> u8 {
         // MQTT-3.3.1-2: DUP is never sent with QoS 0, whatever the struct says.
         let dup = self.dup && self.qos != QoS::AtMostOnce;
         0x30 | (u8::from(dup) << 3) | (self.qos.as_u8() << 1) | u8::from(self.retain)
     }
 
-    pub(crate) fn plan(&self, version: ProtocolVersion) -> Result<Plan, EncodeError> {
+    fn plan(&self, version: ProtocolVersion) -> Result<Plan, EncodeError> {
         let mut remaining = prefixed_len(self.topic.as_bytes())? + self.payload.len();
         if self.qos != QoS::AtMostOnce {
             if self.packet_id.is_none() {
@@ -90,7 +146,7 @@ impl Publish {
         Ok(Plan::new(remaining, props))
     }
 
-    pub(crate) fn write(&self, version: ProtocolVersion, plan: &Plan, buf: &mut BytesMut) {
+    fn write(&self, version: ProtocolVersion, plan: &Plan, buf: &mut BytesMut) {
         put_prefixed(buf, self.topic.as_bytes());
         if let (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(id)) = (self.qos, self.packet_id) {
             buf.put_u16(id);
@@ -98,6 +154,76 @@ impl Publish {
         if version.is_v5() {
             self.properties.write(plan.props, buf);
         }
-        buf.put_slice(&self.payload);
+        buf.put_slice(self.payload);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Packet;
+
+    /// The borrowed encoder writes exactly what the owned packet does, in every version,
+    /// with and without properties.
+    #[test]
+    fn a_borrowed_publish_encodes_as_the_owned_one() {
+        let with_properties = Properties {
+            content_type: Some("text/plain".into()),
+            topic_alias: Some(3),
+            subscription_identifiers: vec![7, 300],
+            user_properties: vec![("k".into(), "v".into())],
+            ..Properties::default()
+        };
+        for version in [
+            ProtocolVersion::V3_1,
+            ProtocolVersion::V3_1_1,
+            ProtocolVersion::V5,
+        ] {
+            for (qos, packet_id) in [
+                (QoS::AtMostOnce, None),
+                (QoS::AtLeastOnce, Some(1)),
+                (QoS::ExactlyOnce, Some(65535)),
+            ] {
+                for properties in [Properties::default(), with_properties.clone()] {
+                    let publish = Publish {
+                        dup: qos != QoS::AtMostOnce,
+                        qos,
+                        retain: true,
+                        topic: "a/b".into(),
+                        packet_id,
+                        payload: Bytes::from_static(&[1; 200]),
+                        properties,
+                    };
+                    let mut owned = BytesMut::new();
+                    Packet::Publish(publish.clone())
+                        .encode(version, &mut owned)
+                        .expect("encodes");
+                    let mut borrowed = BytesMut::from(&b"before"[..]);
+                    publish
+                        .borrowed()
+                        .encode(version, &mut borrowed)
+                        .expect("encodes");
+                    assert_eq!(&borrowed[..6], b"before");
+                    assert_eq!(&borrowed[6..], &owned[..], "{version:?} {qos:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_borrowed_publish_without_packet_id_is_refused_and_writes_nothing() {
+        let properties = Properties::default();
+        let publish = PublishRef {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t",
+            packet_id: None,
+            payload: b"p",
+            properties: &properties,
+        };
+        let mut buf = BytesMut::new();
+        assert!(publish.encode(ProtocolVersion::V5, &mut buf).is_err());
+        assert!(buf.is_empty());
     }
 }
