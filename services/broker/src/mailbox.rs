@@ -110,6 +110,7 @@ impl Mailbox {
             }
             pushed = Pushed::QueuedDroppingOldest;
         }
+        let was_empty = state.messages.is_empty();
         outgoing.seq = state.next_seq;
         state.next_seq += 1;
         if let Some(journal) = &inner.journal {
@@ -117,7 +118,11 @@ impl Mailbox {
         }
         state.messages.push_back(outgoing);
         drop(state);
-        inner.ready.notify_one();
+        // The consumer drains the whole queue once woken: only the first message of a
+        // batch wakes it.
+        if was_empty {
+            inner.ready.notify_one();
+        }
         Ok(pushed)
     }
 
