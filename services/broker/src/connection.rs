@@ -285,6 +285,7 @@ pub async fn serve<S>(
                 _ => 0,
             }),
             metrics,
+            full_queue: None,
         };
         if session_present {
             // MQTT-4.4.0-1: unacknowledged messages are sent again, with DUP set.
@@ -517,6 +518,9 @@ pub struct Session {
     pub outbound_aliases: OutboundAliases,
     /// This connection's handles on its tenant's series; counts it as open while it lives.
     pub metrics: ConnectionMetrics,
+    /// A subscriber's queue that one of this client's messages found full: nothing more
+    /// is read from the client until that queue has room again, or until the deadline.
+    pub full_queue: Option<(Mailbox, Instant)>,
 }
 
 impl Session {
@@ -547,14 +551,21 @@ impl Session {
         }
         loop {
             let can_send = self.outbound.has_room();
+            let full_queue = self.full_queue.clone();
             tokio::select! {
-                read = io.fill() => {
+                read = io.fill(), if full_queue.is_none() => {
                     match read {
                         Ok(0) => return Close::silently("closed by client"),
                         Ok(_) => {}
                         Err(why) => return Close::silently(why),
                     }
                     deadline = Instant::now() + keep_alive.unwrap_or(far_future);
+                    if let Err(close) = self.handle_buffered(io).await {
+                        return close;
+                    }
+                }
+                () = room(full_queue.as_ref()), if full_queue.is_some() => {
+                    self.full_queue = None;
                     if let Err(close) = self.handle_buffered(io).await {
                         return close;
                     }
@@ -599,7 +610,9 @@ impl Session {
         W: AsyncWrite + Unpin,
     {
         let max_packet = self.shared.config.max_packet_size as usize;
-        loop {
+        // Back-pressure: once a message found a subscriber's queue full, the packets behind
+        // it wait in the read buffer until that queue has room.
+        while self.full_queue.is_none() {
             match decode(&mut io.rbuf, self.version, max_packet) {
                 Ok(Some(packet)) => self.handle(packet, io).await?,
                 Ok(None) => break,
@@ -693,6 +706,13 @@ impl Session {
                 .sessions
                 .park(namespace, client_id, parkable, state, expiry);
         }
+    }
+}
+
+/// Resolves when the full queue has room again, or at its deadline.
+async fn room(full_queue: Option<&(Mailbox, Instant)>) {
+    if let Some((mailbox, deadline)) = full_queue {
+        mailbox.room(*deadline).await;
     }
 }
 

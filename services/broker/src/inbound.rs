@@ -100,7 +100,14 @@ impl Session {
         )
         .await
         {
-            Ok(_) => {
+            Ok(outcome) => {
+                if let (None, Some(full)) = (&self.full_queue, outcome.full) {
+                    // Back-pressure (SPEC §3.1 still holds: what did not fit was dropped
+                    // and counted): read no more from this client until the subscriber
+                    // made room, or for a short while.
+                    let deadline = tokio::time::Instant::now() + crate::mailbox::ROOM_WAIT;
+                    self.full_queue = Some((full, deadline));
+                }
                 if qos == QoS::ExactlyOnce {
                     self.incoming_qos2.insert(packet_id);
                     self.journal_incoming_qos2();

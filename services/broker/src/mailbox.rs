@@ -2,8 +2,16 @@
 //!
 //! SPEC §3.1 (slow consumers, absent clients): at most `capacity` messages wait; beyond it
 //! a QoS 0 message is dropped, while a QoS 1/2 message takes the place of the oldest one
-//! waiting, which is dropped. Both are counted by the caller ([`Pushed`]). Nothing here
-//! waits: publishers never block on a subscriber.
+//! waiting, which is dropped. Both are counted by the caller ([`Pushed`]). A push never
+//! waits.
+//!
+//! Back-pressure: a publisher whose message found a full queue may wait, before it reads
+//! more from its socket, until the queue's consumer has made room ([`Mailbox::room`]),
+//! for a short time at most. A queue whose consumer made no room in that time is
+//! *stalled* (a client that does not read, or one that is away) and is not waited for
+//! again until its consumer has worked through half of it, so a stuck subscriber costs a
+//! publisher one short wait, while a subscriber that keeps up slows its publishers to its
+//! own pace instead of making the broker read messages only to drop them.
 //!
 //! The queue of a persistent session carries its [`Journal`], and every QoS 1/2 message
 //! queued or dropped is recorded there under the queue's lock, so the journal sees queue
@@ -15,6 +23,10 @@ use iotcore_codec::QoS;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
+
+/// The longest a publisher waits for a full queue's consumer to make room
+/// ([`Mailbox::room`]) before it reads on and the queue counts as stalled.
+pub const ROOM_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What became of a message handed to a [`Mailbox`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,11 +42,17 @@ struct State {
     messages: VecDeque<Outgoing>,
     next_seq: u64,
     closed: bool,
+    /// A publisher waits in [`Mailbox::room`].
+    wanted: bool,
+    /// Its consumer made no room in time; nobody waits for it until it has.
+    stalled: bool,
 }
 
 struct Inner {
     state: Mutex<State>,
     ready: Notify,
+    /// Wakes publishers waiting for room.
+    room: Notify,
     capacity: usize,
     journal: Option<Arc<Journal>>,
 }
@@ -57,8 +75,11 @@ pub fn channel(capacity: usize, journal: Option<Arc<Journal>>) -> (Mailbox, Queu
             messages: VecDeque::new(),
             next_seq: 1,
             closed: false,
+            wanted: false,
+            stalled: false,
         }),
         ready: Notify::new(),
+        room: Notify::new(),
         capacity: capacity.max(1),
         journal,
     });
@@ -83,7 +104,17 @@ impl Mailbox {
     /// Queues `outgoing`; when the queue is full, a QoS 0 message is dropped and a QoS 1/2
     /// one replaces the oldest waiting message.
     pub fn push(&self, outgoing: Outgoing) -> Pushed {
-        self.offer(outgoing, true).unwrap_or(Pushed::Dropped)
+        self.offer(outgoing, true)
+            .map_or(Pushed::Dropped, |(pushed, _)| pushed)
+    }
+
+    /// As [`Mailbox::push`], and whether the publisher should wait for [`Mailbox::room`]
+    /// before reading more: the queue was full and its consumer is not stalled.
+    pub fn push_full(&self, outgoing: Outgoing) -> (Pushed, bool) {
+        match self.offer(outgoing, true) {
+            Ok(pushed) => pushed,
+            Err(_) => (Pushed::Dropped, false),
+        }
     }
 
     /// Queues `outgoing` only if there is room; gives it back otherwise.
@@ -92,7 +123,7 @@ impl Mailbox {
     }
 
     /// Gives `outgoing` back when it is not queued.
-    fn offer(&self, mut outgoing: Outgoing, evict: bool) -> Result<Pushed, Outgoing> {
+    fn offer(&self, mut outgoing: Outgoing, evict: bool) -> Result<(Pushed, bool), Outgoing> {
         let inner = &self.inner;
         let mut state = lock(&inner.state);
         if state.closed {
@@ -100,8 +131,12 @@ impl Mailbox {
         }
         let mut pushed = Pushed::Queued;
         if state.messages.len() >= inner.capacity {
-            if !evict || outgoing.qos == QoS::AtMostOnce {
+            if !evict {
                 return Err(outgoing);
+            }
+            let wait = !state.stalled;
+            if outgoing.qos == QoS::AtMostOnce {
+                return Ok((Pushed::Dropped, wait));
             }
             if let Some(oldest) = state.messages.pop_front() {
                 if let Some(journal) = &inner.journal {
@@ -117,13 +152,38 @@ impl Mailbox {
             journal.queued(&outgoing);
         }
         state.messages.push_back(outgoing);
+        let wait = pushed == Pushed::QueuedDroppingOldest && !state.stalled;
         drop(state);
         // The consumer drains the whole queue once woken: only the first message of a
         // batch wakes it.
         if was_empty {
             inner.ready.notify_one();
         }
-        Ok(pushed)
+        Ok((pushed, wait))
+    }
+
+    /// Resolves once the consumer has worked through half of the queue, or the queue was
+    /// closed, or at `deadline`; then the queue is marked stalled (not waited for again
+    /// until its consumer makes room).
+    pub async fn room(&self, deadline: tokio::time::Instant) {
+        let inner = &self.inner;
+        let notified = inner.room.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so that room made in between is not missed.
+        notified.as_mut().enable();
+        {
+            let mut state = lock(&inner.state);
+            if state.closed || state.stalled || state.messages.len() <= inner.low_water() {
+                return;
+            }
+            state.wanted = true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            let mut state = lock(&inner.state);
+            if state.messages.len() > inner.low_water() {
+                state.stalled = true;
+            }
+        }
     }
 
     /// The journal of a persistent session.
@@ -145,12 +205,22 @@ impl Queue {
     }
 
     pub fn try_recv(&mut self) -> Result<Outgoing, Empty> {
-        lock(&self.inner.state).messages.pop_front().ok_or(Empty)
+        let inner = &self.inner;
+        let mut state = lock(&inner.state);
+        let outgoing = state.messages.pop_front().ok_or(Empty)?;
+        if (state.wanted || state.stalled) && state.messages.len() <= inner.low_water() {
+            state.wanted = false;
+            state.stalled = false;
+            drop(state);
+            inner.room.notify_waiters();
+        }
+        Ok(outgoing)
     }
 
     /// Refuses further messages; what is queued stays for [`Queue::try_recv`].
     pub fn close(&self) {
         lock(&self.inner.state).closed = true;
+        self.inner.room.notify_waiters();
     }
 
     /// Puts back a message read from the store, keeping its sequence number; the journal
@@ -173,6 +243,13 @@ impl Queue {
 impl Drop for Queue {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+impl Inner {
+    /// The length at or below which publishers waiting for room go on.
+    fn low_water(&self) -> usize {
+        self.capacity / 2
     }
 }
 
@@ -255,5 +332,68 @@ mod tests {
         tokio::task::yield_now().await;
         mailbox.push(outgoing(QoS::AtLeastOnce, "1"));
         assert_eq!(waiter.await.expect("join"), Some(1));
+    }
+
+    /// Back-pressure: a publisher that found the queue full waits until the consumer has
+    /// worked through half of it.
+    #[tokio::test]
+    async fn room_resolves_once_the_consumer_has_drained_half_the_queue() {
+        let (mailbox, mut queue) = channel(4, None);
+        for i in 0..4 {
+            assert_eq!(
+                mailbox.push_full(outgoing(QoS::AtMostOnce, "q")),
+                (Pushed::Queued, false),
+                "{i}"
+            );
+        }
+        assert_eq!(
+            mailbox.push_full(outgoing(QoS::AtMostOnce, "x")),
+            (Pushed::Dropped, true),
+            "full: the publisher is asked to wait"
+        );
+        let waiter = mailbox.clone();
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+        let waiting = tokio::spawn(async move { waiter.room(far).await });
+        tokio::task::yield_now().await;
+        assert!(queue.try_recv().is_ok());
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "three of four left: still waiting");
+        assert!(queue.try_recv().is_ok());
+        waiting.await.expect("room at half the queue");
+    }
+
+    /// A consumer that makes no room in time is stalled: publishers do not wait for it
+    /// again until it has drained half of its queue.
+    #[tokio::test]
+    async fn a_queue_without_room_in_time_is_stalled_until_its_consumer_drains_it() {
+        let (mailbox, mut queue) = channel(2, None);
+        mailbox.push(outgoing(QoS::AtLeastOnce, "1"));
+        mailbox.push(outgoing(QoS::AtLeastOnce, "2"));
+        let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(1);
+        mailbox.room(soon).await;
+        assert_eq!(
+            mailbox.push_full(outgoing(QoS::AtLeastOnce, "3")),
+            (Pushed::QueuedDroppingOldest, false),
+            "stalled: nobody waits"
+        );
+        assert_eq!(
+            mailbox.push_full(outgoing(QoS::AtMostOnce, "4")),
+            (Pushed::Dropped, false)
+        );
+        assert!(queue.try_recv().is_ok());
+        assert_eq!(
+            mailbox.push_full(outgoing(QoS::AtMostOnce, "5")),
+            (Pushed::Queued, false)
+        );
+        assert_eq!(
+            mailbox.push_full(outgoing(QoS::AtMostOnce, "6")),
+            (Pushed::Dropped, true),
+            "drained: waited for again"
+        );
+        // A closed queue is never waited for.
+        drop(queue);
+        mailbox
+            .room(tokio::time::Instant::now() + std::time::Duration::from_secs(3600))
+            .await;
     }
 }

@@ -163,7 +163,7 @@ pub struct NamespaceRoutes {
 }
 
 /// How a publish fared, for metrics and MQTT 5 reason codes.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone)]
 pub struct RouteOutcome {
     pub delivered: usize,
     /// Messages dropped because a subscriber's queue was full: this one (QoS 0, or every
@@ -171,10 +171,16 @@ pub struct RouteOutcome {
     /// Counted in `iotcore_mqtt_dropped_total{reason="queue_full"}` by
     /// [`crate::publish::publish`].
     pub dropped: usize,
+    /// A subscriber's queue that was full, whose consumer is not stalled: the publisher
+    /// waits for it to make room before reading more ([`Mailbox::room`]).
+    pub full: Option<Mailbox>,
 }
 
 impl RouteOutcome {
-    fn count(&mut self, pushed: Pushed) {
+    fn count(&mut self, mailbox: &Mailbox, (pushed, full): (Pushed, bool)) {
+        if full && self.full.is_none() {
+            self.full = Some(mailbox.clone());
+        }
         match pushed {
             Pushed::Queued => self.delivered += 1,
             // A slow consumer or an absent client: the oldest message waiting for it made
@@ -312,7 +318,7 @@ impl NamespaceRoutes {
                     subscription_ids,
                     seq: 0,
                 };
-                outcome.count(best.mailbox.push(outgoing));
+                outcome.count(&best.mailbox, best.mailbox.push_full(outgoing));
                 i = j;
             }
         }
@@ -554,6 +560,7 @@ mod tests {
         routes.subscribe(&filter("a/+"), 7, sub1);
         let outcome = routes.route(&message("a/b", QoS::AtLeastOnce, None));
         assert_eq!((outcome.delivered, outcome.dropped), (1, 0));
+        assert!(outcome.full.is_none());
         let outgoing = rx.try_recv().expect("one copy");
         assert_eq!(outgoing.qos, QoS::AtLeastOnce);
         let mut ids = outgoing.subscription_ids.clone();
@@ -575,6 +582,8 @@ mod tests {
         }
         let outcome = routes.route(&message("t", QoS::AtMostOnce, None));
         assert_eq!((outcome.delivered, outcome.dropped), (1, 1));
+        // The publisher is told which queue was full, to wait for room before reading on.
+        assert!(outcome.full.is_some());
     }
 
     #[test]
