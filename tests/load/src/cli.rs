@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Load generator for MQTT brokers on this machine: throughput, end-to-end latency, idle
-/// connections and connect rate. Targets must be loopback addresses.
+/// connections, connect rate and reconnect storms. Targets must be loopback addresses.
 #[derive(Parser, Debug)]
 #[command(name = "iotcore-load", version)]
 pub struct Cli {
@@ -32,6 +32,13 @@ pub enum Command {
     /// One process's share of an idle run (started by `idle`).
     #[command(hide = true)]
     IdleWorker(IdleWorkerArgs),
+    /// Reconnect storms: all clients connect at once (cold), then drop their connections
+    /// at once and reconnect at once (warm), `--storms` times; per phase: connect rate,
+    /// latency, failures, the broker's CPU time and a counter read by `--probe`.
+    Storm(StormArgs),
+    /// One process's share of a storm (started by `storm`).
+    #[command(hide = true)]
+    StormWorker(IdleWorkerArgs),
 }
 
 /// Strings that may hold `{i}` (client index), `{id}` and `{secret}` (fields of line `i` of
@@ -352,6 +359,39 @@ impl IdleArgs {
         }
         if !(0.0..=600.0).contains(&self.settle) {
             bail!("--settle must be 0..=600 seconds");
+        }
+        Ok(())
+    }
+}
+
+/// `--settle` is the wait after each connect phase before its end is read, so that what
+/// the broker does right after a CONNACK is counted in that phase.
+#[derive(Args, Debug, Clone)]
+pub struct StormArgs {
+    #[command(flatten)]
+    pub idle: IdleArgs,
+    /// Drop-and-reconnect rounds after the cold connect.
+    #[arg(long, default_value_t = 1)]
+    pub storms: u32,
+    /// Seconds between dropping every connection and reconnecting them all (time for the
+    /// broker to see the connections close).
+    #[arg(long, default_value_t = 2.0)]
+    pub pause: f64,
+    /// Shell command run at every phase boundary as `sh -c COMMAND probe LABEL`, printing
+    /// an integer counter (such as the statements the broker's database executed); each
+    /// phase reports its difference.
+    #[arg(long)]
+    pub probe: Option<String>,
+}
+
+impl StormArgs {
+    pub fn check(&self) -> Result<()> {
+        self.idle.check()?;
+        if !(1..=100).contains(&self.storms) {
+            bail!("--storms must be 1..=100");
+        }
+        if !(0.0..=600.0).contains(&self.pause) {
+            bail!("--pause must be 0..=600 seconds");
         }
         Ok(())
     }

@@ -152,7 +152,12 @@ pub async fn idle(args: IdleArgs) -> Result<IdleReport> {
 }
 
 /// The worker's command line: the parent's options, its share, and its part of the rate.
-fn worker_argv(args: &IdleArgs, first: usize, count: usize, processes: usize) -> Vec<String> {
+pub(crate) fn worker_argv(
+    args: &IdleArgs,
+    first: usize,
+    count: usize,
+    processes: usize,
+) -> Vec<String> {
     let c = &args.conn;
     let mut argv: Vec<String> = vec![
         "idle-worker".into(),

@@ -13,6 +13,7 @@ mod receiver;
 mod report;
 mod rules;
 mod run;
+mod storm;
 mod stream;
 mod template;
 mod wire;
@@ -63,6 +64,16 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::IdleWorker(args) => idle::worker(args).await,
+            Command::Storm(args) => {
+                let json = args.idle.conn.json;
+                let report = storm::storm(args).await?;
+                report.print();
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                }
+                Ok(())
+            }
+            Command::StormWorker(args) => storm::worker(args).await,
         }
     });
     match result {

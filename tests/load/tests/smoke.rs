@@ -161,6 +161,97 @@ async fn load_runs_against_iotcore_deliver_every_message_exactly_as_counted() {
 }
 
 #[tokio::test]
+async fn a_storm_connects_drops_and_reconnects_every_device_and_counts_each_phase() {
+    let s = setup(3).await;
+    // The three devices, then one whose password is wrong: refused in every phase.
+    let mut ids = std::fs::read_to_string(&s.ids_file).expect("reading the ids file");
+    let device0 = ids.split_whitespace().next().unwrap_or_default().to_owned();
+    ids.push_str(&format!("{device0} not-its-password\n"));
+    let storm_ids = s.ids_file.with_extension("storm");
+    std::fs::write(&storm_ids, ids).expect("writing the ids file");
+    // The probe appends the boundary's name to a file and prints how many it has seen.
+    let marks = s.ids_file.with_extension("marks");
+    let probe = format!(
+        "echo \"$1\" >> '{}' && wc -l < '{}'",
+        marks.display(),
+        marks.display()
+    );
+
+    let storm = load(
+        &[
+            "storm",
+            "--broker",
+            &s.app.mqtt.to_string(),
+            "--connections",
+            "4",
+            "--per-process",
+            "2",
+            "--sources",
+            "2",
+            "--settle",
+            "0",
+            "--pause",
+            "0.2",
+            "--storms",
+            "2",
+            "--ids",
+            &storm_ids.display().to_string(),
+            "--client-id",
+            "{id}",
+            "--username",
+            "{id}",
+            "--password",
+            "{secret}",
+            "--probe",
+            &probe,
+        ]
+        .map(String::from),
+    )
+    .await;
+    assert_eq!(count(&storm, "processes"), 2, "{storm}");
+    let phases = storm["phases"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = phases.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["cold", "drop 1", "storm 1", "drop 2", "storm 2"]);
+    for phase in &phases {
+        if phase["name"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("drop")
+        {
+            assert_eq!(count(phase, "closed"), 3, "{phase}");
+            assert_eq!(count(phase, "connected"), 0, "{phase}");
+        } else {
+            assert_eq!(count(phase, "connected"), 3, "{phase}");
+            assert_eq!(count(phase, "failed"), 1, "{phase}");
+            assert_eq!(count(&phase["connect_latency_us"], "count"), 3, "{phase}");
+            let error = phase["first_error"].as_str().unwrap_or_default();
+            assert!(error.contains("CONNACK refused"), "{phase}");
+        }
+        assert_eq!(phase["probe_delta"].as_i64(), Some(1), "{phase}");
+    }
+    assert_eq!(storm["background"]["probe_delta"].as_i64(), Some(1));
+    let seen = std::fs::read_to_string(&marks).expect("reading the probe's marks");
+    let seen: Vec<&str> = seen.lines().collect();
+    assert_eq!(
+        seen,
+        [
+            "background-start",
+            "background",
+            "cold",
+            "drop 1",
+            "storm 1",
+            "drop 2",
+            "storm 2"
+        ]
+    );
+
+    for file in [&storm_ids, &marks, &s.ids_file] {
+        let _ = std::fs::remove_file(file);
+    }
+    s.app.stop().await;
+}
+
+#[tokio::test]
 async fn rules_run_counts_every_published_message_once_at_its_own_webhook() {
     let s = setup(3).await;
     // A free loopback port for the receiver that iotcore-load starts.
