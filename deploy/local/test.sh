@@ -4,8 +4,8 @@
 #
 #   ./deploy/local/test.sh [extra nextest/cargo test arguments…]
 #
-# Installs what is missing (as root, from Debian's packages): mosquitto-clients and the
-# PostgreSQL server. Starts a private PostgreSQL cluster in a temporary folder on a free port
+# Installs what is missing (as root, from Debian's packages): mosquitto-clients, curl, jq and
+# the PostgreSQL server. Starts a private PostgreSQL cluster in a temporary folder on a free port
 # unless IOTCORE_TEST_DATABASE_URL names one, and stops it on exit. Builds into
 # CARGO_TARGET_DIR (default ~/.cache/iotcore/target, kept between runs). Every step runs even
 # when an earlier one failed; the exit status is non-zero if any failed.
@@ -49,6 +49,10 @@ missing=()
 if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto_sub >/dev/null; then
   missing+=(mosquitto-clients)
 fi
+# The README's quickstart, which a test runs as written, uses curl and jq.
+for tool in curl jq; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
 if [[ -z ${IOTCORE_TEST_DATABASE_URL:-} && -z "$(find_pg_bindir)" ]]; then
   if is_root; then
     # Only the server binaries are wanted, not the package's own system-wide cluster.

@@ -1,11 +1,17 @@
 //! The README's quickstart, step by step: tenant, registry, device, password, rule; the
-//! device publishes; the webhook receives the envelope of SPEC §5.
+//! device publishes; the webhook receives the envelope of SPEC §5. The last test runs the
+//! README's own commands.
 
 use base64::Engine;
 use iotcore_e2e::mqtt::WAIT;
 use iotcore_e2e::webhook::Webhook;
-use iotcore_e2e::TestApp;
+use iotcore_e2e::{binary, free_port, TestApp};
 use serde_json::json;
+use std::path::Path;
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::time::timeout;
 
 #[tokio::test]
 async fn device_message_reaches_the_webhook_as_published() {
@@ -158,5 +164,128 @@ async fn mosquitto_pub_as_the_device_reaches_the_webhook() {
         .json();
     assert_eq!(envelope["payload"], json!({ "hello": "world" }));
     assert_eq!(envelope["device_id"], json!(device.id));
+    app.stop().await;
+}
+
+/// The shell blocks (```` ```sh ````) of the README's Quickstart section, in order.
+fn quickstart_blocks(readme: &str) -> Vec<String> {
+    let section = readme.split("\n## Quickstart\n").nth(1).unwrap_or_default();
+    let section = section.split("\n## ").next().unwrap_or_default();
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in section.lines() {
+        match current.as_mut() {
+            None if line == "```sh" => current = Some(String::new()),
+            None => {}
+            Some(_) if line == "```" => blocks.extend(current.take()),
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+        }
+    }
+    blocks
+}
+
+/// `text` with every `from` replaced by `to`; `from` must be there.
+fn substitute(text: &str, from: &str, to: &str) -> String {
+    assert!(
+        text.contains(from),
+        "the quickstart no longer has {from:?}:\n{text}"
+    );
+    text.replace(from, to)
+}
+
+/// The README's quickstart as a newcomer pastes it: terminal 3's commands and the
+/// `mosquitto_pub` command run in bash word for word, with only the ports moved to this
+/// test's (and `iotcore.sh` being the binary under test), while the README's webhook receiver
+/// prints the delivery.
+#[tokio::test]
+async fn readme_quickstart_runs_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md is readable");
+    let blocks = quickstart_blocks(&readme);
+    assert_eq!(
+        blocks.len(),
+        4,
+        "the quickstart's shell blocks: {blocks:#?}"
+    );
+    assert_eq!(blocks[0].trim(), "./deploy/local/run.sh");
+    assert_eq!(blocks[1].trim(), "./deploy/local/webhook_receiver.py 9000");
+
+    let app = TestApp::spawn().await;
+    let receiver_port = free_port();
+    let mut receiver = Command::new(root.join("deploy/local/webhook_receiver.py"))
+        .arg(receiver_port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the webhook receiver starts (python3)");
+    let mut printed = BufReader::new(receiver.stdout.take().expect("its standard output")).lines();
+    let first = timeout(WAIT, printed.next_line()).await;
+    assert!(
+        matches!(&first, Ok(Ok(Some(line))) if line.contains("listening on")),
+        "the webhook receiver did not start: {first:?}"
+    );
+
+    let api = app.api.trim_start_matches("http://");
+    let mut script = format!("set -euo pipefail\n{}{}", blocks[2], blocks[3]);
+    script = substitute(&script, "localhost:8080", api);
+    script = substitute(
+        &script,
+        "http://127.0.0.1:9000/",
+        &format!("http://127.0.0.1:{receiver_port}/"),
+    );
+    script = substitute(&script, "-p 1883", &format!("-p {}", app.mqtt.port()));
+    script = substitute(&script, "./deploy/local/iotcore.sh", "\"$IOTCORE_BIN\"");
+    script.push_str("echo \"device: $DEVICE\"\n");
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&root)
+        .env("IOTCORE_BIN", binary())
+        .env("IOTCORE_PROFILE", "dev")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the quickstart failed ({}):\n{script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    // `jq .` printed the rule as created.
+    assert!(
+        stdout.contains(r#""topic_filter": "$devices/+/events/#""#),
+        "{stdout}"
+    );
+    let device = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("device: "))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(device.starts_with("dev_"), "{stdout}");
+
+    // Terminal 2 prints the delivery: its headers and the envelope with the payload.
+    let mut seen = String::new();
+    let expected = [
+        "--- POST /".to_owned(),
+        "X-Iotcore-Message-Id: msg_".to_owned(),
+        "X-Iotcore-Rule-Id: rul_".to_owned(),
+        format!(r#""device_id": "{device}""#),
+        r#""celsius": 21.5"#.to_owned(),
+    ];
+    while !expected.iter().all(|part| seen.contains(part.as_str())) {
+        match timeout(WAIT, printed.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            other => panic!("the webhook receiver printed only {seen:?} ({other:?})"),
+        }
+    }
     app.stop().await;
 }
