@@ -10,8 +10,15 @@
 # figure for both brokers and the ratio iotcore / Mosquitto, and writes the report to
 # tests/load/results/. --quick uses small counts and short runs, as a smoke check.
 # IDLE_CONNECTIONS (default 5000) sets the idle connections per broker: up to 19,000 fit in
-# one broker process here, but iotcore checks an argon2id password on every CONNECT, so
-# opening that many takes several minutes.
+# one broker process here.
+#
+# Connect rates: Mosquitto checks a password file (PBKDF2-SHA512, cheap) on every CONNECT;
+# iotcore checks argon2id (deliberately slow) on a credential's first CONNECT and answers
+# later ones from its cache, so iotcore is measured both cold (freshly started, every device
+# connecting for the first time) and warm (the same devices again). Over TLS both brokers
+# require a client certificate: Mosquitto verifies it against a CA file (a CA made here with
+# openssl, which also signs both brokers' server certificate); iotcore's is a certificate
+# its API generated for the registry client, registered by fingerprint.
 
 # iotcore's topics start with a literal "$", written in single quotes on purpose.
 # shellcheck disable=SC2016
@@ -54,6 +61,7 @@ command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || apt_install m
 mosquitto_bin="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 command -v python3 >/dev/null || apt_install python3
 command -v curl >/dev/null || apt_install curl
+command -v openssl >/dev/null || apt_install openssl
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$IOTCORE_ROOT/target}"
 say "building iotcore and iotcore-load (release) into $CARGO_TARGET_DIR"
@@ -103,13 +111,31 @@ wait_port() {
   die "nothing listens on port $1"
 }
 
+# --- TLS: a CA of this run, a server certificate for localhost, and a client certificate ---
+mkdir -p "$work/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj '/CN=iotcore benchmark CA' -keyout "$work/tls/ca.key" -out "$work/tls/ca.pem" 2>/dev/null
+# Extensions make them X.509 v3 certificates, the only version rustls accepts.
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$work/tls/server.ext"
+printf 'extendedKeyUsage=clientAuth\n' >"$work/tls/client.ext"
+for name in server client; do
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=bench-$name" \
+    -keyout "$work/tls/$name.key" -out "$work/tls/$name.csr" 2>/dev/null
+  openssl x509 -req -in "$work/tls/$name.csr" -CA "$work/tls/ca.pem" -CAkey "$work/tls/ca.key" \
+    -CAcreateserial -days 2 -extfile "$work/tls/$name.ext" -out "$work/tls/$name.pem" 2>/dev/null
+done
+chmod 755 "$work/tls"
+chmod 644 "$work/tls"/* # read by mosquitto after it drops root
+
 # --- iotcore, with its own PostgreSQL ------------------------------------------------------
 database_url="$("$IOTCORE_ROOT/deploy/local/pg.sh" start "$work/pg" "$(free_port)")"
 iotcore_api_port="$(free_port)"
 iotcore_port="$(free_port)"
+iotcore_tls_port="$(free_port)"
 export IOTCORE_PROFILE=dev IOTCORE_DATABASE_URL="$database_url"
 export IOTCORE_API_LISTEN="127.0.0.1:$iotcore_api_port" IOTCORE_MQTT_TCP_LISTEN="127.0.0.1:$iotcore_port"
-export IOTCORE_MQTT_WS_LISTEN="" IOTCORE_MQTT_WSS_LISTEN="" IOTCORE_MQTT_TLS_LISTEN=""
+export IOTCORE_MQTT_WS_LISTEN="" IOTCORE_MQTT_WSS_LISTEN="" IOTCORE_MQTT_TLS_LISTEN="127.0.0.1:$iotcore_tls_port"
+export IOTCORE_MQTT_TLS_CERT_FILE="$work/tls/server.pem" IOTCORE_MQTT_TLS_KEY_FILE="$work/tls/server.key"
 export IOTCORE_LOG_LEVEL="${IOTCORE_LOG_LEVEL:-warn}"
 # Mosquitto has no rate limits by default; neither has iotcore here (the tenant's quotas are
 # lifted by provision.py).
@@ -128,13 +154,16 @@ start_iotcore() {
     sleep 0.1
   done
   wait_port "$iotcore_port"
+  wait_port "$iotcore_tls_port"
 }
 start_iotcore
 
 operator="$("$iotcore_bin" token --role operator)"
-say "creating $fan devices with passwords through the API"
+# Enough devices for fan-in and for the cold connect rate, each with its own password.
+devices=$((fan > connect_n ? fan : connect_n))
+say "creating $devices devices with passwords through the API"
 provisioned="$(python3 "$here/provision.py" "http://127.0.0.1:$iotcore_api_port" "$operator" \
-  "$iotcore_bin token --role admin --tenant" "$fan" "$work/ids")"
+  "$iotcore_bin token --role admin --tenant" "$devices" "$work/ids" --registry-cert "$work/tls")"
 registry="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["registry"])' <<<"$provisioned")"
 registry_password="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["registry_password"])' <<<"$provisioned")"
 device0="$(head -n1 "$work/ids" | cut -d' ' -f1)"
@@ -177,9 +206,9 @@ mosquitto_clients() {
 }
 iotcore_clients() {
   printf '%s\n' --broker "127.0.0.1:$iotcore_port" --broker-pid "$iotcore_pid" --ids "$work/ids" \
-    --pub-client-id '{id}' --pub-username '{id}' --pub-password '{secret}' \
+    --pub-client-id '{id}' --pub-username '{id}' --pub-password='{secret}' \
     --topic '$devices/{id}/events/x' \
-    --sub-client-id "$registry:s{i}" --sub-username "$registry" --sub-password "$registry_password"
+    --sub-client-id "$registry:s{i}" --sub-username "$registry" --sub-password="$registry_password"
 }
 
 # $1: label, then the load's arguments; the filters differ between the two topic spaces.
@@ -223,20 +252,41 @@ stop_pid "$mosquitto_pid"
 stop_pid "$iotcore_pid"
 start_iotcore
 measure "idle" iotcore idle --broker "127.0.0.1:$iotcore_port" --broker-pid "$iotcore_pid" \
-  --client-id "$registry:idle-{i}" --username "$registry" --password "$registry_password" "${idle_common[@]}"
+  --client-id "$registry:idle-{i}" --username "$registry" --password="$registry_password" "${idle_common[@]}"
 
 # Connect rate with a password on every connection: Mosquitto with a password file (its
-# default PBKDF2-SHA512 hashes) against iotcore's argon2id.
+# default PBKDF2-SHA512 hashes) against iotcore's argon2id, each device with its own
+# password. iotcore is restarted first so that no device's password is in its cache (cold:
+# one argon2id verification per CONNECT), then the same devices connect again (warm).
 mosquitto_passwd_bin="$(command -v mosquitto_passwd || echo /usr/bin/mosquitto_passwd)"
 "$mosquitto_passwd_bin" -c -b "$work/passwd" bench "bench-password-123" >/dev/null
 chmod 644 "$work/passwd" # read by mosquitto after it drops root
 start_mosquitto "password_file $work/passwd" false
 rate_common=(--connections "$connect_n" --per-process 9500 --sources 2 --keep-alive 900 --connect-concurrency 64 --settle 0)
 measure "connect rate" mosquitto idle --broker "127.0.0.1:$mosquitto_port" \
-  --client-id 'rate-{i}' --username bench --password "bench-password-123" "${rate_common[@]}"
+  --client-id 'rate-{i}' --username bench --password=bench-password-123 "${rate_common[@]}"
 stop_pid "$mosquitto_pid"
-measure "connect rate" iotcore idle --broker "127.0.0.1:$iotcore_port" \
-  --client-id "$registry:rate-{i}" --username "$registry" --password "$registry_password" "${rate_common[@]}"
+stop_pid "$iotcore_pid"
+start_iotcore
+for phase in cold warm; do
+  measure "connect rate $phase" iotcore idle --broker "127.0.0.1:$iotcore_port" --ids "$work/ids" \
+    --client-id '{id}' --username '{id}' --password='{secret}' "${rate_common[@]}"
+done
+
+# Connect rate over TLS with a client certificate and no password.
+start_mosquitto "cafile $work/tls/ca.pem
+certfile $work/tls/server.pem
+keyfile $work/tls/server.key
+require_certificate true"
+measure "connect rate TLS" mosquitto idle --broker "127.0.0.1:$mosquitto_port" \
+  --tls-ca "$work/tls/ca.pem" --tls-server-name localhost \
+  --tls-cert "$work/tls/client.pem" --tls-key "$work/tls/client.key" \
+  --client-id 'tls-{i}' "${rate_common[@]}"
+stop_pid "$mosquitto_pid"
+measure "connect rate TLS" iotcore idle --broker "127.0.0.1:$iotcore_tls_port" \
+  --tls-ca "$work/tls/ca.pem" --tls-server-name localhost \
+  --tls-cert "$work/tls/registry.pem" --tls-key "$work/tls/registry.key" \
+  --client-id "$registry:tls-{i}" "${rate_common[@]}"
 stop_pid "$iotcore_pid"
 
 # --- Report ------------------------------------------------------------------------------------
@@ -253,8 +303,7 @@ out="$here/results/side-by-side-$stamp$suffix.txt"
     "$(free -g | awk '/^Mem:/ {print $2 " GiB RAM"}')"
   printf 'load average before the report: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
   printf 'mosquitto: %s; iotcore: %s\n' "$("$mosquitto_bin" -h 2>/dev/null | head -n1 || true)" "$(git -C "$IOTCORE_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  printf 'TLS with client certificates: %s\n\n' \
-    "not measured: iotcore does not authenticate devices with client certificates yet (README, \"Not yet\")"
+  printf '\n'
   python3 "$here/report.py" "$results" "$pairs" "$fan" "$latency_rate" "$idle" "$connect_n"
   printf '\nRaw reports (one JSON object per run):\n'
   cat "$results"
