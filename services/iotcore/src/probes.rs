@@ -1,22 +1,19 @@
 //! `/healthz`, `/readyz` and `/metrics` for a process that runs without the API
 //! (`serve --only broker`, `--only rules`), on `telemetry.listen`: orchestrators probe it
 //! and Prometheus scrapes it like the API port. Liveness and metrics are the API's own
-//! handlers; readiness is answered here because the API's needs the whole API state.
+//! handlers, and readiness is the API's check; only its answer is written here, because
+//! the API's handler needs the whole API state.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use iotcore_api::routes::health::{healthz, metrics};
+use iotcore_api::routes::health::{database_ready, healthz, metrics};
 use iotcore_store::Store;
 use serde_json::json;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// How long readiness waits for the database, as the API's `/readyz` does.
-const READY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Binds `listen`, so that a taken port fails `serve` at start like any other listener.
 pub async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
@@ -43,24 +40,14 @@ pub async fn serve(
     Ok(())
 }
 
-/// Readiness: PostgreSQL answers.
+/// Readiness: PostgreSQL answers, decided as the API's `/readyz` decides it.
 async fn readyz(State(store): State<Store>) -> impl IntoResponse {
-    match tokio::time::timeout(READY_TIMEOUT, store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ok"}))),
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, "readiness check failed");
-            unavailable()
-        }
-        Err(_) => {
-            tracing::warn!("readiness check timed out");
-            unavailable()
-        }
+    if database_ready(&store).await {
+        (StatusCode::OK, Json(json!({"status": "ok"})))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "detail": "the database does not answer"})),
+        )
     }
-}
-
-fn unavailable() -> (StatusCode, Json<serde_json::Value>) {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({"status": "unavailable", "detail": "the database does not answer"})),
-    )
 }

@@ -8,6 +8,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use iotcore_store::Store;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::ToSchema;
@@ -51,17 +52,27 @@ pub async fn healthz() -> Json<Health> {
     )
 )]
 pub async fn readyz(State(state): State<ApiState>) -> Result<Json<Health>, Error> {
-    match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => Ok(Json(Health {
+    if database_ready(&state.store).await {
+        Ok(Json(Health {
             status: "ok".into(),
-        })),
+        }))
+    } else {
+        Err(Error::Unavailable("the database does not answer"))
+    }
+}
+
+/// Readiness of this process, with or without the API: whether PostgreSQL answers within
+/// [`READY_TIMEOUT`]. Logs why not.
+pub async fn database_ready(store: &Store) -> bool {
+    match tokio::time::timeout(READY_TIMEOUT, store.ping()).await {
+        Ok(Ok(())) => true,
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness check failed");
-            Err(Error::Unavailable("the database does not answer"))
+            false
         }
         Err(_) => {
             tracing::warn!("readiness check timed out");
-            Err(Error::Unavailable("the database does not answer"))
+            false
         }
     }
 }
