@@ -169,7 +169,7 @@ async fn serve_over(
     // The handshakes count against the same budget as the CONNECT that follows them.
     let deadline = Duration::from_secs(shared.config.connect_timeout_secs);
     let peer = if proxy_protocol {
-        match tokio::time::timeout(deadline, proxy::read_header(&mut tcp, peer)).await {
+        match tokio::time::timeout(deadline, Box::pin(proxy::read_header(&mut tcp, peer))).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "PROXY protocol header refused");
@@ -183,45 +183,56 @@ async fn serve_over(
     } else {
         peer
     };
-    // Each transport's handshake and connection are boxed on their own: the task would
-    // otherwise be as large as the largest of them (a TLS session), even for plain TCP.
+    // Each transport's handshake and connection are one boxed future of their own: the
+    // task would otherwise be as large as the largest of them (a TLS session, which the
+    // state machine keeps room for even after moving it on) for every connection, plain
+    // TCP included, for as long as it lives.
     match transport {
         Transport::Tcp => Box::pin(run(tcp, peer, None, shared)).await,
         Transport::Tls(acceptor) => {
-            match tokio::time::timeout(deadline, Box::pin(tls::accept(&acceptor, tcp))).await {
-                Ok(Ok((stream, client_certificate))) => {
-                    let alpn = tls::alpn(&stream).map(String::from_utf8_lossy);
-                    tracing::debug!(%peer, alpn = ?alpn, "TLS established");
-                    Box::pin(run(stream, peer, client_certificate, shared)).await
+            Box::pin(async move {
+                match tokio::time::timeout(deadline, tls::accept(&acceptor, tcp)).await {
+                    Ok(Ok((stream, client_certificate))) => {
+                        let alpn = tls::alpn(&stream).map(String::from_utf8_lossy);
+                        tracing::debug!(%peer, alpn = ?alpn, "TLS established");
+                        run(stream, peer, client_certificate, shared).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
+            })
+            .await
         }
         Transport::WebSocket(config) => {
-            match tokio::time::timeout(deadline, Box::pin(websocket::accept(tcp, config))).await {
-                Ok(Ok(stream)) => Box::pin(run(stream, peer, None, shared)).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket upgrade failed"),
-                Err(_) => tracing::debug!(%peer, "WebSocket upgrade timed out"),
-            }
+            Box::pin(async move {
+                match tokio::time::timeout(deadline, websocket::accept(tcp, config)).await {
+                    Ok(Ok(stream)) => run(stream, peer, None, shared).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket upgrade failed"),
+                    Err(_) => tracing::debug!(%peer, "WebSocket upgrade timed out"),
+                }
+            })
+            .await
         }
         Transport::WebSocketTls(acceptor, config) => {
-            let handshake = Box::pin(async {
-                let (stream, client_certificate) = tls::accept(&acceptor, tcp)
-                    .await
-                    .map_err(|e| format!("TLS: {e}"))?;
-                let stream = websocket::accept(stream, config)
-                    .await
-                    .map_err(|e| format!("WebSocket: {e}"))?;
-                Ok::<_, String>((stream, client_certificate))
-            });
-            match tokio::time::timeout(deadline, handshake).await {
-                Ok(Ok((stream, client_certificate))) => {
-                    Box::pin(run(stream, peer, client_certificate, shared)).await
+            Box::pin(async move {
+                let handshake = async {
+                    let (stream, client_certificate) = tls::accept(&acceptor, tcp)
+                        .await
+                        .map_err(|e| format!("TLS: {e}"))?;
+                    let stream = websocket::accept(stream, config)
+                        .await
+                        .map_err(|e| format!("WebSocket: {e}"))?;
+                    Ok::<_, String>((stream, client_certificate))
+                };
+                match tokio::time::timeout(deadline, handshake).await {
+                    Ok(Ok((stream, client_certificate))) => {
+                        run(stream, peer, client_certificate, shared).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WSS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "WSS handshake timed out"),
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WSS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "WSS handshake timed out"),
-            }
+            })
+            .await
         }
     }
 }
@@ -360,5 +371,32 @@ mod tests {
         let (_, other_key) = certificate_files("other");
         let e = tls_error(Some(cert), Some(other_key.display().to_string()));
         assert!(e.starts_with("mqtt.tls_key_file: "), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod task_size {
+    use super::*;
+    use std::future::Future;
+
+    fn future_size<F, A, B, C, D, E, Fut>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D, E) -> Fut,
+        Fut: Future,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every connection's task is allocated at the size of its largest state: a plain TCP
+    /// connection's must not keep room for a TLS session it never has.
+    #[test]
+    fn a_connection_task_holds_no_room_for_a_tls_session() {
+        let task = future_size(serve);
+        let tls = std::mem::size_of::<tokio_rustls::server::TlsStream<TcpStream>>();
+        eprintln!("connection task {task} bytes; a TLS session {tls} bytes");
+        assert!(
+            task < tls,
+            "the task takes {task} bytes, a TLS session {tls}"
+        );
     }
 }
