@@ -123,10 +123,18 @@ pub async fn serve<S>(
             outcome = tracing::field::Empty,
             reason = tracing::field::Empty,
         );
-        let authenticated =
-            handshake::accept(&shared, &connect, peer.ip(), client_certificate.as_ref())
-                .instrument(connect_span.clone())
-                .await;
+        // Authentication, the route lookup and the lifecycle events below wait on the
+        // store; boxed, their futures take memory only while they run. Unboxed, the
+        // connection's task would be as large as the largest of them for its whole life,
+        // idle or not.
+        let authenticated = Box::pin(handshake::accept(
+            &shared,
+            &connect,
+            peer.ip(),
+            client_certificate.as_ref(),
+        ))
+        .instrument(connect_span.clone())
+        .await;
         let mut accepted = match authenticated {
             Ok(accepted) => accepted,
             Err(refused) => {
@@ -162,7 +170,7 @@ pub async fn serve<S>(
         );
         connect_span.record("client_id", accepted.client_id.as_str());
         crate::metrics::record_principal(&connect_span, &accepted.principal.kind);
-        let routes = shared.routes_for(&accepted.principal).await;
+        let routes = Box::pin(shared.routes_for(&accepted.principal)).await;
         let namespace = accepted.principal.namespace.clone();
         let tenant = namespace.tenant_id().as_str();
         let metrics = ConnectionMetrics::new(tenant, crate::metrics::transport());
@@ -216,7 +224,14 @@ pub async fn serve<S>(
             return;
         }
         tracing::info!(protocol = ?version, session_present, "connected");
-        let status = status::connected(&shared, &routes, &accepted.principal, version, peer).await;
+        let status = Box::pin(status::connected(
+            &shared,
+            &routes,
+            &accepted.principal,
+            version,
+            peer,
+        ))
+        .await;
         let will = accepted.will.take();
         // MQTT-3.1.2-25 / MQTT 5 Receive Maximum: what the client accepts bounds what we send.
         let window = usize::from(shared.config.inflight_window.max(1)).min(usize::from(
@@ -323,13 +338,13 @@ pub async fn serve<S>(
             }
         }
         if let Some(status) = status {
-            status::disconnected(
+            Box::pin(status::disconnected(
                 &shared,
                 &session.routes,
                 &session.accepted.principal,
                 status,
                 close.why,
-            )
+            ))
             .await;
         }
         if close.publish_will {
