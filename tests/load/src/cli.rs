@@ -334,7 +334,8 @@ pub struct IdleArgs {
     /// New connections per second over all processes; 0 opens them as fast as they go.
     #[arg(long, default_value_t = 0.0)]
     pub connect_rate: f64,
-    /// Seconds to wait, once every connection is open, before reading the broker's memory.
+    /// Seconds to wait, once every connection is open, before reading the broker's memory;
+    /// the broker's CPU over this time is what it spends on idle connections.
     #[arg(long, default_value_t = 3.0)]
     pub settle: f64,
     #[arg(long, default_value = "load-idle-{i}")]

@@ -46,6 +46,8 @@ pub struct IdleReport {
     pub broker_rss_after_kib: Option<u64>,
     /// Growth of the broker's resident memory per open connection.
     pub broker_bytes_per_connection: Option<f64>,
+    /// The broker's CPU while every connection is open and idle (over `--settle`).
+    pub broker_idle_cpu: Option<CpuUse>,
     pub load_cpu: CpuUse,
 }
 
@@ -94,8 +96,13 @@ pub async fn idle(args: IdleArgs) -> Result<IdleReport> {
         }
     }
     let connect_wall = started.elapsed();
+    let idle_from = (Instant::now(), pid.and_then(report::process_cpu));
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let rss_after = pid.and_then(report::process_rss_kib);
+    let broker_idle_cpu = match (idle_from.1, pid.and_then(report::process_cpu)) {
+        (Some(before), Some(after)) => Some(CpuUse::over(before, after, idle_from.0.elapsed())),
+        _ => None,
+    };
 
     for worker in &mut workers {
         // Closing stdin tells the worker to close its connections and exit.
@@ -147,6 +154,7 @@ pub async fn idle(args: IdleArgs) -> Result<IdleReport> {
         broker_rss_before_kib: rss_before,
         broker_rss_after_kib: rss_after,
         broker_bytes_per_connection: per_connection,
+        broker_idle_cpu,
         load_cpu,
     })
 }
@@ -295,6 +303,12 @@ impl IdleReport {
             self.broker_bytes_per_connection,
         ) {
             eprintln!("  broker RSS {before} KiB → {after} KiB: {per:.0} bytes per connection");
+        }
+        if let Some(cpu) = &self.broker_idle_cpu {
+            eprintln!(
+                "  broker CPU while idle: {:.3} s over the settle time ({:.4} cores)",
+                cpu.seconds, cpu.cores
+            );
         }
         eprintln!("  load generator CPU: {:.2} cores", self.load_cpu.cores);
     }
