@@ -1,7 +1,7 @@
 //! Authentication of MQTT clients at CONNECT (SPEC §4.1): username and password against
 //! the store's argon2id hashes.
 
-use crate::auth_cache::{AuthCache, FailureThrottle};
+use crate::auth_cache::{AuthCache, CertificateCache, FailureThrottle};
 use crate::limits::{Limits, Refusal, TenantLimits};
 use crate::router::Namespace;
 use iotcore_store::auth::{decoy_hash, verify_password, PasswordPrincipal, PrincipalKind};
@@ -64,6 +64,9 @@ pub struct Authenticator {
     anonymous_broker: Option<BrokerId>,
     /// Successful password checks, so that reconnecting clients cost no query or hash.
     pub cache: AuthCache,
+    /// What client certificates resolved to, so that reconnecting clients cost no query or
+    /// chain verification.
+    pub certificates: CertificateCache,
     /// Recent failures per address and username, which slow further attempts down.
     throttle: FailureThrottle,
 }
@@ -73,14 +76,29 @@ impl Authenticator {
         store: Store,
         anonymous_broker: Option<BrokerId>,
         cache: AuthCache,
+        certificates: CertificateCache,
         throttle: FailureThrottle,
     ) -> Authenticator {
         Authenticator {
             store,
             anonymous_broker,
             cache,
+            certificates,
             throttle,
         }
+    }
+
+    /// Forgets what was remembered about `tenant`'s credentials (the control plane
+    /// changed its credentials, devices, registries, CAs or the tenant itself).
+    pub fn forget_tenant(&self, tenant: &TenantId) {
+        self.cache.forget_tenant(tenant);
+        self.certificates.forget_tenant(tenant);
+    }
+
+    /// Forgets every remembered credential (change notifications may have been missed).
+    pub fn forget_all(&self) {
+        self.cache.clear();
+        self.certificates.clear();
     }
 
     /// Authenticates a CONNECT. Once the username has named a tenant, the tenant's CONNECT
@@ -107,6 +125,7 @@ impl Authenticator {
         // one address (a NAT) are not held up by another one's failures when they reconnect.
         if let (Some(username), Some(password)) = (username, password) {
             if let Some(found) = self.cache.get(username, password) {
+                crate::metrics::auth_answered(crate::metrics::PASSWORD, crate::metrics::CACHE);
                 let tenant = limits.tenant(&self.store, &found.tenant_id).await;
                 admit(limits, &tenant)?;
                 return Ok((into_principal(found)?, tenant));
@@ -132,6 +151,7 @@ impl Authenticator {
         password: Option<&[u8]>,
         limits: &Limits,
     ) -> Result<(Principal, Arc<TenantLimits>), AuthFailure> {
+        let generation = self.cache.generation();
         let found = match username {
             Some(username) => self
                 .store
@@ -144,6 +164,9 @@ impl Authenticator {
                 })?,
             None => None,
         };
+        if username.is_some() {
+            crate::metrics::auth_answered(crate::metrics::PASSWORD, crate::metrics::STORE);
+        }
         let tenant = match &found {
             Some(principal) => Some(limits.tenant(&self.store, &principal.tenant_id).await),
             None => None,
@@ -172,7 +195,7 @@ impl Authenticator {
             (Some(principal), Some(tenant)) if verified => {
                 if let Some(username) = username {
                     self.cache
-                        .insert(username, &password_copy, principal.clone());
+                        .insert(username, &password_copy, principal.clone(), generation);
                 }
                 Ok((into_principal(principal)?, tenant))
             }

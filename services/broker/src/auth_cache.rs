@@ -1,18 +1,27 @@
-//! What authentication remembers (SPEC §4.1): successful password checks, so that a
-//! reconnect storm does not cost one PostgreSQL query and one argon2 verification per
-//! CONNECT, and recent failures, so that guessing passwords is slowed down.
+//! What authentication remembers (SPEC §4.1): successful password checks and the
+//! principals client certificates resolved to, so that a reconnect storm does not cost one
+//! PostgreSQL query and one argon2 verification (or chain verification) per CONNECT, and
+//! recent failures, so that guessing passwords is slowed down.
 //!
-//! Both are bounded in entries. Remembered checks are keyed by a keyed hash of the
+//! All are bounded in entries. Remembered checks are keyed by a keyed hash of the
 //! username and password (the key is random per process, so the table is no shortcut to
-//! the passwords), expire after a TTL, and are forgotten for a whole tenant when the
+//! the passwords) or by the certificate's SHA-256 fingerprint, expire after a TTL (and a
+//! certificate's at its `not_after`), and are forgotten for a whole tenant when the
 //! control plane changes its credentials, devices or the tenant itself.
+//!
+//! A check that was running while its tenant changed is not remembered: each cache counts
+//! the times it forgot something, and an answer read from the store before the last of
+//! them may already be out of date.
 
+use crate::x509::CertificateCredential;
+use chrono::{DateTime, Utc};
 use iotcore_store::auth::PasswordPrincipal;
 use iotcore_store::TenantId;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -27,6 +36,8 @@ pub struct AuthCache {
     ttl: Duration,
     /// The principal, and until when the check may be used.
     entries: Mutex<HashMap<[u8; 32], (PasswordPrincipal, Instant)>>,
+    /// How many times entries were forgotten (see the module's comment).
+    forgotten: AtomicU64,
 }
 
 impl AuthCache {
@@ -38,7 +49,13 @@ impl AuthCache {
             max_entries,
             ttl,
             entries: Mutex::default(),
+            forgotten: AtomicU64::new(0),
         }
+    }
+
+    /// Taken before the store is asked, and given back to [`AuthCache::insert`].
+    pub fn generation(&self) -> u64 {
+        self.forgotten.load(Ordering::Acquire)
     }
 
     fn digest(&self, username: &str, password: &[u8]) -> [u8; 32] {
@@ -69,8 +86,15 @@ impl AuthCache {
     }
 
     /// Remembers that this username and password authenticate as `principal`, for the
-    /// TTL or until the first of its passwords expires, whichever comes first.
-    pub fn insert(&self, username: &str, password: &[u8], principal: PasswordPrincipal) {
+    /// TTL or until the first of its passwords expires, whichever comes first; unless
+    /// something was forgotten since `generation` was taken.
+    pub fn insert(
+        &self,
+        username: &str,
+        password: &[u8],
+        principal: PasswordPrincipal,
+        generation: u64,
+    ) {
         if self.max_entries == 0 {
             return;
         }
@@ -84,28 +108,129 @@ impl AuthCache {
         }
         let digest = self.digest(username, password);
         let mut entries = lock(&self.entries);
-        if entries.len() >= self.max_entries {
-            let now = Instant::now();
-            entries.retain(|_, (_, until)| now < *until);
-            // Still full: make room by forgetting one entry (any; it costs one verification).
-            if entries.len() >= self.max_entries {
-                if let Some(evicted) = entries.keys().next().copied() {
-                    entries.remove(&evicted);
-                }
-            }
+        // Read under the lock that forgetting takes too, so none can slip in between.
+        if self.generation() != generation {
+            return;
         }
+        make_room(&mut entries, self.max_entries);
         entries.insert(digest, (principal, Instant::now() + life));
     }
 
     /// Forgets every check of `tenant`'s principals (its credentials, devices, registries
     /// or the tenant itself changed).
     pub fn forget_tenant(&self, tenant: &TenantId) {
-        lock(&self.entries).retain(|_, (principal, _)| principal.tenant_id != *tenant);
+        let mut entries = lock(&self.entries);
+        self.forgotten.fetch_add(1, Ordering::AcqRel);
+        entries.retain(|_, (principal, _)| principal.tenant_id != *tenant);
     }
 
     /// Forgets everything (change notifications may have been missed).
     pub fn clear(&self) {
-        lock(&self.entries).clear();
+        let mut entries = lock(&self.entries);
+        self.forgotten.fetch_add(1, Ordering::AcqRel);
+        entries.clear();
+    }
+}
+
+/// Makes room for one more entry in a table of at most `max` entries: drops the expired
+/// ones, then (still full) any one, which costs one more lookup later.
+fn make_room<K: Clone + Eq + std::hash::Hash, V>(
+    entries: &mut HashMap<K, (V, Instant)>,
+    max: usize,
+) {
+    if entries.len() < max {
+        return;
+    }
+    let now = Instant::now();
+    entries.retain(|_, (_, until)| now < *until);
+    if entries.len() >= max {
+        if let Some(evicted) = entries.keys().next().cloned() {
+            entries.remove(&evicted);
+        }
+    }
+}
+
+/// What a client certificate resolved to: the principal as the store had it, the
+/// credential recorded on the connection, and the subject CN for policies.
+#[derive(Clone, Debug)]
+pub struct CertifiedPrincipal {
+    pub principal: PasswordPrincipal,
+    pub credential: CertificateCredential,
+    pub common_name: Option<String>,
+}
+
+/// Principals that client certificates resolved to, by the SHA-256 fingerprint of the
+/// leaf. The TLS handshake still proves each client holds the certificate's key; what is
+/// saved is the store's answer and the chain verification. An entry is never used at or
+/// after the certificate's `not_after` (the chain's earliest, see
+/// [`CertificateCredential::not_after`]).
+pub struct CertificateCache {
+    max_entries: usize,
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (CertifiedPrincipal, Instant)>>,
+    forgotten: AtomicU64,
+}
+
+impl CertificateCache {
+    pub fn new(max_entries: usize, ttl: Duration) -> CertificateCache {
+        CertificateCache {
+            max_entries,
+            ttl,
+            entries: Mutex::default(),
+            forgotten: AtomicU64::new(0),
+        }
+    }
+
+    /// Taken before the store is asked, and given back to [`CertificateCache::insert`].
+    pub fn generation(&self) -> u64 {
+        self.forgotten.load(Ordering::Acquire)
+    }
+
+    /// What the certificate `fingerprint` resolved to, if that is remembered and the
+    /// certificate is still valid at `now`.
+    pub fn get(&self, fingerprint: &str, now: DateTime<Utc>) -> Option<CertifiedPrincipal> {
+        if self.max_entries == 0 {
+            return None;
+        }
+        let mut entries = lock(&self.entries);
+        match entries.get(fingerprint) {
+            Some((found, until)) if Instant::now() < *until && now < found.credential.not_after => {
+                Some(found.clone())
+            }
+            Some(_) => {
+                entries.remove(fingerprint);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remembers what `fingerprint` resolved to, for the TTL; unless something was
+    /// forgotten since `generation` was taken.
+    pub fn insert(&self, fingerprint: &str, found: CertifiedPrincipal, generation: u64) {
+        if self.max_entries == 0 {
+            return;
+        }
+        let mut entries = lock(&self.entries);
+        if self.generation() != generation {
+            return;
+        }
+        make_room(&mut entries, self.max_entries);
+        entries.insert(fingerprint.to_owned(), (found, Instant::now() + self.ttl));
+    }
+
+    /// Forgets every certificate of `tenant`'s principals.
+    pub fn forget_tenant(&self, tenant: &TenantId) {
+        let mut entries = lock(&self.entries);
+        self.forgotten.fetch_add(1, Ordering::AcqRel);
+        entries.retain(|_, (found, _)| found.principal.tenant_id != *tenant);
+    }
+
+    /// Forgets everything (change notifications may have been missed).
+    pub fn clear(&self) {
+        let mut entries = lock(&self.entries);
+        self.forgotten.fetch_add(1, Ordering::AcqRel);
+        entries.clear();
     }
 }
 
@@ -232,20 +357,20 @@ mod tests {
         let cache = AuthCache::new(2, Duration::from_secs(60));
         let a = TenantId::generate();
         let b = TenantId::generate();
-        cache.insert("u1", b"secret", principal(&a));
+        cache.insert("u1", b"secret", principal(&a), 0);
         assert!(cache.get("u1", b"secret").is_some());
         assert!(cache.get("u1", b"secret2").is_none());
         assert!(cache.get("u2", b"secret").is_none());
         // The length prefix keeps ("u1", "xs") apart from ("u1x", "s").
-        cache.insert("u1x", b"s", principal(&b));
+        cache.insert("u1x", b"s", principal(&b), 0);
         assert!(cache.get("u1", b"xs").is_none());
-        cache.insert("u3", b"p", principal(&b));
+        cache.insert("u3", b"p", principal(&b), 0);
         assert!(lock(&cache.entries).len() <= 2);
         cache.forget_tenant(&b);
         assert!(cache.get("u3", b"p").is_none());
         assert!(cache.get("u1x", b"s").is_none());
         let off = AuthCache::new(0, Duration::from_secs(60));
-        off.insert("u1", b"secret", principal(&a));
+        off.insert("u1", b"secret", principal(&a), 0);
         assert!(off.get("u1", b"secret").is_none());
     }
 
@@ -253,7 +378,7 @@ mod tests {
     fn expired_entries_are_not_used() {
         let cache = AuthCache::new(10, Duration::ZERO);
         let a = TenantId::generate();
-        cache.insert("u1", b"secret", principal(&a));
+        cache.insert("u1", b"secret", principal(&a), 0);
         assert!(cache.get("u1", b"secret").is_none());
         // A password that has expired is not remembered; one that will is, until then.
         let cache = AuthCache::new(10, Duration::from_secs(60));
@@ -261,13 +386,13 @@ mod tests {
             expires_at: Some(chrono::Utc::now() - chrono::Duration::seconds(1)),
             ..principal(&a)
         };
-        cache.insert("u1", b"secret", expired);
+        cache.insert("u1", b"secret", expired, 0);
         assert!(cache.get("u1", b"secret").is_none());
         let later = PasswordPrincipal {
             expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(30)),
             ..principal(&a)
         };
-        cache.insert("u2", b"secret", later);
+        cache.insert("u2", b"secret", later, 0);
         assert!(cache.get("u2", b"secret").is_some());
     }
 
@@ -298,5 +423,66 @@ mod tests {
         // Long usernames are counted by a bounded prefix, on a char boundary.
         let long = "é".repeat(200);
         throttle.failed(other, Some(&long));
+    }
+
+    fn certified(tenant: &TenantId, not_after: DateTime<Utc>) -> CertifiedPrincipal {
+        CertifiedPrincipal {
+            principal: principal(tenant),
+            credential: CertificateCredential {
+                fingerprint: "ab12".into(),
+                ca_id: None,
+                not_after,
+            },
+            common_name: Some("board".into()),
+        }
+    }
+
+    #[test]
+    fn certificates_are_remembered_until_their_not_after_and_forgotten_by_tenant() {
+        let cache = CertificateCache::new(2, Duration::from_secs(60));
+        let (a, b) = (TenantId::generate(), TenantId::generate());
+        let now = Utc::now();
+        let until = now + chrono::Duration::seconds(30);
+        cache.insert("fa", certified(&a, until), cache.generation());
+        let hit = cache.get("fa", now).expect("remembered");
+        assert_eq!(hit.common_name.as_deref(), Some("board"));
+        assert!(cache.get("fb", now).is_none());
+        // Never used at or after the certificate's end, whatever the TTL says.
+        assert!(cache.get("fa", until).is_none());
+        assert!(cache.get("fa", now).is_none(), "and dropped then");
+
+        cache.insert("fa", certified(&a, until), cache.generation());
+        cache.insert("fb", certified(&b, until), cache.generation());
+        cache.insert("fc", certified(&b, until), cache.generation());
+        assert!(lock(&cache.entries).len() <= 2, "bounded");
+        cache.forget_tenant(&b);
+        assert!(cache.get("fb", now).is_none() && cache.get("fc", now).is_none());
+
+        let off = CertificateCache::new(0, Duration::from_secs(60));
+        off.insert("fa", certified(&a, until), off.generation());
+        assert!(off.get("fa", now).is_none());
+        let short = CertificateCache::new(10, Duration::ZERO);
+        short.insert("fa", certified(&a, until), short.generation());
+        assert!(short.get("fa", now).is_none(), "past the TTL");
+    }
+
+    #[test]
+    fn an_answer_read_before_a_change_is_not_remembered() {
+        let until = Utc::now() + chrono::Duration::seconds(30);
+        let a = TenantId::generate();
+        let certificates = CertificateCache::new(10, Duration::from_secs(60));
+        let before = certificates.generation();
+        // The control plane changes the tenant while the store is being asked.
+        certificates.forget_tenant(&a);
+        certificates.insert("fa", certified(&a, until), before);
+        assert!(certificates.get("fa", Utc::now()).is_none());
+        certificates.insert("fa", certified(&a, until), certificates.generation());
+        assert!(certificates.get("fa", Utc::now()).is_some());
+
+        let passwords = AuthCache::new(10, Duration::from_secs(60));
+        let before = passwords.generation();
+        passwords.clear();
+        passwords.insert("u1", b"secret", principal(&a), before);
+        assert!(passwords.get("u1", b"secret").is_none());
     }
 }

@@ -1,7 +1,7 @@
 //! The broker's shared state, its listeners and the task that keeps rule indexes current.
 
 use crate::auth::{Authenticator, Principal};
-use crate::auth_cache::{AuthCache, FailureThrottle};
+use crate::auth_cache::{AuthCache, CertificateCache, FailureThrottle};
 use crate::limits::{LimitSettings, Limits};
 use crate::retained_store::RetainedWriter;
 use crate::router::{Namespace, NamespaceRoutes, Router};
@@ -173,6 +173,10 @@ pub async fn run(
                 config.auth_cache_entries,
                 Duration::from_secs(config.auth_cache_ttl_secs),
             ),
+            CertificateCache::new(
+                config.auth_cache_entries,
+                Duration::from_secs(config.auth_cache_ttl_secs),
+            ),
             FailureThrottle::new(
                 config.auth_failures_before_delay,
                 Duration::from_millis(config.auth_failure_max_delay_ms),
@@ -323,14 +327,14 @@ async fn follow_rule_changes(shared: Arc<Shared>) {
                         .await;
                 }
                 Ok(Some(Change::Principals { tenant_id })) => {
-                    shared.auth.cache.forget_tenant(&tenant_id);
+                    shared.auth.forget_tenant(&tenant_id);
                     // Quota changes come with this notification too.
                     shared.quotas.refresh(&shared.store, Some(&tenant_id)).await;
                     recheck_principals(&shared, &tenant_id).await;
                 }
                 // Notifications may have been missed: reload every loaded index.
                 Ok(None) => {
-                    shared.auth.cache.clear();
+                    shared.auth.forget_all();
                     shared.quotas.refresh(&shared.store, None).await;
                     shared.policies.refresh_all(&shared.store).await;
                     for (namespace, routes) in shared.router.loaded() {

@@ -78,7 +78,15 @@ pub async fn accept(
     // A certificate that names a principal decides; one that names nobody leaves it to
     // the password (SPEC §4.1).
     let certified = match client_certificate {
-        Some(chain) => crate::x509::authenticate(&shared.store, &shared.quotas, chain).await,
+        Some(chain) => {
+            crate::x509::authenticate(
+                &shared.store,
+                &shared.auth.certificates,
+                &shared.quotas,
+                chain,
+            )
+            .await
+        }
         None => Ok(None),
     };
     let authenticated = match certified {

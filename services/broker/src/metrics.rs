@@ -7,8 +7,32 @@ use crate::broker::Shared;
 use iotcore_codec::{ProtocolVersion, ReasonCode};
 use iotcore_store::TenantId;
 use iotcore_telemetry::metrics::mqtt;
+use iotcore_telemetry::{Counter, Family};
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, LazyLock, Weak};
+
+/// Authentications at CONNECT by `method` and by what answered them (`source`): `cache`
+/// for a credential remembered from an earlier CONNECT, `store` for one looked up in
+/// PostgreSQL (then verified: argon2id for a password, the chain for a certificate).
+static AUTH_LOOKUPS: LazyLock<Family<Counter>> = LazyLock::new(|| {
+    iotcore_telemetry::counter(
+        "iotcore_mqtt_auth_lookups_total",
+        "CONNECT authentications by method and by whether the cache or the store answered",
+        &["method", "source"],
+    )
+});
+
+/// The `method` label of [`auth_answered`].
+pub const PASSWORD: &str = "password";
+pub const CERTIFICATE: &str = "certificate";
+/// The `source` label of [`auth_answered`].
+pub const CACHE: &str = "cache";
+pub const STORE: &str = "store";
+
+/// Counts one authentication of `method` answered by `source`.
+pub fn auth_answered(method: &'static str, source: &'static str) {
+    AUTH_LOOKUPS.with(&[method, source]).inc();
+}
 
 tokio::task_local! {
     /// The `transport` label of the connection this task serves; set by the transport

@@ -14,26 +14,31 @@
 //! deleted CA is refused outright, whatever else the CONNECT carries.
 
 use crate::auth::{AuthFailure, Principal};
+use crate::auth_cache::{CertificateCache, CertifiedPrincipal};
 use crate::limits::{Limits, TenantLimits};
 use crate::transport::tls::ClientCertificate;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use iotcore_pki::{verify_chain, Certificate, ChainError, Validity};
-use iotcore_store::auth::{PasswordPrincipal, PrincipalKind};
+use iotcore_store::auth::PrincipalKind;
 use iotcore_store::certificates::NewCertificate;
 use iotcore_store::{CaCertificateId, DeviceId, Store, StoreError, TenantId};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Separates a principal id from the certificate in a session's principal key.
 const KEY_MARK: &str = "#x509:";
 
 /// The certificate a connection authenticated with, kept so that revoking it (or deleting
-/// its CA) disconnects the connection.
+/// its CA) disconnects the connection, and so that its expiry does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertificateCredential {
     pub fingerprint: String,
     /// The registry CA the chain verified against, when the certificate itself is not
     /// registered (a device named by a CA-signed certificate).
     pub ca_id: Option<CaCertificateId>,
+    /// When the credential stops being valid: the certificate's `not_after`, or, when it
+    /// was verified through a registry CA, the earliest `not_after` of the chain.
+    pub not_after: DateTime<Utc>,
 }
 
 impl CertificateCredential {
@@ -47,20 +52,57 @@ impl CertificateCredential {
     }
 }
 
+/// The longest a connection's certificate expiry timer waits before it looks at the clock
+/// again (timers this far out are coarse, and the wall clock may be set meanwhile).
+const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(86_400);
+
+/// How long the connection may wait before it checks `not_after` again, or `None` once the
+/// certificate has expired (SPEC §4.1: a certificate outside its validity is refused; a
+/// connection whose certificate expires is disconnected, MQTT 5: 0x87).
+pub fn time_left(not_after: DateTime<Utc>, now: DateTime<Utc>) -> Option<Duration> {
+    match (not_after - now).to_std() {
+        Ok(left) if !left.is_zero() => Some(left.min(EXPIRY_CHECK_EVERY)),
+        _ => None,
+    }
+}
+
 /// Authenticates a CONNECT by the certificate the client presented. `Ok(None)`: the
 /// certificate names nobody, and other credentials may be tried.
+///
+/// A certificate that named a principal before is answered from `cache` (no query, no
+/// chain verification) until its tenant changes, the cache's TTL passes or the certificate
+/// expires.
 pub async fn authenticate(
     store: &Store,
+    cache: &CertificateCache,
     limits: &Limits,
     chain: &ClientCertificate,
 ) -> Result<Option<(Principal, Arc<TenantLimits>)>, AuthFailure> {
-    let Some(found) = identify(store, chain).await? else {
+    let Some(leaf_der) = chain.first() else {
         return Ok(None);
     };
-    let (found, credential, common_name) = found;
-    let mut principal = crate::auth::into_principal(found)?;
-    principal.cert_cn = common_name;
-    principal.certificate = Some(credential);
+    let fingerprint = iotcore_pki::fingerprint(leaf_der);
+    let now = Utc::now();
+    let generation = cache.generation();
+    let (found, cached) = match cache.get(&fingerprint, now) {
+        Some(found) => {
+            crate::metrics::auth_answered(crate::metrics::CERTIFICATE, crate::metrics::CACHE);
+            (found, true)
+        }
+        None => {
+            crate::metrics::auth_answered(crate::metrics::CERTIFICATE, crate::metrics::STORE);
+            let Some(found) = identify(store, chain, now).await? else {
+                return Ok(None);
+            };
+            (found, false)
+        }
+    };
+    let mut principal = crate::auth::into_principal(found.principal.clone())?;
+    principal.cert_cn = found.common_name.clone();
+    principal.certificate = Some(found.credential.clone());
+    if !cached {
+        cache.insert(&fingerprint, found, generation);
+    }
     let tenant = limits.tenant(store, &principal.tenant_id).await;
     limits.admit_connect(&tenant).map_err(|refusal| {
         tenant.refused(refusal);
@@ -69,12 +111,11 @@ pub async fn authenticate(
     Ok(Some((principal, tenant)))
 }
 
-type Identified = (PasswordPrincipal, CertificateCredential, Option<String>);
-
 async fn identify(
     store: &Store,
     chain: &ClientCertificate,
-) -> Result<Option<Identified>, AuthFailure> {
+    now: DateTime<Utc>,
+) -> Result<Option<CertifiedPrincipal>, AuthFailure> {
     let Some(leaf_der) = chain.first() else {
         return Ok(None);
     };
@@ -85,7 +126,6 @@ async fn identify(
             return Ok(None);
         }
     };
-    let now = Utc::now();
     // a. Registered by fingerprint.
     if let Some(registered) = store
         .find_certificate(&leaf.fingerprint)
@@ -98,38 +138,42 @@ async fn identify(
         if now < registered.not_before || now > registered.not_after {
             return Err(refused("certificate_expired"));
         }
-        let principal = store
-            .find_password_principal(&registered.owner_id)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| refused("unknown_principal"))?;
-        let credential = CertificateCredential {
-            fingerprint: leaf.fingerprint.clone(),
-            ca_id: None,
-        };
-        return Ok(Some((principal, credential, leaf.common_name)));
+        return named(
+            store,
+            &registered.owner_id,
+            &leaf,
+            None,
+            registered.not_after,
+        )
+        .await;
     }
     // b. Signed by a registry's CA.
     let intermediates: Vec<Vec<u8>> = chain[1..].to_vec();
+    let parsed: Vec<Certificate> = intermediates
+        .iter()
+        .filter_map(|der| Certificate::from_der(der).ok())
+        .collect();
     let mut issuers = vec![leaf.issuer.clone()];
-    issuers.extend(
-        intermediates
-            .iter()
-            .filter_map(|der| Certificate::from_der(der).ok())
-            .map(|c| c.issuer),
-    );
+    issuers.extend(parsed.iter().map(|c| c.issuer.clone()));
+    // An intermediate that has expired cannot be on a chain that verifies now; the others
+    // may be, so the earliest of their ends bounds the credential.
+    let chain_end = parsed
+        .iter()
+        .map(|c| c.not_after)
+        .filter(|end| *end > now)
+        .fold(leaf.not_after, DateTime::min);
     let cas = store.trusted_cas(&issuers).await.map_err(unavailable)?;
     let mut verified = Vec::new();
     let mut out_of_date = false;
     for ca in cas {
-        let Some(ca_der) = iotcore_pki::parse_pem(&ca.pem)
+        let Some(ca_cert) = iotcore_pki::parse_pem(&ca.pem)
             .ok()
             .and_then(|certs| certs.into_iter().next())
         else {
             continue;
         };
-        match verify_chain(&leaf.der, &intermediates, &ca_der.der, now) {
-            Ok(()) => verified.push(ca),
+        match verify_chain(&leaf.der, &intermediates, &ca_cert.der, now) {
+            Ok(()) => verified.push((ca, chain_end.min(ca_cert.not_after))),
             Err(ChainError::Expired | ChainError::NotYetValid) => out_of_date = true,
             Err(e) => tracing::debug!(ca_id = %ca.id, error = %e, "chain does not verify"),
         }
@@ -141,17 +185,24 @@ async fn identify(
         return Ok(None);
     }
     let names: Vec<String> = leaf.names().map(str::to_owned).collect();
-    for ca in &verified {
+    for (ca, not_after) in &verified {
         let device = store
             .device_named(&ca.tenant_id, &ca.registry_id, &names)
             .await
             .map_err(unavailable)?;
         if let Some(device) = device {
-            return named(store, device.as_str(), &leaf, Some(ca.id.clone())).await;
+            return named(
+                store,
+                device.as_str(),
+                &leaf,
+                Some(ca.id.clone()),
+                *not_after,
+            )
+            .await;
         }
     }
     // Just-in-time registration, through the first CA that allows it.
-    let Some(ca) = verified.iter().find(|ca| ca.auto_register) else {
+    let Some((ca, not_after)) = verified.iter().find(|(ca, _)| ca.auto_register) else {
         return Err(refused("no_device_for_certificate"));
     };
     let Some(name) = names.first().filter(|name| valid_device_name(name)) else {
@@ -173,7 +224,7 @@ async fn identify(
         Ok(device) => {
             tracing::info!(tenant_id = %ca.tenant_id, registry_id = %ca.registry_id,
                 device_id = %device, "device registered just in time by its certificate");
-            named(store, device.as_str(), &leaf, None).await
+            named(store, device.as_str(), &leaf, None, *not_after).await
         }
         // Another connection with the same certificate registered it first.
         Err(StoreError::Conflict {
@@ -184,7 +235,14 @@ async fn identify(
                 .await
                 .map_err(unavailable)?
                 .ok_or_else(|| refused("no_device_for_certificate"))?;
-            named(store, device.as_str(), &leaf, Some(ca.id.clone())).await
+            named(
+                store,
+                device.as_str(),
+                &leaf,
+                Some(ca.id.clone()),
+                *not_after,
+            )
+            .await
         }
         Err(StoreError::Conflict {
             field: "max_devices",
@@ -193,23 +251,29 @@ async fn identify(
     }
 }
 
-/// The principal of the device `device_id`, authenticated by `leaf`.
+/// The principal `principal_id` (a device, registry or virtual broker), authenticated by
+/// `leaf` until `not_after`.
 async fn named(
     store: &Store,
-    device_id: &str,
+    principal_id: &str,
     leaf: &Certificate,
     ca_id: Option<CaCertificateId>,
-) -> Result<Option<Identified>, AuthFailure> {
+    not_after: DateTime<Utc>,
+) -> Result<Option<CertifiedPrincipal>, AuthFailure> {
     let principal = store
-        .find_password_principal(device_id)
+        .find_password_principal(principal_id)
         .await
         .map_err(unavailable)?
         .ok_or_else(|| refused("unknown_principal"))?;
-    let credential = CertificateCredential {
-        fingerprint: leaf.fingerprint.clone(),
-        ca_id,
-    };
-    Ok(Some((principal, credential, leaf.common_name.clone())))
+    Ok(Some(CertifiedPrincipal {
+        principal,
+        credential: CertificateCredential {
+            fingerprint: leaf.fingerprint.clone(),
+            ca_id,
+            not_after,
+        },
+        common_name: leaf.common_name.clone(),
+    }))
 }
 
 /// A name a device may be given (the API's rule for resource names). A name shaped like a
@@ -311,14 +375,31 @@ mod tests {
         let plain = CertificateCredential {
             fingerprint: "ab12".into(),
             ca_id: None,
+            not_after: Utc::now(),
         };
         assert_eq!(plain.session_key("dev_x"), "dev_x#x509:ab12");
         let ca = CaCertificateId::generate();
         let via_ca = CertificateCredential {
             fingerprint: "ab12".into(),
             ca_id: Some(ca.clone()),
+            not_after: Utc::now(),
         };
         assert_eq!(via_ca.session_key("dev_x"), format!("dev_x#x509:ab12@{ca}"));
+    }
+
+    #[test]
+    fn expiry_is_checked_again_at_most_daily_and_ends_at_not_after() {
+        let now = Utc::now();
+        assert_eq!(
+            time_left(now + chrono::Duration::seconds(5), now),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            time_left(now + chrono::Duration::days(400), now),
+            Some(EXPIRY_CHECK_EVERY)
+        );
+        assert_eq!(time_left(now, now), None);
+        assert_eq!(time_left(now - chrono::Duration::seconds(1), now), None);
     }
 
     #[test]

@@ -9,6 +9,6 @@ mod certificate;
 mod chain;
 mod issue;
 
-pub use certificate::{parse_pem, Certificate, CertificateError, Validity};
+pub use certificate::{fingerprint, parse_pem, Certificate, CertificateError, Validity};
 pub use chain::{verify_chain, ChainError};
 pub use issue::{issue, new_ca, self_signed, IssueError, Issued};

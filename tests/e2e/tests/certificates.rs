@@ -203,6 +203,11 @@ impl Mqtt {
         self.send(&Packet::PingReq).await && matches!(self.packet().await, Some(Packet::PingResp))
     }
 
+    /// Waits for the end of an MQTT 3.1.1 connection (the server sends no DISCONNECT).
+    async fn expect_disconnected_v311(&mut self) {
+        while self.packet().await.is_some() {}
+    }
+
     /// Waits for DISCONNECT 0x87 (MQTT 5) and the end of the connection.
     async fn expect_disconnected(&mut self) {
         loop {
@@ -245,6 +250,45 @@ fn publish_packet(topic: &str, payload: &[u8]) -> Packet {
         payload: bytes::Bytes::copy_from_slice(payload),
         properties: Properties::default(),
     })
+}
+
+/// The value of the series `name{labels}` on `/metrics` (0 when it does not exist yet).
+async fn metric(app: &TestApp, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.api))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (series_name, rest) = series.split_once('{').unwrap_or((series, "}"));
+            series_name == name
+                && rest
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .count()
+                    == labels.len()
+                && labels
+                    .iter()
+                    .all(|(label, value)| rest.contains(&format!("{label}=\"{value}\"")))
+        })
+        .filter_map(|(_, value)| value.parse::<f64>().ok())
+        .sum()
+}
+
+/// Certificate authentications answered by PostgreSQL and by the broker's memory so far.
+async fn certificate_lookups(app: &TestApp) -> (f64, f64) {
+    let name = "iotcore_mqtt_auth_lookups_total";
+    let store = metric(app, name, &[("method", "certificate"), ("source", "store")]).await;
+    let cache = metric(app, name, &[("method", "certificate"), ("source", "cache")]).await;
+    (store, cache)
 }
 
 /// A client certificate and its key, PEM.
@@ -821,5 +865,91 @@ async fn mosquitto_pub_connects_with_a_certificate_the_service_generated() {
         .expect("the device's message");
     assert_eq!(publish.topic, topic);
     assert_eq!(&publish.payload[..], b"with-a-certificate");
+    b.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_reconnecting_certificate_costs_no_store_query_until_it_is_revoked() {
+    let b = CertBroker::spawn().await;
+    let app = &b.app;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = b.bare_device(&app.token, &registry, "board").await;
+    let named = b.bare_device(&app.token, &registry, "named").await;
+    let cert = self_signed("board");
+    let view = register(
+        app,
+        &app.token,
+        &format!("/v1/devices/{device}/certificates"),
+        &cert.cert_pem,
+    )
+    .await;
+    let factory = ca("factory");
+    register_ca(app, &app.token, &registry, &factory.pem(), false).await;
+    let by_ca = signed(&factory, "named", VALID);
+    assert_eq!(certificate_lookups(app).await, (0.0, 0.0));
+
+    // First connections: the store answers (fingerprint, then chain to the CA).
+    let (mut first, _) = b
+        .connected(ProtocolVersion::V5, &device, &cert.cert_pem, &cert.key_pem)
+        .await;
+    let (mut other, _) = b
+        .connected(ProtocolVersion::V5, &named, &by_ca.cert_pem, &by_ca.key_pem)
+        .await;
+    assert_eq!(certificate_lookups(app).await, (2.0, 0.0));
+    assert!(first.send(&Packet::Disconnect(Default::default())).await);
+    assert!(other.send(&Packet::Disconnect(Default::default())).await);
+
+    // Reconnecting: answered from memory, no query and no chain verification.
+    let (mut live, _) = b
+        .connected(ProtocolVersion::V5, &device, &cert.cert_pem, &cert.key_pem)
+        .await;
+    let (mut bystander, _) = b
+        .connected(
+            ProtocolVersion::V3_1_1,
+            &named,
+            &by_ca.cert_pem,
+            &by_ca.key_pem,
+        )
+        .await;
+    assert_eq!(certificate_lookups(app).await, (2.0, 2.0));
+    assert!(live.ping().await && bystander.ping().await);
+
+    // Revoking still disconnects the live connection and refuses the next CONNECT, which
+    // the store answers again.
+    let fingerprint = view["fingerprint"].as_str().unwrap_or_default();
+    let path = format!("/v1/devices/{device}/certificates/{fingerprint}");
+    let (status, body) = app.call("DELETE", &path, &app.token, None).await;
+    assert_eq!(status, 204, "{body}");
+    live.expect_disconnected().await;
+    let code = b
+        .refused(ProtocolVersion::V5, &device, &cert.cert_pem, &cert.key_pem)
+        .await;
+    assert_eq!(code, ReasonCode::NOT_AUTHORIZED.0);
+    assert!(bystander.ping().await, "the other device stays connected");
+    let (store, _) = certificate_lookups(app).await;
+    assert_eq!(store, 3.0, "the revoked certificate was looked up again");
+
+    // Disabling the other device: its live connection ends, and its certificate, named by
+    // the CA, is no longer answered from memory either.
+    let (status, body) = app
+        .call(
+            "PATCH",
+            &format!("/v1/devices/{named}"),
+            &app.token,
+            Some(json!({ "status": "disabled" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    bystander.expect_disconnected_v311().await;
+    let code = b
+        .refused(
+            ProtocolVersion::V3_1_1,
+            &named,
+            &by_ca.cert_pem,
+            &by_ca.key_pem,
+        )
+        .await;
+    assert_eq!(code, 5);
+    assert_eq!(certificate_lookups(app).await.0, 4.0);
     b.app.stop().await;
 }
