@@ -557,6 +557,21 @@ impl Session {
         };
         let far_future = Duration::from_secs(86400 * 365);
         let mut deadline = Instant::now() + keep_alive.unwrap_or(far_future);
+        // SPEC §4.1: a certificate that expires while connected ends the connection. One
+        // timer for the connection's life, re-armed only when it fires early.
+        let certificate_end = self
+            .accepted
+            .principal
+            .certificate
+            .as_ref()
+            .map(|certificate| certificate.not_after);
+        let first_check = certificate_end
+            .map_or(Some(far_future), |end| {
+                crate::x509::time_left(end, chrono::Utc::now())
+            })
+            .unwrap_or(Duration::ZERO);
+        let certificate_expiry = tokio::time::sleep(first_check);
+        tokio::pin!(certificate_expiry);
         // A resumed session's subscriptions are checked against this connection's rights.
         self.recheck_subscriptions();
         // Packets the client pipelined behind its CONNECT arrived in the same read and are
@@ -600,6 +615,14 @@ impl Session {
                 }
                 _ = sleep_until(deadline), if keep_alive.is_some() => {
                     return Close::with(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                }
+                _ = &mut certificate_expiry, if certificate_end.is_some() => {
+                    match certificate_end.and_then(|end| crate::x509::time_left(end, chrono::Utc::now())) {
+                        Some(left) => certificate_expiry.as_mut().reset(Instant::now() + left),
+                        // MQTT 5: 0x87, as for a revoked certificate: the credential the
+                        // connection was admitted with is no longer valid.
+                        None => return Close::with(ReasonCode::NOT_AUTHORIZED, "certificate expired"),
+                    }
                 }
                 // SPEC §4.2: policies changed; subscriptions no longer granted stop here.
                 _ = self.accepted.acl.changed() => self.recheck_subscriptions(),

@@ -203,6 +203,30 @@ impl Mqtt {
         self.send(&Packet::PingReq).await && matches!(self.packet().await, Some(Packet::PingResp))
     }
 
+    /// Waits up to `limit` for the broker to send DISCONNECT 0x87 and close the
+    /// connection, answering nothing meanwhile; returns what came instead.
+    async fn disconnected_within(&mut self, limit: std::time::Duration) -> Result<(), String> {
+        let end = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(packet)) = decode(&mut self.buf, self.version, 1 << 20) {
+                return match packet {
+                    Packet::Disconnect(d) if d.reason == ReasonCode::NOT_AUTHORIZED => {
+                        match self.packet().await {
+                            None => Ok(()),
+                            Some(other) => Err(format!("{other:?} after the DISCONNECT")),
+                        }
+                    }
+                    other => Err(format!("{other:?}")),
+                };
+            }
+            match tokio::time::timeout_at(end, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Err("closed without DISCONNECT".into()),
+                Ok(Ok(_)) => continue,
+                Err(_) => return Err(format!("still connected after {limit:?}")),
+            }
+        }
+    }
+
     /// Waits for the end of an MQTT 3.1.1 connection (the server sends no DISCONNECT).
     async fn expect_disconnected_v311(&mut self) {
         while self.packet().await.is_some() {}
@@ -951,5 +975,109 @@ async fn a_reconnecting_certificate_costs_no_store_query_until_it_is_revoked() {
         .await;
     assert_eq!(code, 5);
     assert_eq!(certificate_lookups(app).await.0, 4.0);
+    b.app.stop().await;
+}
+
+/// `seconds` from now, as rcgen's `not_after` wants it.
+fn seconds_from_now(seconds: u64) -> impl Fn(&mut CertificateParams) {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    move |params: &mut CertificateParams| {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(1970, 1, 1)
+            + since_epoch
+            + std::time::Duration::from_secs(seconds);
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_that_expires_while_connected_ends_the_connection() {
+    let b = CertBroker::spawn().await;
+    let app = &b.app;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = b.bare_device(&app.token, &registry, "board").await;
+    let named = b.bare_device(&app.token, &registry, "named").await;
+    let lasting = b.bare_device(&app.token, &registry, "lasting").await;
+    // Valid for a few seconds: long enough to register and connect, short enough to wait
+    // for. A registered certificate ends with its own not_after ...
+    let short = seconds_from_now(12);
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name.push(DnType::CommonName, "board");
+    short(&mut params);
+    let cert = ClientCert {
+        cert_pem: params.self_signed(&key).expect("cert").pem(),
+        key_pem: key.serialize_pem(),
+    };
+    register(
+        app,
+        &app.token,
+        &format!("/v1/devices/{device}/certificates"),
+        &cert.cert_pem,
+    )
+    .await;
+    // ... and one named by a registry CA with the CA's, when that comes first.
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "short-lived CA");
+    short(&mut ca_params);
+    let factory =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+    register_ca(app, &app.token, &registry, &factory.pem(), false).await;
+    let by_ca = signed(&factory, "named", VALID);
+    let steady = self_signed("lasting");
+    register(
+        app,
+        &app.token,
+        &format!("/v1/devices/{lasting}/certificates"),
+        &steady.cert_pem,
+    )
+    .await;
+
+    let (mut expiring, _) = b
+        .connected(ProtocolVersion::V5, &device, &cert.cert_pem, &cert.key_pem)
+        .await;
+    let (mut via_ca, _) = b
+        .connected(ProtocolVersion::V5, &named, &by_ca.cert_pem, &by_ca.key_pem)
+        .await;
+    let (mut bystander, _) = b
+        .connected(
+            ProtocolVersion::V5,
+            &lasting,
+            &steady.cert_pem,
+            &steady.key_pem,
+        )
+        .await;
+    // Bounded: the certificates end within 12 s of their creation.
+    let limit = std::time::Duration::from_secs(60);
+    expiring
+        .disconnected_within(limit)
+        .await
+        .expect("DISCONNECT 0x87 at the certificate's expiry");
+    via_ca
+        .disconnected_within(limit)
+        .await
+        .expect("DISCONNECT 0x87 at the CA's expiry");
+    assert!(
+        bystander.ping().await,
+        "a valid certificate stays connected"
+    );
+    // Remembered or not, the expired certificate does not connect again.
+    let code = b
+        .refused(ProtocolVersion::V5, &device, &cert.cert_pem, &cert.key_pem)
+        .await;
+    assert_eq!(code, ReasonCode::NOT_AUTHORIZED.0);
+    let code = b
+        .refused(
+            ProtocolVersion::V3_1_1,
+            &named,
+            &by_ca.cert_pem,
+            &by_ca.key_pem,
+        )
+        .await;
+    assert_eq!(code, 5);
     b.app.stop().await;
 }
