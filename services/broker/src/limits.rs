@@ -22,6 +22,9 @@ use std::time::Instant;
 /// binary copies them here, so that the API shows exactly what the broker enforces).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantQuotaDefaults {
+    /// Devices a tenant may have; the broker checks it when it registers a device just in
+    /// time by its certificate (SPEC §4.1 b), as the API does when one is created.
+    pub max_devices: u64,
     pub max_connections: u64,
     pub max_messages_per_second: u64,
     pub max_bytes_per_second: u64,
@@ -31,6 +34,7 @@ pub struct TenantQuotaDefaults {
 impl Default for TenantQuotaDefaults {
     fn default() -> Self {
         TenantQuotaDefaults {
+            max_devices: 100_000,
             max_connections: 100_000,
             max_messages_per_second: 10_000,
             max_bytes_per_second: 64 * 1024 * 1024,
@@ -60,6 +64,9 @@ pub enum Refusal {
     /// A namespace of the tenant holds as many retained messages as its quota allows: the
     /// message is delivered but not retained.
     TenantRetained,
+    /// The tenant has as many devices as its quota allows, so a certificate cannot register
+    /// a new one just in time (0x97).
+    TenantDevices,
 }
 
 /// Refusals at a limit, by tenant and [`Refusal::as_str`] (`deploy/README.md`, metrics).
@@ -72,7 +79,7 @@ static REFUSALS: LazyLock<Family<Counter>> = LazyLock::new(|| {
 });
 
 impl Refusal {
-    const COUNT: usize = 7;
+    const COUNT: usize = 8;
     const ALL: [Refusal; Refusal::COUNT] = [
         Refusal::TenantConnections,
         Refusal::TenantConnectRate,
@@ -81,6 +88,7 @@ impl Refusal {
         Refusal::TenantMessageRate,
         Refusal::TenantByteRate,
         Refusal::TenantRetained,
+        Refusal::TenantDevices,
     ];
     /// The name used in logs and metrics.
     pub fn as_str(self) -> &'static str {
@@ -92,6 +100,7 @@ impl Refusal {
             Refusal::TenantMessageRate => "tenant_message_rate",
             Refusal::TenantByteRate => "tenant_byte_rate",
             Refusal::TenantRetained => "tenant_retained",
+            Refusal::TenantDevices => "tenant_devices",
         }
     }
 
@@ -104,7 +113,8 @@ impl Refusal {
             Refusal::TenantConnections
             | Refusal::TenantMessageRate
             | Refusal::TenantByteRate
-            | Refusal::TenantRetained => ReasonCode::QUOTA_EXCEEDED,
+            | Refusal::TenantRetained
+            | Refusal::TenantDevices => ReasonCode::QUOTA_EXCEEDED,
             Refusal::TenantConnectRate => ReasonCode::CONNECTION_RATE_EXCEEDED,
             Refusal::TenantAuthInFlight => ReasonCode::SERVER_BUSY,
             Refusal::ClientPublishRate => ReasonCode::MESSAGE_RATE_TOO_HIGH,
@@ -322,6 +332,7 @@ impl Limits {
         let defaults = self.settings.defaults;
         match store.get_quota_overrides(tenant).await {
             Ok(own) => TenantQuotaDefaults {
+                max_devices: own.max_devices.unwrap_or(defaults.max_devices),
                 max_connections: own.max_connections.unwrap_or(defaults.max_connections),
                 max_messages_per_second: own
                     .max_messages_per_second
@@ -338,6 +349,12 @@ impl Limits {
                 defaults
             }
         }
+    }
+
+    /// The configured default of the tenant device quota (`api.quotas.max_devices`), for
+    /// tenants that do not override it.
+    pub fn default_max_devices(&self) -> u64 {
+        self.settings.defaults.max_devices
     }
 
     /// Admits one CONNECT of the tenant to authentication: within its CONNECT rate and its

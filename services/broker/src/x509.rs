@@ -15,7 +15,7 @@
 
 use crate::auth::{AuthFailure, Principal};
 use crate::auth_cache::{CertificateCache, CertifiedPrincipal};
-use crate::limits::{Limits, TenantLimits};
+use crate::limits::{Limits, Refusal, TenantLimits};
 use crate::transport::tls::ClientCertificate;
 use chrono::{DateTime, Utc};
 use iotcore_pki::{verify_chain, Certificate, ChainError, Validity};
@@ -91,7 +91,7 @@ pub async fn authenticate(
         }
         None => {
             crate::metrics::auth_answered(crate::metrics::CERTIFICATE, crate::metrics::STORE);
-            let Some(found) = identify(store, chain, now).await? else {
+            let Some(found) = identify(store, limits, chain, now).await? else {
                 return Ok(None);
             };
             (found, false)
@@ -113,6 +113,7 @@ pub async fn authenticate(
 
 async fn identify(
     store: &Store,
+    limits: &Limits,
     chain: &ClientCertificate,
     now: DateTime<Utc>,
 ) -> Result<Option<CertifiedPrincipal>, AuthFailure> {
@@ -218,7 +219,13 @@ async fn identify(
         ca_certificate_id: Some(ca.id.clone()),
     };
     match store
-        .register_device_just_in_time(&ca.tenant_id, &ca.registry_id, name, &new)
+        .register_device_just_in_time(
+            &ca.tenant_id,
+            &ca.registry_id,
+            name,
+            &new,
+            limits.default_max_devices(),
+        )
         .await
     {
         Ok(device) => {
@@ -244,9 +251,16 @@ async fn identify(
             )
             .await
         }
+        // The tenant's device quota (SPEC §7.3) is full: refused like other quotas (MQTT 5:
+        // 0x97 quota exceeded; 3.1.1: 3 server unavailable), and nothing is created.
         Err(StoreError::Conflict {
             field: "max_devices",
-        }) => Err(refused("device_quota")),
+        }) => {
+            failed("device_quota");
+            let tenant = limits.tenant(store, &ca.tenant_id).await;
+            tenant.refused(Refusal::TenantDevices);
+            Err(AuthFailure::Limited(Refusal::TenantDevices))
+        }
         Err(e) => Err(unavailable(e)),
     }
 }

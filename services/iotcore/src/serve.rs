@@ -86,6 +86,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
                 // One set of quota defaults: the API shows what the broker enforces.
                 let quotas = &config.api.quotas;
                 mqtt.tenant_quotas = iotcore_broker::TenantQuotaDefaults {
+                    max_devices: quotas.max_devices,
                     max_connections: quotas.max_connections,
                     max_messages_per_second: quotas.max_messages_per_second,
                     max_bytes_per_second: quotas.max_bytes_per_second,

@@ -19,9 +19,6 @@ pub type CertificateOwner<'a> = PasswordOwner<'a>;
 pub const MAX_CERTIFICATES_PER_OWNER: i64 = 50;
 /// CA certificates one registry may hold.
 pub const MAX_CA_CERTIFICATES_PER_REGISTRY: i64 = 10;
-/// Devices a tenant may have when just-in-time registration finds no `max_devices` in the
-/// tenant's quota overrides (the API's default quota).
-pub const DEFAULT_MAX_DEVICES: i64 = 100_000;
 
 fn owner_column(owner: CertificateOwner<'_>) -> (&'static str, &'static str, &str) {
     match owner {
@@ -437,16 +434,18 @@ impl Store {
     }
 
     /// Just-in-time registration (SPEC §4.1 b): creates the device `name` in `registry`
-    /// with `certificate` registered on it, within the tenant's device quota. A device of
-    /// that name created meanwhile is `Conflict { field: "name" }`; the certificate
-    /// registered meanwhile is `Conflict { field: "fingerprint" }`; a full quota is
-    /// `Conflict { field: "max_devices" }`.
+    /// with `certificate` registered on it, within the tenant's device quota: its own
+    /// `max_devices` override, or `default_max_devices` (the configured default, as the
+    /// API's device creation uses). A device of that name created meanwhile is
+    /// `Conflict { field: "name" }`; the certificate registered meanwhile is
+    /// `Conflict { field: "fingerprint" }`; a full quota is `Conflict { field: "max_devices" }`.
     pub async fn register_device_just_in_time(
         &self,
         tenant: &TenantId,
         registry: &RegistryId,
         name: &str,
         certificate: &NewCertificate,
+        default_max_devices: u64,
     ) -> Result<DeviceId> {
         let mut tx = self.pool.begin().await?;
         let row: Option<(i64, Option<i64>)> = sqlx::query_as(
@@ -459,7 +458,8 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let (count, max) = row.ok_or(StoreError::NotFound)?;
-        if count >= max.unwrap_or(DEFAULT_MAX_DEVICES) {
+        let default = i64::try_from(default_max_devices).unwrap_or(i64::MAX);
+        if count >= max.unwrap_or(default) {
             return Err(StoreError::Conflict {
                 field: "max_devices",
             });
@@ -612,7 +612,7 @@ mod tests {
         let mut cert = certificate("f2");
         cert.ca_certificate_id = Some(ca.id.clone());
         let dev = store
-            .register_device_just_in_time(&a, &reg, "jit", &cert)
+            .register_device_just_in_time(&a, &reg, "jit", &cert, 100)
             .await
             .unwrap();
         assert_eq!(

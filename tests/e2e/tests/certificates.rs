@@ -29,9 +29,15 @@ struct CertBroker {
 
 impl CertBroker {
     async fn spawn() -> CertBroker {
+        CertBroker::spawn_with(&[]).await
+    }
+
+    /// The broker with a TLS listener and `extra` environment.
+    async fn spawn_with(extra: &[(&str, &str)]) -> CertBroker {
         let pki = TestPki::generate();
         let tls = free_port();
         let mut env = pki.broker_env();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         env.push(("IOTCORE_MQTT_TLS_LISTEN".into(), format!("127.0.0.1:{tls}")));
         // Off: its default port would be shared by every test running at once.
         env.push(("IOTCORE_MQTT_WSS_LISTEN".into(), String::new()));
@@ -1079,5 +1085,72 @@ async fn a_certificate_that_expires_while_connected_ends_the_connection() {
         )
         .await;
     assert_eq!(code, 5);
+    b.app.stop().await;
+}
+
+/// How many devices `registry` has.
+async fn device_count(app: &TestApp, registry: &str) -> usize {
+    let path = format!("/v1/registries/{registry}/devices");
+    let (_, listed) = app.call("GET", &path, &app.token, None).await;
+    listed["items"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn just_in_time_registration_stops_at_the_tenant_device_quota() {
+    // The configured default quota applies to a tenant without its own.
+    let b = CertBroker::spawn_with(&[("IOTCORE_API_QUOTAS_MAX_DEVICES", "2")]).await;
+    let app = &b.app;
+    let registry = app.create_registry(&app.token, "r").await;
+    b.bare_device(&app.token, &registry, "board").await;
+    let factory = ca("factory");
+    register_ca(app, &app.token, &registry, &factory.pem(), true).await;
+
+    let second = signed(&factory, "sensor-1", VALID);
+    b.connected(ProtocolVersion::V5, "", &second.cert_pem, &second.key_pem)
+        .await;
+    assert_eq!(device_count(app, &registry).await, 2);
+    // The quota is full: refused as quota exceeded (3.1.1: server unavailable), and no
+    // device is created.
+    let third = signed(&factory, "sensor-2", VALID);
+    let code = b
+        .refused(ProtocolVersion::V5, "", &third.cert_pem, &third.key_pem)
+        .await;
+    assert_eq!(code, ReasonCode::QUOTA_EXCEEDED.0);
+    let code = b
+        .refused(ProtocolVersion::V3_1_1, "", &third.cert_pem, &third.key_pem)
+        .await;
+    assert_eq!(code, 3);
+    assert_eq!(device_count(app, &registry).await, 2);
+    let refusals = metric(
+        app,
+        "iotcore_mqtt_limit_refusals_total",
+        &[
+            ("tenant", app.tenant_id.as_str()),
+            ("limit", "tenant_devices"),
+        ],
+    )
+    .await;
+    assert_eq!(refusals, 2.0);
+    // The API's device creation stops at the same limit.
+    let path = format!("/v1/registries/{registry}/devices");
+    let (status, body) = app
+        .call("POST", &path, &app.token, Some(json!({ "name": "manual" })))
+        .await;
+    assert_ne!(status, 201, "{body}");
+
+    // The tenant's own quota overrides the default.
+    let path = format!("/v1/tenants/{}/quotas", app.tenant_id);
+    let (status, body) = app
+        .call(
+            "PATCH",
+            &path,
+            &app.operator_token,
+            Some(json!({ "max_devices": 3 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    b.connected(ProtocolVersion::V5, "", &third.cert_pem, &third.key_pem)
+        .await;
+    assert_eq!(device_count(app, &registry).await, 3);
     b.app.stop().await;
 }
