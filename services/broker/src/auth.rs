@@ -131,8 +131,9 @@ impl Authenticator {
                 return Ok((into_principal(found)?, tenant));
             }
         }
-        let delay = self.throttle.delay(peer, username);
+        let (delay, by) = self.throttle.delay_by(peer, username);
         if !delay.is_zero() {
+            crate::metrics::auth_throttled(by);
             tokio::time::sleep(delay).await;
         }
         let result = self.verify(username, password, limits).await;

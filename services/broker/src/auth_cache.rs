@@ -277,18 +277,32 @@ impl FailureThrottle {
     }
 
     /// How long a CONNECT from `address` for `username` waits before it is checked.
+    #[cfg(test)]
     pub fn delay(&self, address: IpAddr, username: Option<&str>) -> Duration {
+        self.delay_by(address, username).0
+    }
+
+    /// How long a CONNECT from `address` for `username` waits, and whether the address's
+    /// failures or the username's decided it (`"address"` or `"username"`, the label of
+    /// `iotcore_mqtt_auth_throttled_total`).
+    pub fn delay_by(&self, address: IpAddr, username: Option<&str>) -> (Duration, &'static str) {
         if self.max_delay.is_zero() {
-            return Duration::ZERO;
+            return (Duration::ZERO, "address");
         }
         let entries = lock(&self.entries);
-        let failures = Self::sources(address, username)
-            .filter_map(|source| entries.get(&source))
-            .filter(|(_, at)| at.elapsed() < FAILURE_WINDOW)
-            .map(|(count, _)| *count)
-            .max()
-            .unwrap_or(0);
-        self.delay_after(failures)
+        let (failures, by) = Self::sources(address, username)
+            .filter_map(|source| entries.get(&source).map(|entry| (source, entry)))
+            .filter(|(_, (_, at))| at.elapsed() < FAILURE_WINDOW)
+            .map(|(source, (count, _))| match source {
+                Source::Address(_) => (*count, "address"),
+                Source::Username(_) => (*count, "username"),
+            })
+            // The address wins a tie: it is what a single guesser controls.
+            .fold(
+                (0, "address"),
+                |best, next| if next.0 > best.0 { next } else { best },
+            );
+        (self.delay_after(failures), by)
     }
 
     fn delay_after(&self, failures: u32) -> Duration {
@@ -411,6 +425,8 @@ mod tests {
         assert_eq!(throttle.delay(other, Some("dev_x")), FIRST_DELAY);
         assert_eq!(throttle.delay(ip, Some("dev_y")), FIRST_DELAY);
         assert_eq!(throttle.delay(other, Some("dev_y")), Duration::ZERO);
+        assert_eq!(throttle.delay_by(ip, Some("dev_y")).1, "address");
+        assert_eq!(throttle.delay_by(other, Some("dev_x")).1, "username");
         throttle.failed(ip, Some("dev_x"));
         assert_eq!(throttle.delay(ip, None), FIRST_DELAY * 2);
         for _ in 0..30 {

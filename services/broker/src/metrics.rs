@@ -29,6 +29,21 @@ pub const CERTIFICATE: &str = "certificate";
 pub const CACHE: &str = "cache";
 pub const STORE: &str = "store";
 
+/// CONNECTs held back before their password was checked, after repeated failures from
+/// their address or for their username (`by`: `address`, `username`; SPEC §4.1).
+static AUTH_THROTTLED: LazyLock<Family<Counter>> = LazyLock::new(|| {
+    iotcore_telemetry::counter(
+        "iotcore_mqtt_auth_throttled_total",
+        "CONNECTs slowed down after repeated authentication failures, by address or username",
+        &["by"],
+    )
+});
+
+/// Counts one CONNECT slowed down because of the failures of its address or username.
+pub fn auth_throttled(by: &'static str) {
+    AUTH_THROTTLED.with(&[by]).inc();
+}
+
 /// Counts one authentication of `method` answered by `source`.
 pub fn auth_answered(method: &'static str, source: &'static str) {
     AUTH_LOOKUPS.with(&[method, source]).inc();

@@ -1,9 +1,13 @@
 //! CONNECT authentication and the client id rule (SPEC §3.3, §4.1).
 
-use iotcore_e2e::mqtt::{connect_v311, connect_v5};
-use iotcore_e2e::TestApp;
+use bytes::BytesMut;
+use iotcore_codec::{decode, Connect, Packet, Properties, ProtocolVersion};
+use iotcore_e2e::mqtt::{connect_v311, connect_v5, WAIT};
+use iotcore_e2e::{Device, TestApp};
 use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as V5Code;
 use rumqttc::ConnectReturnCode as V311Code;
+use std::net::{IpAddr, SocketAddr};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn wrong_password_and_unknown_device_get_the_same_refusal_in_v311_and_v5() {
@@ -54,5 +58,112 @@ async fn a_client_id_other_than_the_device_id_is_refused() {
         .await
         .err();
     assert_eq!(v5, Some(V5Code::ClientIdentifierNotValid));
+    app.stop().await;
+}
+
+/// The CONNACK code (MQTT 3.1.1) that `device` with `password` gets when it connects from
+/// the loopback address `from` (all of 127.0.0.0/8 is this host).
+async fn connack_from(app: &TestApp, from: IpAddr, device: &Device, password: &str) -> u8 {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::new(from, 0)).expect("bind");
+    let mut stream = socket.connect(app.mqtt).await.expect("TCP connect");
+    let connect = Packet::Connect(Connect {
+        protocol: ProtocolVersion::V3_1_1,
+        clean_start: true,
+        keep_alive: 30,
+        client_id: device.id.clone(),
+        will: None,
+        username: Some(device.id.clone()),
+        password: Some(password.as_bytes().to_vec().into()),
+        properties: Properties::default(),
+    });
+    let mut out = BytesMut::new();
+    connect
+        .encode(ProtocolVersion::V3_1_1, &mut out)
+        .expect("encode");
+    stream.write_all(&out).await.expect("send CONNECT");
+    let mut buf = BytesMut::new();
+    loop {
+        if let Ok(Some(packet)) = decode(&mut buf, ProtocolVersion::V3_1_1, 1 << 16) {
+            match packet {
+                Packet::ConnAck(connack) => return connack.code,
+                other => panic!("expected CONNACK, got {other:?}"),
+            }
+        }
+        // The slow-down is bounded by mqtt.auth_failure_max_delay_ms (200 ms here).
+        match tokio::time::timeout(WAIT, stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => continue,
+            other => panic!("no CONNACK: {other:?}"),
+        }
+    }
+}
+
+/// `iotcore_mqtt_auth_throttled_total{by}` on /metrics (0 before the first).
+async fn throttled(app: &TestApp, by: &str) -> f64 {
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.api))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    let series = format!("iotcore_mqtt_auth_throttled_total{{by=\"{by}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn repeated_wrong_passwords_are_slowed_down_and_counted_but_others_still_connect() {
+    let app = TestApp::spawn_with(&[
+        ("IOTCORE_MQTT_AUTH_FAILURES_BEFORE_DELAY", "2"),
+        ("IOTCORE_MQTT_AUTH_FAILURE_MAX_DELAY_MS", "200"),
+    ])
+    .await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let target = app.create_device(&app.token, &registry, "target").await;
+    let neighbour = app.create_device(&app.token, &registry, "neighbour").await;
+    let third = app.create_device(&app.token, &registry, "third").await;
+    let guesser: IpAddr = [127, 0, 0, 1].into();
+    let elsewhere: IpAddr = [127, 0, 0, 2].into();
+
+    // Two failures are let through at once; the third and fourth wait first.
+    for _ in 0..4 {
+        let code = connack_from(&app, guesser, &target, "not-the-password").await;
+        assert_eq!(code, 4, "bad user name or password");
+    }
+    assert_eq!(throttled(&app, "address").await, 2.0);
+    assert_eq!(throttled(&app, "username").await, 0.0);
+
+    // The right password from another address still connects; the username's failures
+    // make it wait first, and count.
+    assert_eq!(
+        connack_from(&app, elsewhere, &target, &target.password).await,
+        0
+    );
+    assert_eq!(throttled(&app, "username").await, 1.0);
+    // Another device from that address is not held up at all.
+    assert_eq!(
+        connack_from(&app, elsewhere, &neighbour, &neighbour.password).await,
+        0
+    );
+    assert_eq!(throttled(&app, "address").await, 2.0);
+    assert_eq!(throttled(&app, "username").await, 1.0);
+    // The guessing address stays slowed down for credentials not seen before (one valid
+    // credential does not unlock guessing the others) ...
+    assert_eq!(
+        connack_from(&app, guesser, &third, &third.password).await,
+        0
+    );
+    assert_eq!(throttled(&app, "address").await, 3.0);
+    // ... while a remembered one, say another client behind the same NAT, is not held up.
+    assert_eq!(
+        connack_from(&app, guesser, &neighbour, &neighbour.password).await,
+        0
+    );
+    assert_eq!(throttled(&app, "address").await, 3.0);
     app.stop().await;
 }
