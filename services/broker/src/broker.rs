@@ -199,6 +199,7 @@ pub async fn run(
         config,
     });
     crate::metrics::count_retained_at_scrape(&shared);
+    crate::metrics::register();
     tokio::spawn(follow_rule_changes(shared.clone()));
     tokio::spawn(crate::api_publishes::relay(shared.clone()));
     tokio::spawn({

@@ -9,6 +9,10 @@ pub struct BrokerConfig {
     pub tcp_listen: Option<String>,
     /// A connection that has not sent a valid CONNECT within this time is closed.
     pub connect_timeout_secs: u64,
+    /// The longest one write to a client may wait for the client to take it (a client whose
+    /// TCP receive window stays full), seconds; then the connection is closed as on a
+    /// network loss, and its will is published. At least 1.
+    pub write_timeout_secs: u64,
     /// The largest packet accepted or sent, in bytes (MQTT 5 Maximum Packet Size).
     pub max_packet_size: u32,
     pub max_topic_length: usize,
@@ -100,6 +104,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             tcp_listen: Some("0.0.0.0:1883".into()),
             connect_timeout_secs: 10,
+            write_timeout_secs: 30,
             max_packet_size: 256 * 1024 + 1024,
             max_topic_length: 1024,
             max_topic_levels: 16,

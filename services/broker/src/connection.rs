@@ -32,6 +32,12 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+/// [`Close::why`] of a normal DISCONNECT from the client.
+pub const CLIENT_DISCONNECT: &str = "DISCONNECT from client";
+/// [`Close::why`] of a client that took nothing of what was written to it for
+/// `mqtt.write_timeout_secs`.
+pub const WRITE_TIMEOUT: &str = "write timeout";
+
 /// Why a connection ends; MQTT 5 clients are told with a DISCONNECT when there is a reason.
 #[derive(Debug)]
 pub struct Close {
@@ -91,6 +97,13 @@ pub async fn serve<S>(
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             bytes: None,
+            write_timeout: Duration::from_secs(shared.config.write_timeout_secs),
+            stop: Stop {
+                shutdown: shared.shutdown.clone(),
+                takeover: None,
+                revoked: None,
+            },
+            broken: false,
         };
         let connect_timeout = Duration::from_secs(shared.config.connect_timeout_secs);
         let connect = match tokio::time::timeout(connect_timeout, io.read_connect(&shared)).await {
@@ -184,6 +197,8 @@ pub async fn serve<S>(
             Some(&principal_key(&accepted)),
             connect.clean_start,
         );
+        io.stop.takeover = Some(claim.takeover.clone());
+        io.stop.revoked = Some(claim.revoked.clone());
         if let Some(previous) = &claim.previous {
             // Let the connection we take over finish, so that its session is parked and
             // can be resumed below. One that takes longer cannot park any more.
@@ -305,16 +320,17 @@ pub async fn serve<S>(
         if session_present {
             // MQTT-4.4.0-1: unacknowledged messages are sent again, with DUP set.
             session.redeliver(&mut io);
-            if io.flush().await.is_err() {
-                session.end(queue, connection_id, &claim.parkable);
-                claim.ended.cancel();
-                return;
-            }
         }
-        let close = session
-            .run(&mut io, &mut queue, claim.takeover, claim.revoked)
-            .await;
+        let close = match io.flush().await {
+            Err(failed) => failed.into(),
+            Ok(()) => {
+                session
+                    .run(&mut io, &mut queue, claim.takeover, claim.revoked)
+                    .await
+            }
+        };
         tracing::info!(why = close.why, "disconnected");
+        crate::metrics::disconnected(namespace.tenant_id(), &close);
         if version == ProtocolVersion::V5 {
             if let Some(reason) = close.reason {
                 // The reason string says why in words (MQTT-3.14.2-3: only where it fits
@@ -333,6 +349,8 @@ pub async fn serve<S>(
                 let max = session.client_max_packet;
                 if io.send(&explained, version, max).is_ok() || io.send(&bare, version, max).is_ok()
                 {
+                    // The connection is ending already: only the second decides.
+                    io.stop = Stop::never();
                     let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
                 }
             }
@@ -386,6 +404,74 @@ pub struct Io<R, W> {
     pub wbuf: BytesMut,
     /// The tenant's bytes in and out, once CONNECT has said who the tenant is.
     bytes: Option<(iotcore_telemetry::Counter, iotcore_telemetry::Counter)>,
+    /// The longest one flush may wait for a client that does not read
+    /// (`mqtt.write_timeout_secs`).
+    write_timeout: Duration,
+    /// What ends a flush that waits on a client that does not read.
+    stop: Stop,
+    /// A flush failed part way: what is left in the stream is unknown, nothing more is
+    /// written.
+    broken: bool,
+}
+
+/// Why a flush did not complete.
+#[derive(Debug)]
+pub enum WriteFailed {
+    Error,
+    TimedOut,
+    /// The connection is to end (takeover, revocation, shutdown) while the client does not
+    /// take what is written to it.
+    Stopped(Close),
+}
+
+impl From<WriteFailed> for Close {
+    fn from(failed: WriteFailed) -> Close {
+        match failed {
+            WriteFailed::Error => Close::silently("write error"),
+            // As a network loss: the will is published.
+            WriteFailed::TimedOut => Close::silently(WRITE_TIMEOUT),
+            WriteFailed::Stopped(close) => close,
+        }
+    }
+}
+
+/// The events that end a connection whatever it is waiting for; a write blocked on a full
+/// socket races them.
+struct Stop {
+    shutdown: CancellationToken,
+    /// Known once the session is claimed.
+    takeover: Option<CancellationToken>,
+    revoked: Option<CancellationToken>,
+}
+
+impl Stop {
+    fn never() -> Stop {
+        Stop {
+            shutdown: CancellationToken::new(),
+            takeover: None,
+            revoked: None,
+        }
+    }
+
+    async fn stopped(&self) -> Close {
+        async fn cancelled(token: Option<&CancellationToken>) {
+            match token {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = cancelled(self.revoked.as_ref()) => {
+                Close::with(ReasonCode::NOT_AUTHORIZED, "credential no longer valid")
+            }
+            _ = cancelled(self.takeover.as_ref()) => {
+                Close::with(ReasonCode::SESSION_TAKEN_OVER, "session taken over")
+            }
+            _ = self.shutdown.cancelled() => {
+                Close::with(ReasonCode::SERVER_SHUTTING_DOWN, "server shutting down")
+            }
+        }
+    }
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
@@ -495,17 +581,46 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
         Ok(())
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.wbuf.is_empty() {
-            self.writer.write_all(&self.wbuf).await?;
-            if let Some((_, sent)) = &self.bytes {
-                sent.add(self.wbuf.len() as u64);
-            }
-            // What was written is not kept: an idle connection holds no write buffer.
-            self.wbuf = BytesMut::new();
-            self.writer.flush().await?;
+    /// Writes the write buffer out. A client that does not read cannot hold the connection:
+    /// the write gives up after `mqtt.write_timeout_secs`, or as soon as the connection is
+    /// to end (takeover, revocation, shutdown). After a failure nothing more is written.
+    async fn flush(&mut self) -> Result<(), WriteFailed> {
+        if self.broken {
+            return Err(WriteFailed::Error);
         }
-        Ok(())
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let (writer, wbuf) = (&mut self.writer, &self.wbuf);
+        let write = async {
+            writer.write_all(wbuf).await?;
+            writer.flush().await
+        };
+        let written = tokio::select! {
+            // A write that can complete at once does, whatever else happened.
+            biased;
+            written = tokio::time::timeout(self.write_timeout, write) => match written {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(WriteFailed::Error),
+                Err(_) => Err(WriteFailed::TimedOut),
+            },
+            close = self.stop.stopped() => Err(WriteFailed::Stopped(close)),
+        };
+        match written {
+            Ok(()) => {
+                if let Some((_, sent)) = &self.bytes {
+                    sent.add(self.wbuf.len() as u64);
+                }
+                // What was written is not kept: an idle connection holds no write buffer.
+                self.wbuf = BytesMut::new();
+                Ok(())
+            }
+            Err(failed) => {
+                self.broken = true;
+                self.wbuf = BytesMut::new();
+                Err(failed)
+            }
+        }
     }
 }
 
@@ -609,8 +724,8 @@ impl Session {
                             Err(_) => break,
                         }
                     }
-                    if io.flush().await.is_err() {
-                        return Close::silently("write error");
+                    if let Err(failed) = io.flush().await {
+                        return failed.into();
                     }
                 }
                 _ = sleep_until(deadline), if keep_alive.is_some() => {
@@ -660,7 +775,7 @@ impl Session {
                 }
             }
         }
-        io.flush().await.map_err(|_| Close::silently("write error"))
+        io.flush().await.map_err(Close::from)
     }
 
     async fn handle<R, W>(&mut self, packet: Packet, io: &mut Io<R, W>) -> Result<(), Close>
@@ -691,7 +806,7 @@ impl Session {
             }
             Packet::Disconnect(disconnect) => Err(Close {
                 reason: None,
-                why: "DISCONNECT from client",
+                why: CLIENT_DISCONNECT,
                 publish_will: disconnect.reason == ReasonCode::DISCONNECT_WITH_WILL,
                 session_expiry: disconnect.properties.session_expiry_interval,
             }),

@@ -4,6 +4,7 @@
 //! Series are per tenant; a virtual broker's traffic counts for the tenant that owns it.
 
 use crate::broker::Shared;
+use crate::connection::{self, Close};
 use iotcore_codec::{ProtocolVersion, ReasonCode};
 use iotcore_store::TenantId;
 use iotcore_telemetry::metrics::mqtt;
@@ -47,6 +48,42 @@ pub fn auth_throttled(by: &'static str) {
 /// Counts one authentication of `method` answered by `source`.
 pub fn auth_answered(method: &'static str, source: &'static str) {
     AUTH_LOOKUPS.with(&[method, source]).inc();
+}
+
+/// Ends of accepted connections, by tenant and [`disconnect_label`] (`deploy/README.md`,
+/// metrics).
+static DISCONNECTS: LazyLock<Family<Counter>> = LazyLock::new(|| {
+    iotcore_telemetry::counter(
+        "iotcore_mqtt_disconnects_total",
+        "Accepted MQTT connections that ended, by reason",
+        &["tenant", "reason"],
+    )
+});
+
+/// Registers the broker's own families, so that `/metrics` lists them before first use.
+pub fn register() {
+    LazyLock::force(&DISCONNECTS);
+}
+
+/// Counts the end of an accepted connection.
+pub fn disconnected(tenant: &TenantId, close: &Close) {
+    DISCONNECTS
+        .with(&[tenant.as_str(), disconnect_label(close)])
+        .inc();
+}
+
+fn disconnect_label(close: &Close) -> &'static str {
+    match close.reason {
+        None if close.why == connection::CLIENT_DISCONNECT => "client_disconnect",
+        None if close.why == connection::WRITE_TIMEOUT => "write_timeout",
+        None => "connection_lost",
+        Some(ReasonCode::KEEP_ALIVE_TIMEOUT) => "keep_alive_timeout",
+        Some(ReasonCode::SESSION_TAKEN_OVER) => "session_taken_over",
+        Some(ReasonCode::NOT_AUTHORIZED) => "not_authorized",
+        Some(ReasonCode::SERVER_SHUTTING_DOWN) => "server_shutting_down",
+        Some(ReasonCode::QUOTA_EXCEEDED | ReasonCode::MESSAGE_RATE_TOO_HIGH) => "limit",
+        Some(_) => "protocol_error",
+    }
 }
 
 tokio::task_local! {
@@ -146,5 +183,23 @@ mod tests {
         assert_eq!(refusal_label(0x87, ProtocolVersion::V5), "not_authorized");
         assert_eq!(refusal_label(0x97, ProtocolVersion::V5), "quota_exceeded");
         assert_eq!(refusal_label(0x42, ProtocolVersion::V5), "other");
+    }
+
+    #[test]
+    fn disconnects_are_labelled_by_what_ended_them() {
+        let label = |close: Close| disconnect_label(&close);
+        assert_eq!(
+            label(Close::silently(connection::WRITE_TIMEOUT)),
+            "write_timeout"
+        );
+        assert_eq!(label(Close::silently("read error")), "connection_lost");
+        assert_eq!(
+            label(Close::with(ReasonCode::SESSION_TAKEN_OVER, "taken over")),
+            "session_taken_over"
+        );
+        assert_eq!(
+            label(Close::with(ReasonCode::MALFORMED_PACKET, "malformed")),
+            "protocol_error"
+        );
     }
 }

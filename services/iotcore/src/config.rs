@@ -373,6 +373,12 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if self.mqtt.write_timeout_secs == 0 {
+            return Err(invalid(
+                "mqtt.write_timeout_secs",
+                "must be at least 1".into(),
+            ));
+        }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
                 return Err(invalid(

@@ -382,3 +382,18 @@ fn otlp_interval_defaults_to_a_minute_and_zero_is_refused() {
     let err = load(&Flags::default(), &vars).unwrap_err().to_string();
     assert!(err.starts_with("telemetry.otlp_interval_secs:"), "{err}");
 }
+
+#[test]
+fn write_timeout_defaults_to_thirty_seconds_and_zero_is_refused() {
+    assert_eq!(dev(&[]).config.mqtt.write_timeout_secs, 30);
+    let set = dev(&[("IOTCORE_MQTT_WRITE_TIMEOUT_SECS", "2")]);
+    assert_eq!(set.config.mqtt.write_timeout_secs, 2);
+    for value in ["0", "-1", "soon"] {
+        let vars = [
+            ("IOTCORE_PROFILE", "dev"),
+            ("IOTCORE_MQTT_WRITE_TIMEOUT_SECS", value),
+        ];
+        let err = load(&Flags::default(), &vars).unwrap_err().to_string();
+        assert!(err.starts_with("mqtt.write_timeout_secs"), "{value}: {err}");
+    }
+}

@@ -24,6 +24,7 @@ mod quickstart;
 mod revocation;
 mod session_restarts;
 mod sessions;
+mod stuck_clients;
 mod virtual_brokers;
 mod webhook_retry;
 mod wills;
