@@ -17,12 +17,39 @@ use std::sync::Arc;
 use std::time::Duration;
 use tls::{ClientCertificate, TlsAcceptors};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// How long a connection that has ended may take to say goodbye (TLS close_notify, the
 /// WebSocket close frame) before its socket is dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Pending connections the kernel may queue per listener before the accept loop takes them
+/// (capped by `net.core.somaxconn`). With the standard library's 128, a reconnect storm
+/// overflows the queue: the kernel drops the SYNs and every client waits a full TCP
+/// retransmission second although the broker has CPU to spare.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (the first of its addresses that binds) with SO_REUSEADDR, as
+/// `TcpListener::bind` does, and the larger backlog above.
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for resolved in tokio::net::lookup_host(addr).await? {
+        let socket = if resolved.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(resolved).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "resolves to no address")
+    }))
+}
 
 /// What a listener speaks on top of TCP.
 #[derive(Clone)]
@@ -102,7 +129,7 @@ pub async fn bind(config: &BrokerConfig) -> Result<Vec<Listener>, BrokerError> {
         let Some(addr) = configured(addr) else {
             continue;
         };
-        let socket = TcpListener::bind(addr)
+        let socket = listen(addr)
             .await
             .map_err(|source| BrokerError::Listen {
                 addr: addr.to_owned(),
