@@ -24,6 +24,13 @@ impl Session {
         W: AsyncWrite + Unpin,
     {
         self.metrics.message_in(publish.qos as u8);
+        // MQTT-3.3.4-6: Subscription Identifiers are for the server to send.
+        if !publish.properties.subscription_identifiers.is_empty() {
+            return Err(Close::with(
+                ReasonCode::PROTOCOL_ERROR,
+                "subscription identifier in a PUBLISH from the client",
+            ));
+        }
         self.resolve_topic_alias(&mut publish)?;
         TopicName::parse(&publish.topic, self.shared.limits)
             .map_err(|_| Close::with(ReasonCode::TOPIC_NAME_INVALID, "invalid topic name"))?;

@@ -484,3 +484,48 @@ async fn messages_of_a_topic_keep_their_order_across_qos_and_redelivery() {
     assert_eq!(again, sent, "redelivered in the original order");
     app.stop().await;
 }
+
+/// MQTT-3.3.4-6: a Subscription Identifier is for the server to send. A PUBLISH from a
+/// client that carries one is a protocol error: DISCONNECT 0x82 and the close, at any QoS,
+/// and the message goes to nobody.
+#[tokio::test]
+async fn a_publish_with_a_subscription_identifier_is_a_protocol_error() {
+    let app = TestApp::spawn().await;
+    let vb = broker_credential(&app).await;
+    let mut watcher = client(&app, &vb, "watcher").await;
+    assert_eq!(
+        subscribe(
+            &mut watcher,
+            1,
+            &[("sid/#", options(QoS::AtLeastOnce, false, false, 0))]
+        )
+        .await,
+        vec![ReasonCode::GRANTED_QOS_1]
+    );
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let mut offender = client(&app, &vb, "offender").await;
+        let mut forged = publish("sid/forged", qos, 1, false, "forged");
+        if let Packet::Publish(publish) = &mut forged {
+            publish.properties.subscription_identifiers = vec![7];
+        }
+        offender.send(&forged).await;
+        match offender.packet().await {
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason, ReasonCode::PROTOCOL_ERROR, "{qos:?}")
+            }
+            other => panic!("{qos:?}: expected DISCONNECT 0x82, got {other:?}"),
+        }
+        assert!(offender.packet().await.is_none(), "{qos:?}: closed");
+    }
+    // The marker, published after the forged messages, is the first the watcher gets.
+    let mut publisher = client(&app, &vb, "publisher").await;
+    publisher
+        .send(&publish("sid/marker", QoS::AtLeastOnce, 1, false, "m"))
+        .await;
+    match next(&mut publisher).await {
+        Packet::PubAck(ack) => assert_eq!(ack.reason, ReasonCode::SUCCESS),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    assert_eq!(next_publish(&mut watcher).await.topic, "sid/marker");
+    app.stop().await;
+}

@@ -371,3 +371,107 @@ async fn packets_pipelined_behind_connect_are_answered() {
         }
     }
 }
+
+/// A CONNECT of `level` (4: 3.1.1, 5: 5.0) with protocol name `name`, connect flags `flags`,
+/// client id `c` and then `rest` as the remainder of the payload, written by hand.
+fn connect_bytes(name: &[u8], level: u8, flags: u8, rest: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    body.extend_from_slice(name);
+    body.extend_from_slice(&[level, flags, 0x00, 0x3c]);
+    if level == 5 {
+        body.push(0x00); // no CONNECT properties
+    }
+    body.extend_from_slice(b"\x00\x01c");
+    body.extend_from_slice(rest);
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// MQTT-3.1.4-1: a CONNECT that breaks its own format closes the connection, with no
+/// CONNACK, in 3.1.1 and 5.0: the Will Flag set without a will topic and payload
+/// (MQTT-3.1.2-9), the reserved flag set (MQTT-3.1.2-3), Will QoS or Will Retain without the
+/// Will Flag (MQTT-3.1.2-11, -13), Will QoS 3 (MQTT-3.1.2-12), the Password Flag without a
+/// password (MQTT-3.1.2-19). A protocol name other than `MQTT` is answered with return code
+/// 0x01 before the close (MQTT-3.1.2-1). Nothing of it reaches another connection.
+#[tokio::test]
+async fn connects_that_break_their_format_are_closed_without_connack() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    let mut bystander = Raw::connect(app.mqtt, ProtocolVersion::V5, &device, 60).await;
+    for (level, version) in [(4, ProtocolVersion::V3_1_1), (5, ProtocolVersion::V5)] {
+        // A will topic "t" and payload "w", preceded in 5.0 by empty will properties.
+        let will: &[u8] = if level == 5 {
+            b"\x00\x00\x01t\x00\x01w"
+        } else {
+            b"\x00\x01t\x00\x01w"
+        };
+        for (what, flags, rest) in [
+            ("will flag without will topic and payload", 0x06, &b""[..]),
+            ("reserved flag", 0x03, &b""[..]),
+            ("will QoS without will flag", 0x0a, &b""[..]),
+            ("will retain without will flag", 0x22, &b""[..]),
+            ("will QoS 3", 0x1e, will),
+            ("password flag without password", 0xc2, &b"\x00\x01u"[..]),
+        ] {
+            let mut raw = Raw::open(app.mqtt, version).await;
+            raw.write(&connect_bytes(b"MQTT", level, flags, rest)).await;
+            let answer = raw.packet().await;
+            assert!(answer.is_none(), "level {level}, {what}: got {answer:?}");
+        }
+        let mut raw = Raw::open(app.mqtt, ProtocolVersion::V3_1_1).await;
+        raw.write(&connect_bytes(b"MQTX", level, 0x02, b"")).await;
+        match raw.packet().await {
+            Some(Packet::ConnAck(connack)) => assert_eq!(connack.code, 1, "level {level}"),
+            other => panic!("level {level}, protocol name MQTX: got {other:?}"),
+        }
+        assert!(raw.packet().await.is_none(), "closed after the CONNACK");
+    }
+    bystander.send(&Packet::PingReq).await;
+    assert!(
+        matches!(bystander.packet().await, Some(Packet::PingResp)),
+        "the bystander is unaffected"
+    );
+    app.stop().await;
+}
+
+/// A PUBLISH that breaks its format after the CONNECT closes the connection, told with
+/// DISCONNECT in 5.0 and closed without a word in 3.1.1: QoS 3 (MQTT-3.3.1-4; 0x81
+/// Malformed Packet), DUP set on QoS 0 (MQTT-3.3.1-2; 0x82 Protocol Error).
+#[tokio::test]
+async fn malformed_publishes_are_answered_with_a_disconnect_and_closed() {
+    let app = TestApp::spawn().await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "d").await;
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let properties: &[u8] = if version == ProtocolVersion::V5 {
+            b"\x00"
+        } else {
+            b""
+        };
+        // Topic "t", a packet id where the QoS has one, properties in 5.0, payload "x".
+        let qos3 = [&[0x36, 0][..], b"\x00\x01t\x00\x01", properties, b"x"].concat();
+        let dup_qos0 = [&[0x38, 0][..], b"\x00\x01t", properties, b"x"].concat();
+        for (what, mut packet, reason) in [
+            ("QoS 3", qos3, ReasonCode::MALFORMED_PACKET),
+            ("DUP on QoS 0", dup_qos0, ReasonCode::PROTOCOL_ERROR),
+        ] {
+            packet[1] = (packet.len() - 2) as u8;
+            let mut raw = Raw::connect(app.mqtt, version, &device, 60).await;
+            raw.write(&packet).await;
+            let answer = raw.packet().await;
+            if version == ProtocolVersion::V5 {
+                match answer {
+                    Some(Packet::Disconnect(d)) => assert_eq!(d.reason, reason, "{what}"),
+                    other => panic!("{what}: expected DISCONNECT {reason:?}, got {other:?}"),
+                }
+                assert!(raw.packet().await.is_none(), "{what}: closed");
+            } else {
+                assert!(answer.is_none(), "{what}: got {answer:?}");
+            }
+        }
+    }
+    app.stop().await;
+}
