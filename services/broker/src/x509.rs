@@ -174,6 +174,9 @@ async fn identify(
             continue;
         };
         match verify_chain(&leaf.der, &intermediates, &ca_cert.der, now) {
+            // webpki compares whole seconds, so a chain within the last second of its CA
+            // verifies; the connection would end at once (`time_left`), so refuse it here.
+            Ok(()) if chain_end.min(ca_cert.not_after) <= now => out_of_date = true,
             Ok(()) => verified.push((ca, chain_end.min(ca_cert.not_after))),
             Err(ChainError::Expired | ChainError::NotYetValid) => out_of_date = true,
             Err(e) => tracing::debug!(ca_id = %ca.id, error = %e, "chain does not verify"),
