@@ -41,7 +41,10 @@ async fn listen(addr: &str) -> std::io::Result<TcpListener> {
             TcpSocket::new_v6()?
         };
         socket.set_reuseaddr(true)?;
-        match socket.bind(resolved).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+        match socket
+            .bind(resolved)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
             Ok(listener) => return Ok(listener),
             Err(error) => last_error = Some(error),
         }
@@ -129,12 +132,10 @@ pub async fn bind(config: &BrokerConfig) -> Result<Vec<Listener>, BrokerError> {
         let Some(addr) = configured(addr) else {
             continue;
         };
-        let socket = listen(addr)
-            .await
-            .map_err(|source| BrokerError::Listen {
-                addr: addr.to_owned(),
-                source,
-            })?;
+        let socket = listen(addr).await.map_err(|source| BrokerError::Listen {
+            addr: addr.to_owned(),
+            source,
+        })?;
         listeners.push(Listener {
             addr: addr.to_owned(),
             socket,
