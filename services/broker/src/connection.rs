@@ -793,6 +793,17 @@ impl Session {
             Packet::PubRec(rec) => self.on_pubrec(rec, io),
             Packet::PubComp(comp) => self.on_pubcomp(comp),
             Packet::Subscribe(subscribe) => {
+                // MQTT-3.8.3-4: No Local on a shared subscription is a protocol error.
+                if subscribe
+                    .filters
+                    .iter()
+                    .any(|(filter, options)| options.no_local && filter.starts_with("$share/"))
+                {
+                    return Err(Close::with(
+                        ReasonCode::PROTOCOL_ERROR,
+                        "No Local on a shared subscription",
+                    ));
+                }
                 self.on_subscribe(subscribe, io);
                 Ok(())
             }

@@ -42,9 +42,9 @@ impl Session {
                     let subscriber = Subscriber {
                         mailbox: self.mailbox.clone(),
                         qos: options.qos,
-                        // MQTT-3.8.3-4 makes No Local on a shared subscription a protocol
-                        // error; it is ignored there instead.
-                        no_local: options.no_local && subscription.share_group.is_none(),
+                        // No Local on a shared subscription never gets here: it is a
+                        // protocol error (MQTT-3.8.3-4), refused before the SUBSCRIBE.
+                        no_local: options.no_local,
                         retain_as_published: options.retain_as_published,
                         subscription_id,
                         registry_scope: acl.registry_scope.clone(),

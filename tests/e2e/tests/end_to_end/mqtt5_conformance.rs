@@ -529,3 +529,37 @@ async fn a_publish_with_a_subscription_identifier_is_a_protocol_error() {
     assert_eq!(next_publish(&mut watcher).await.topic, "sid/marker");
     app.stop().await;
 }
+
+/// MQTT-3.8.3-4: No Local on a shared subscription is a protocol error; the SUBSCRIBE is
+/// answered with DISCONNECT 0x82 and nothing of it is granted.
+#[tokio::test]
+async fn no_local_on_a_shared_subscription_is_a_protocol_error() {
+    let app = TestApp::spawn().await;
+    let vb = broker_credential(&app).await;
+    let mut offender = client(&app, &vb, "offender").await;
+    let shared = options(QoS::AtLeastOnce, true, false, 0);
+    offender
+        .send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![("$share/g/nl/#".to_owned(), shared)],
+            properties: Properties::default(),
+        }))
+        .await;
+    match offender.packet().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::PROTOCOL_ERROR),
+        other => panic!("expected DISCONNECT 0x82, got {other:?}"),
+    }
+    assert!(offender.packet().await.is_none(), "closed");
+    // No Local on a plain subscription is fine.
+    let mut plain = client(&app, &vb, "plain").await;
+    assert_eq!(
+        subscribe(
+            &mut plain,
+            1,
+            &[("nl/#", options(QoS::AtLeastOnce, true, false, 0))]
+        )
+        .await,
+        vec![ReasonCode::GRANTED_QOS_1]
+    );
+    app.stop().await;
+}
