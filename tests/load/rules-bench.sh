@@ -26,6 +26,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR/../../deploy/local
 # shellcheck source=../../deploy/local/common.sh
 source "$here/../../deploy/local/common.sh"
+# shellcheck source=ports.sh
+source "$here/ports.sh"
 cd "$IOTCORE_ROOT"
 
 quick=0
@@ -45,18 +47,6 @@ if ((quick)); then
 else
   seconds="${DURATION:-10}" warmup="${WARMUP:-2}"
 fi
-
-free_port() {
-  local port _
-  for _ in $(seq 1 50); do
-    port=$((20000 + RANDOM % 12000)) # below the ephemeral range
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      printf '%s' "$port"
-      return 0
-    fi
-  done
-  die "no free TCP port found"
-}
 
 command -v python3 >/dev/null || apt_install python3
 command -v curl >/dev/null || apt_install curl

@@ -27,6 +27,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR/../../deploy/local
 # shellcheck source=../../deploy/local/common.sh
 source "$here/../../deploy/local/common.sh"
+# shellcheck source=ports.sh
+source "$here/ports.sh"
 cd "$IOTCORE_ROOT"
 
 quick=0
@@ -44,18 +46,6 @@ fi
 
 # Sockets: each broker and the load generator may use up to the hard limit (20,000 here).
 ulimit -n "$(ulimit -Hn)"
-
-free_port() {
-  local port _
-  for _ in $(seq 1 50); do
-    port=$((20000 + RANDOM % 12000)) # below the ephemeral range
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      printf '%s' "$port"
-      return 0
-    fi
-  done
-  die "no free TCP port found"
-}
 
 command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || apt_install mosquitto
 mosquitto_bin="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
@@ -100,15 +90,6 @@ stop_pid() {
   kill "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
   forget_pid "$1"
-}
-
-wait_port() {
-  local _
-  for _ in $(seq 1 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  die "nothing listens on port $1"
 }
 
 # --- TLS: a CA of this run, a server certificate for localhost, and a client certificate ---

@@ -24,6 +24,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR/../../deploy/local
 # shellcheck source=../../deploy/local/common.sh
 source "$here/../../deploy/local/common.sh"
+# shellcheck source=ports.sh
+source "$here/ports.sh"
 cd "$IOTCORE_ROOT"
 
 quick=0
@@ -44,27 +46,6 @@ storms="${STORMS:-2}"
 
 # Sockets: iotcore and each load process may use up to the hard limit (20,000 here).
 ulimit -n "$(ulimit -Hn)"
-
-free_port() {
-  local port _
-  for _ in $(seq 1 50); do
-    port=$((20000 + RANDOM % 12000)) # below the ephemeral range
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      printf '%s' "$port"
-      return 0
-    fi
-  done
-  die "no free TCP port found"
-}
-
-wait_port() {
-  local _
-  for _ in $(seq 1 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  die "nothing listens on port $1"
-}
 
 command -v python3 >/dev/null || apt_install python3
 command -v curl >/dev/null || apt_install curl
