@@ -5,7 +5,7 @@ use crate::auth_cache::{AuthCache, CertificateCache, FailureThrottle};
 use crate::limits::{LimitSettings, Limits};
 use crate::retained_store::RetainedWriter;
 use crate::router::{Namespace, NamespaceRoutes, Router};
-use crate::rules::{RuleIndex, RuleSink};
+use crate::rules::{RuleIndex, RuleLoads, RuleSink};
 use crate::session_store::SessionWriter;
 use crate::sessions::Sessions;
 use crate::transport;
@@ -28,6 +28,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The rule index a caller of [`Shared::reload_rules`] needs.
+#[derive(Clone, Copy)]
+enum RulesWanted {
+    /// Any generation: the namespace has none yet.
+    Any,
+    /// At least this generation (the one a principal saw when it authenticated).
+    AtLeast(i64),
+    /// Read after the rules changed: whatever a load in progress read may be older.
+    Fresh,
+}
+
 /// Everything connection tasks share.
 pub struct Shared {
     pub config: BrokerConfig,
@@ -38,6 +49,8 @@ pub struct Shared {
     /// Tenant quotas and rate limits (SPEC §3.5, §7.3).
     pub quotas: Limits,
     pub rules: RuleSink,
+    /// Rule index loads in progress, one per tenant at a time.
+    rule_loads: RuleLoads,
     pub status: crate::status::StatusWriter,
     pub retained: RetainedWriter,
     pub sessions_writer: SessionWriter,
@@ -64,7 +77,12 @@ impl Shared {
         if let Namespace::Tenant(tenant) = &principal.namespace {
             let current = routes.rule_index().map(|index| index.version);
             if current.is_none_or(|version| version < principal.rules_version) {
-                self.reload_rules(tenant, &routes).await;
+                self.reload_rules(
+                    tenant,
+                    &routes,
+                    RulesWanted::AtLeast(principal.rules_version),
+                )
+                .await;
             }
         }
         routes
@@ -77,7 +95,7 @@ impl Shared {
         self.load_retained(&routes).await;
         if let Namespace::Tenant(tenant) = namespace {
             if routes.rule_index().is_none() {
-                self.reload_rules(tenant, &routes).await;
+                self.reload_rules(tenant, &routes, RulesWanted::Any).await;
             }
         }
         routes
@@ -118,17 +136,29 @@ impl Shared {
             .await;
     }
 
-    async fn reload_rules(&self, tenant: &TenantId, routes: &NamespaceRoutes) {
-        match self.store.enabled_rule_routes(tenant).await {
-            Ok((version, rules)) => {
-                let index = Arc::new(RuleIndex::build(version, rules));
-                let mut slot = routes.rules.write().unwrap_or_else(|e| e.into_inner());
-                if slot.as_ref().is_none_or(|old| old.version <= version) {
-                    *slot = Some(index);
+    /// Loads the tenant's rule index unless the index there, once the tenant's load in
+    /// progress (if any) has finished, is what `wanted` asks for.
+    async fn reload_rules(&self, tenant: &TenantId, routes: &NamespaceRoutes, wanted: RulesWanted) {
+        let needed = || match wanted {
+            RulesWanted::Any => routes.rule_index().is_none(),
+            RulesWanted::AtLeast(version) => routes
+                .rule_index()
+                .is_none_or(|index| index.version < version),
+            RulesWanted::Fresh => true,
+        };
+        let load = || async {
+            match self.store.enabled_rule_routes(tenant).await {
+                Ok((version, rules)) => {
+                    let index = Arc::new(RuleIndex::build(version, rules));
+                    let mut slot = routes.rules.write().unwrap_or_else(|e| e.into_inner());
+                    if slot.as_ref().is_none_or(|old| old.version <= version) {
+                        *slot = Some(index);
+                    }
                 }
+                Err(e) => tracing::error!(tenant_id = %tenant, error = %e, "loading rules failed"),
             }
-            Err(e) => tracing::error!(tenant_id = %tenant, error = %e, "loading rules failed"),
-        }
+        };
+        self.rule_loads.load_once(tenant, needed, load).await;
     }
 }
 
@@ -188,6 +218,7 @@ pub async fn run(
             auth_in_flight: config.max_auth_in_flight_per_tenant,
         }),
         rules,
+        rule_loads: RuleLoads::default(),
         status: crate::status::StatusWriter::start(store.clone(), shutdown.clone()),
         retained,
         sessions_writer,
@@ -318,7 +349,9 @@ async fn follow_rule_changes(shared: Arc<Shared>) {
                         .into_iter()
                         .find(|(n, _)| *n == namespace)
                     {
-                        shared.reload_rules(&tenant_id, &routes).await;
+                        shared
+                            .reload_rules(&tenant_id, &routes, RulesWanted::Fresh)
+                            .await;
                     }
                 }
                 Ok(Some(Change::Policies { tenant_id })) => {
@@ -340,7 +373,9 @@ async fn follow_rule_changes(shared: Arc<Shared>) {
                     shared.policies.refresh_all(&shared.store).await;
                     for (namespace, routes) in shared.router.loaded() {
                         if let Namespace::Tenant(tenant) = namespace {
-                            shared.reload_rules(&tenant, &routes).await;
+                            shared
+                                .reload_rules(&tenant, &routes, RulesWanted::Fresh)
+                                .await;
                         }
                     }
                 }

@@ -277,10 +277,20 @@ pub struct LimitSettings {
     pub auth_in_flight: usize,
 }
 
+/// A first read of a tenant's quotas, shared by every CONNECT of the tenant that arrives
+/// while it runs; it holds the quotas and the [`Limits::changes`] count it started at.
+type QuotaRead = Arc<tokio::sync::OnceCell<(u64, TenantQuotaDefaults)>>;
+
 /// The limits of every tenant with clients in this process.
 pub struct Limits {
     settings: LimitSettings,
     tenants: RwLock<HashMap<TenantId, Arc<TenantLimits>>>,
+    /// First reads in progress, so that a storm of a tenant's first CONNECTs is one query,
+    /// not one per CONNECT until the first answer arrives.
+    reading: Mutex<HashMap<TenantId, QuotaRead>>,
+    /// Refreshes so far: a first read that a refresh overlapped may have read the quotas
+    /// from before the change, and reads them again.
+    changes: AtomicU64,
 }
 
 impl Limits {
@@ -288,17 +298,44 @@ impl Limits {
         Limits {
             settings,
             tenants: RwLock::default(),
+            reading: Mutex::default(),
+            changes: AtomicU64::new(0),
         }
     }
 
-    /// The limits of `tenant`, reading its quotas from the store the first time. A store
-    /// that cannot answer leaves the defaults in force until the next change notification.
+    /// The limits of `tenant`, reading its quotas from the store the first time (once,
+    /// however many of its clients connect meanwhile). A store that cannot answer leaves
+    /// the defaults in force until the next change notification.
     pub async fn tenant(&self, store: &Store, tenant: &TenantId) -> Arc<TenantLimits> {
+        self.tenant_or_read(tenant, || self.quotas_of(store, tenant))
+            .await
+    }
+
+    async fn tenant_or_read<F, Fut>(&self, tenant: &TenantId, read_quotas: F) -> Arc<TenantLimits>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = TenantQuotaDefaults>,
+    {
         if let Some(limits) = read(&self.tenants).get(tenant) {
             return limits.clone();
         }
-        let quotas = self.quotas_of(store, tenant).await;
-        write(&self.tenants)
+        let first_read = {
+            let mut reading = lock(&self.reading);
+            // Again under the lock: a read that finished meanwhile published the tenant
+            // before it left `reading`.
+            if let Some(limits) = read(&self.tenants).get(tenant) {
+                return limits.clone();
+            }
+            reading.entry(tenant.clone()).or_default().clone()
+        };
+        // If the connection that runs the read goes away, a waiting one runs it instead.
+        let (started_at, quotas) = *first_read
+            .get_or_init(|| async {
+                let changes = self.changes.load(Ordering::Acquire);
+                (changes, read_quotas().await)
+            })
+            .await;
+        let limits = write(&self.tenants)
             .entry(tenant.clone())
             .or_insert_with(|| {
                 Arc::new(TenantLimits::new(
@@ -307,7 +344,22 @@ impl Limits {
                     self.settings.connects_per_second,
                 ))
             })
-            .clone()
+            .clone();
+        let finished_it = {
+            let mut reading = lock(&self.reading);
+            let ours = reading
+                .get(tenant)
+                .is_some_and(|r| Arc::ptr_eq(r, &first_read));
+            if ours {
+                reading.remove(tenant);
+            }
+            ours
+        };
+        // A refresh that ran while the tenant was not yet published skipped it.
+        if finished_it && self.changes.load(Ordering::Acquire) != started_at {
+            limits.set_quotas(read_quotas().await);
+        }
+        limits
     }
 
     /// The limits of `tenant` if one of its clients connected to this process.
@@ -318,13 +370,25 @@ impl Limits {
     /// Re-reads the quotas of `tenant` (after the control plane changed them), or of every
     /// loaded tenant (`None`: notifications may have been missed).
     pub async fn refresh(&self, store: &Store, tenant: Option<&TenantId>) {
+        self.refresh_with(tenant, |id: TenantId| async move {
+            self.quotas_of(store, &id).await
+        })
+        .await
+    }
+
+    async fn refresh_with<F, Fut>(&self, tenant: Option<&TenantId>, read_quotas: F)
+    where
+        F: Fn(TenantId) -> Fut,
+        Fut: std::future::Future<Output = TenantQuotaDefaults>,
+    {
+        self.changes.fetch_add(1, Ordering::AcqRel);
         let loaded: Vec<(TenantId, Arc<TenantLimits>)> = read(&self.tenants)
             .iter()
             .filter(|(id, _)| tenant.is_none_or(|t| t == *id))
             .map(|(id, limits)| (id.clone(), limits.clone()))
             .collect();
         for (id, limits) in loaded {
-            limits.set_quotas(self.quotas_of(store, &id).await);
+            limits.set_quotas(read_quotas(id).await);
         }
     }
 
@@ -490,6 +554,74 @@ mod tests {
         );
         a.refused(Refusal::TenantConnectRate);
         assert_eq!(a.refusals(Refusal::TenantConnectRate), 1);
+    }
+
+    fn limits() -> Limits {
+        Limits::new(LimitSettings {
+            defaults: TenantQuotaDefaults::default(),
+            connects_per_second: 0,
+            auth_in_flight: 0,
+        })
+    }
+
+    fn with_connections(max_connections: u64) -> TenantQuotaDefaults {
+        TenantQuotaDefaults {
+            max_connections,
+            ..TenantQuotaDefaults::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_storm_of_first_connects_reads_the_tenant_quotas_once() {
+        use futures_util::FutureExt;
+        let limits = limits();
+        let tenant = TenantId::generate();
+        let reads = AtomicUsize::new(0);
+        let answer = tokio::sync::Semaphore::new(0);
+        let read_quotas = || async {
+            reads.fetch_add(1, Ordering::SeqCst);
+            let _ = answer.acquire().await;
+            with_connections(7)
+        };
+        let mut connects = Box::pin(futures_util::future::join_all(
+            (0..50).map(|_| limits.tenant_or_read(&tenant, read_quotas)),
+        ));
+        assert!(
+            (&mut connects).now_or_never().is_none(),
+            "every CONNECT waits for the store"
+        );
+        answer.add_permits(1);
+        let all = connects.await;
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        assert!(all.iter().all(|l| Arc::ptr_eq(l, &all[0])));
+        assert_eq!(all[0].max_connections.load(Ordering::Relaxed), 7);
+        limits.tenant_or_read(&tenant, read_quotas).await;
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "then answered from memory");
+    }
+
+    #[tokio::test]
+    async fn a_change_during_the_first_read_is_read_again() {
+        use futures_util::FutureExt;
+        let limits = limits();
+        let tenant = TenantId::generate();
+        let reads = AtomicUsize::new(0);
+        let answer = tokio::sync::Semaphore::new(0);
+        let read_quotas = || async {
+            let n = reads.fetch_add(1, Ordering::SeqCst);
+            let _ = answer.acquire().await;
+            with_connections(if n == 0 { 1 } else { 5 })
+        };
+        let mut first = Box::pin(limits.tenant_or_read(&tenant, read_quotas));
+        assert!((&mut first).now_or_never().is_none());
+        // The notification of a change arrives while the tenant is not loaded yet: there
+        // is nothing to refresh.
+        limits
+            .refresh_with(Some(&tenant), |_| async { unreachable!("not loaded yet") })
+            .await;
+        answer.add_permits(1);
+        let loaded = first.await;
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        assert_eq!(loaded.max_connections.load(Ordering::Relaxed), 5);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use iotcore_condition::{Condition, MessageContext};
 use iotcore_store::deliveries::{NewDelivery, RuleRoute};
 use iotcore_store::{DeviceId, MessageId, RegistryId, RuleId, Store, StoreError, TenantId};
 use iotcore_topic::{TopicFilter, TopicLimits, TopicTrie};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -133,6 +134,47 @@ pub fn deliveries_for(
             received_at,
         })
         .collect()
+}
+
+/// The rule index loads in progress, one at a time per tenant: the first CONNECTs of a
+/// tenant after a start (or a rule change) wait for one load instead of each reading the
+/// rules again until the first answer arrives.
+#[derive(Default)]
+pub struct RuleLoads {
+    tenants: std::sync::Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl RuleLoads {
+    /// Runs `load` for `tenant` unless `needed`, asked once the tenant's load in progress (if
+    /// any) has finished, says that it brought the index far enough.
+    pub async fn load_once<Fut>(
+        &self,
+        tenant: &TenantId,
+        needed: impl Fn() -> bool,
+        load: impl FnOnce() -> Fut,
+    ) where
+        Fut: std::future::Future<Output = ()>,
+    {
+        let turn = lock(&self.tenants)
+            .entry(tenant.clone())
+            .or_default()
+            .clone();
+        {
+            let _running = turn.lock().await;
+            if needed() {
+                load().await;
+            }
+        }
+        // Forgotten by the last one out, so that the map holds only tenants being loaded.
+        let mut tenants = lock(&self.tenants);
+        if Arc::strong_count(&turn) == 2 {
+            tenants.remove(tenant);
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Why a batch could not be made durable. The publisher is not acknowledged.
@@ -302,6 +344,36 @@ mod tests {
             matched_rules(&index, None, &binary),
             vec![always.id.clone()]
         );
+    }
+
+    #[tokio::test]
+    async fn concurrent_loads_of_a_tenant_run_once() {
+        use futures_util::FutureExt;
+        use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+        let loads = RuleLoads::default();
+        let tenant = TenantId::generate();
+        let version = AtomicI64::new(0);
+        let runs = AtomicUsize::new(0);
+        let answer = tokio::sync::Semaphore::new(0);
+        let wanted = 3;
+        let needed = || version.load(Ordering::SeqCst) < wanted;
+        let load = || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let _ = answer.acquire().await;
+            version.store(wanted, Ordering::SeqCst);
+        };
+        let mut all = Box::pin(futures_util::future::join_all(
+            (0..20).map(|_| loads.load_once(&tenant, needed, load)),
+        ));
+        assert!((&mut all).now_or_never().is_none(), "the first load waits");
+        answer.add_permits(1);
+        all.await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(lock(&loads.tenants).is_empty(), "nothing kept once done");
+        // A newer generation is loaded again.
+        version.store(1, Ordering::SeqCst);
+        loads.load_once(&tenant, needed, load).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 
     #[test]
