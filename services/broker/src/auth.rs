@@ -186,6 +186,12 @@ impl Authenticator {
         };
         let verified = {
             let _running = verifications().acquire().await;
+            // In a storm, clients that gave up waiting close and try again: a verification
+            // for a connection that is already gone would only delay the ones still there.
+            if client_gone() {
+                failed("client_gone");
+                return Err(AuthFailure::Unavailable);
+            }
             tokio::task::spawn_blocking(move || {
                 hashes.iter().any(|hash| verify_password(hash, &password))
             })
@@ -221,6 +227,42 @@ fn verifications() -> &'static tokio::sync::Semaphore {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         tokio::sync::Semaphore::new(cores)
     })
+}
+
+tokio::task_local! {
+    /// The TCP socket of the connection this task serves (under TLS and WebSocket too). The
+    /// transport layer sets it around the connection, which owns the socket for as long.
+    pub static CLIENT_SOCKET: std::os::fd::RawFd;
+}
+
+/// Whether the client of this connection task has closed or reset its TCP connection.
+/// Bytes it sent after its CONNECT (pipelined packets, or a TLS alert) do not count: a
+/// client is gone once its side of the connection is shut (or reset), whatever is left
+/// to read.
+fn client_gone() -> bool {
+    CLIENT_SOCKET
+        .try_with(|fd| closed_by_peer(*fd))
+        .unwrap_or(false)
+}
+
+#[cfg(target_os = "linux")]
+fn closed_by_peer(fd: std::os::fd::RawFd) -> bool {
+    let mut socket = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: `poll` is given one initialized `pollfd` that lives across the call and a
+    // timeout of 0: it writes `revents` and returns at once, keeping no pointer. `fd` is
+    // only a number to it; were it closed meanwhile, `poll` would report POLLNVAL.
+    let ready = unsafe { libc::poll(&mut socket, 1, 0) };
+    ready > 0
+        && socket.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn closed_by_peer(_fd: std::os::fd::RawFd) -> bool {
+    false
 }
 
 fn admit(

@@ -179,11 +179,10 @@ pub async fn serve(
     shared: Arc<Shared>,
 ) {
     let label = transport.label();
+    let socket = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+    let connection = serve_over(transport, proxy_protocol, tcp, peer, shared);
     crate::metrics::TRANSPORT
-        .scope(
-            label,
-            serve_over(transport, proxy_protocol, tcp, peer, shared),
-        )
+        .scope(label, crate::auth::CLIENT_SOCKET.scope(socket, connection))
         .await
 }
 

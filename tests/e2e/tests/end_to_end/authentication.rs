@@ -167,3 +167,117 @@ async fn repeated_wrong_passwords_are_slowed_down_and_counted_but_others_still_c
     assert_eq!(throttled(&app, "address").await, 3.0);
     app.stop().await;
 }
+
+/// `iotcore_mqtt_auth_failures_total{reason}` on /metrics (0 before the first).
+async fn auth_failures(app: &TestApp, reason: &str) -> f64 {
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.api))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    let series = format!("iotcore_mqtt_auth_failures_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn encoded_connect(username: &str, password: &str) -> BytesMut {
+    let connect = Packet::Connect(Connect {
+        protocol: ProtocolVersion::V3_1_1,
+        clean_start: true,
+        keep_alive: 30,
+        client_id: username.to_owned(),
+        will: None,
+        username: Some(username.to_owned()),
+        password: Some(password.as_bytes().to_vec().into()),
+        properties: Properties::default(),
+    });
+    let mut out = BytesMut::new();
+    connect
+        .encode(ProtocolVersion::V3_1_1, &mut out)
+        .expect("encode");
+    out
+}
+
+/// In a reconnect storm, clients that gave up close their connection while their CONNECT
+/// waits for a password verification. Those are not verified once their turn comes (the
+/// verification is skipped and counted as `client_gone`), while a client that is still
+/// there, even one that sent more packets after its CONNECT, is.
+#[tokio::test]
+async fn connects_whose_client_has_gone_skip_the_password_verification() {
+    let app = TestApp::spawn_with(&[("IOTCORE_MQTT_AUTH_FAILURES_BEFORE_DELAY", "1000")]).await;
+    let registry = app.create_registry(&app.token, "r").await;
+    let device = app.create_device(&app.token, &registry, "stays").await;
+    let before_gone = auth_failures(&app, "client_gone").await;
+    let before_unknown = auth_failures(&app, "unknown_principal").await;
+
+    // Unknown usernames cost a verification too (of a decoy hash), and none is remembered.
+    let closers = 16;
+    for n in 0..closers {
+        let mut stream = tokio::net::TcpStream::connect(app.mqtt)
+            .await
+            .expect("TCP connect");
+        let name = format!("dev_gone{n:016}");
+        stream
+            .write_all(&encoded_connect(&name, "some-password"))
+            .await
+            .expect("send CONNECT");
+        drop(stream);
+    }
+
+    // The one that stays pipelines a PINGREQ after its CONNECT and is answered.
+    let mut stream = tokio::net::TcpStream::connect(app.mqtt)
+        .await
+        .expect("TCP connect");
+    let mut out = encoded_connect(&device.id, &device.password);
+    Packet::PingReq
+        .encode(ProtocolVersion::V3_1_1, &mut out)
+        .expect("encode");
+    stream.write_all(&out).await.expect("send CONNECT");
+    let mut buf = BytesMut::new();
+    let mut answers = Vec::new();
+    while answers.len() < 2 {
+        if let Ok(Some(packet)) = decode(&mut buf, ProtocolVersion::V3_1_1, 1 << 16) {
+            answers.push(packet);
+            continue;
+        }
+        match tokio::time::timeout(WAIT * 4, stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => continue,
+            other => panic!("no CONNACK: {other:?}"),
+        }
+    }
+    assert!(
+        matches!(&answers[0], Packet::ConnAck(connack) if connack.code == 0),
+        "{answers:?}"
+    );
+    assert!(matches!(answers[1], Packet::PingResp), "{answers:?}");
+
+    // Every closed client is accounted for: verified before its close was seen (at most
+    // one per core could start at once), or skipped.
+    let mut waited = 0;
+    let (gone, verified) = loop {
+        let gone = auth_failures(&app, "client_gone").await - before_gone;
+        let verified = auth_failures(&app, "unknown_principal").await - before_unknown;
+        if gone + verified >= f64::from(closers) || waited >= 600 {
+            break (gone, verified);
+        }
+        waited += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        gone + verified,
+        f64::from(closers),
+        "{gone} skipped, {verified} verified"
+    );
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    assert!(
+        gone >= f64::from(closers) - cores as f64,
+        "{gone} of {closers} skipped with {cores} cores"
+    );
+    app.stop().await;
+}
