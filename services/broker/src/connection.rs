@@ -105,218 +105,30 @@ pub async fn serve<S>(
             },
             broken: false,
         };
-        let connect_timeout = Duration::from_secs(shared.config.connect_timeout_secs);
-        let connect = match tokio::time::timeout(connect_timeout, io.read_connect(&shared)).await {
-            Ok(Ok(connect)) => connect,
-            Ok(Err(why)) => {
-                tracing::debug!(why, "connection closed before CONNECT");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("no CONNECT in time");
-                return;
-            }
-        };
-        let version = connect.protocol;
-        // From the CONNECT to the CONNACK, authentication included: its own span, so that
-        // a trace shows what connecting cost, and with what outcome, apart from the
-        // connection's whole life. Never the password: only ids.
-        let connect_span = tracing::info_span!(
-            "connect",
-            otel.name = "mqtt CONNECT",
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            connection_id,
-            transport = crate::metrics::transport(),
-            protocol = ?version,
-            tenant_id = tracing::field::Empty,
-            registry_id = tracing::field::Empty,
-            device_id = tracing::field::Empty,
-            client_id = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-            reason = tracing::field::Empty,
-        );
-        // Authentication, the route lookup and the lifecycle events below wait on the
-        // store; boxed, their futures take memory only while they run. Unboxed, the
-        // connection's task would be as large as the largest of them for its whole life,
-        // idle or not.
-        let authenticated = Box::pin(handshake::accept(
+        // From the CONNECT to the CONNACK in a future of its own, boxed: the packet, the
+        // spans and whatever authenticating held are gone once connected, so that the task
+        // of a connected client, idle for most of its life, keeps only what the session
+        // needs.
+        let Some(Opened {
+            mut session,
+            mut queue,
+            claim,
+            will,
+            status,
+            namespace,
+            session_present,
+        }) = Box::pin(open(
+            &mut io,
             &shared,
-            &connect,
-            peer.ip(),
+            connection_id,
+            peer,
             client_certificate.as_ref(),
         ))
-        .instrument(connect_span.clone())
-        .await;
-        let mut accepted = match authenticated {
-            Ok(accepted) => accepted,
-            Err(refused) => {
-                connect_span.record("outcome", "refused");
-                connect_span.record("reason", refused.reason);
-                connect_span.record("otel.status_code", "error");
-                tracing::info!(parent: &connect_span, reason = refused.reason, "CONNECT refused");
-                crate::metrics::connect_refused(refused.code, version);
-                let mut answer = handshake::refusal(&refused, version);
-                let max = connect.properties.maximum_packet_size;
-                if io.send(&answer, version, max).is_err() {
-                    // MQTT-3.2.2-19: no reason string where it would make the CONNACK larger
-                    // than the client's Maximum Packet Size; the code alone.
-                    if let Packet::ConnAck(connack) = &mut answer {
-                        connack.properties.reason_string = None;
-                    }
-                    let _ = io.send(&answer, version, max);
-                }
-                let _ = io.flush().await;
-                return;
-            }
-        };
-        let span = tracing::Span::current();
-        span.record(
-            "tenant_id",
-            tracing::field::display(&accepted.principal.tenant_id),
-        );
-        span.record("client_id", accepted.client_id.as_str());
-        crate::metrics::record_principal(&span, &accepted.principal.kind);
-        connect_span.record(
-            "tenant_id",
-            tracing::field::display(&accepted.principal.tenant_id),
-        );
-        connect_span.record("client_id", accepted.client_id.as_str());
-        crate::metrics::record_principal(&connect_span, &accepted.principal.kind);
-        let routes = Box::pin(shared.routes_for(&accepted.principal)).await;
-        let namespace = accepted.principal.namespace.clone();
-        let tenant = namespace.tenant_id().as_str();
-        let metrics = ConnectionMetrics::new(tenant, crate::metrics::transport());
-        CONNECTS.with(&[ACCEPTED]).inc();
-        io.bytes = Some(metrics.byte_counters());
-        let client_id = accepted.client_id.clone();
-        let claim = shared.sessions.claim(
-            &namespace,
-            &client_id,
-            connection_id,
-            Some(&principal_key(&accepted)),
-            connect.clean_start,
-        );
-        io.stop.takeover = Some(claim.takeover.clone());
-        io.stop.revoked = Some(claim.revoked.clone());
-        if let Some(previous) = &claim.previous {
-            // Let the connection we take over finish, so that its session is parked and
-            // can be resumed below. One that takes longer cannot park any more.
-            let _ = tokio::time::timeout(Duration::from_secs(5), previous.ended.cancelled()).await;
-        }
-        // MQTT-3.1.2-4/5: Clean Start discards a parked session; otherwise it is resumed.
-        let resumed =
-            match shared
-                .sessions
-                .take_parked(&namespace, &client_id, claim.previous.as_ref())
-            {
-                Some(state) if connect.clean_start => {
-                    state.discard();
-                    None
-                }
-                other => other,
-            };
-        let session_present = resumed.is_some();
-        let connack = handshake::connack(&shared, version, &accepted, session_present);
-        let sent = io.send(&connack, version, None).is_ok() && io.flush().await.is_ok();
-        connect_span.record("outcome", if sent { "accepted" } else { "closed" });
-        // Closes the span: connecting ends with the CONNACK.
-        drop(connect_span);
-        if !sent {
-            if let Some(state) = resumed {
-                shared.sessions.park(
-                    &namespace,
-                    &client_id,
-                    &claim.parkable,
-                    state,
-                    session_expiry(&accepted),
-                );
-            }
-            shared
-                .sessions
-                .release(&namespace, &client_id, connection_id);
-            claim.ended.cancel();
+        .await
+        else {
             return;
-        }
-        tracing::info!(protocol = ?version, session_present, "connected");
-        let status = Box::pin(status::connected(
-            &shared,
-            &routes,
-            &accepted.principal,
-            version,
-            peer,
-        ))
-        .await;
-        let will = accepted.will.take();
-        // MQTT-3.1.2-25 / MQTT 5 Receive Maximum: what the client accepts bounds what we send.
-        let window = usize::from(shared.config.inflight_window.max(1)).min(usize::from(
-            connect.properties.receive_maximum.unwrap_or(u16::MAX),
-        ));
-        let state = match resumed {
-            Some(mut state) => {
-                state.outbound.set_window(window);
-                state
-            }
-            None => {
-                // Only a session that outlives its connection is stored.
-                let journal = (accepted.session_expiry > 0).then(|| {
-                    Journal::start(
-                        &shared.sessions_writer,
-                        &namespace,
-                        &client_id,
-                        accepted.acl.current().registry_scope.as_ref(),
-                    )
-                });
-                let (mailbox, queue) = mailbox::channel(shared.config.outbound_queue, journal);
-                SessionState {
-                    id: connection_id,
-                    routes,
-                    mailbox,
-                    queue,
-                    subscriptions: HashMap::new(),
-                    outbound: Outbound::new(window),
-                    incoming_qos2: HashSet::new(),
-                }
-            }
         };
-        let SessionState {
-            id,
-            routes,
-            mailbox,
-            mut queue,
-            subscriptions,
-            outbound,
-            incoming_qos2,
-        } = state;
-        if let Some(journal) = mailbox.journal() {
-            journal.connected(accepted.session_expiry);
-        }
-        let mut session = Session {
-            id,
-            version,
-            accepted,
-            routes,
-            shared: shared.clone(),
-            mailbox,
-            subscriptions,
-            outbound,
-            incoming_qos2,
-            topic_aliases: HashMap::new(),
-            client_max_packet: connect.properties.maximum_packet_size,
-            publish_rate: TokenBucket::new(shared.config.max_publishes_per_second_per_client),
-            outbound_aliases: OutboundAliases::new(match version {
-                // MQTT-3.1.2-26/27: no more aliases than the client's Topic Alias
-                // Maximum; bounded by ours too, since each one holds a topic in memory.
-                ProtocolVersion::V5 => connect
-                    .properties
-                    .topic_alias_maximum
-                    .unwrap_or(0)
-                    .min(shared.config.topic_alias_maximum),
-                _ => 0,
-            }),
-            metrics,
-            full_queue: None,
-        };
+        let version = session.version;
         if session_present {
             // MQTT-4.4.0-1: unacknowledged messages are sent again, with DUP set.
             session.redeliver(&mut io);
@@ -335,20 +147,25 @@ pub async fn serve<S>(
             if let Some(reason) = close.reason {
                 // The reason string says why in words (MQTT-3.14.2-3: only where it fits
                 // the client's Maximum Packet Size; the code alone otherwise).
-                let explained = Packet::Disconnect(Disconnect {
-                    reason,
-                    properties: Properties {
-                        reason_string: Some(close.why.to_owned()),
-                        ..Properties::default()
-                    },
-                });
-                let bare = Packet::Disconnect(Disconnect {
-                    reason,
-                    properties: Properties::default(),
-                });
+                // Encoded in a scope of their own: the packets are not kept across the
+                // flush below, so the task never keeps room for them.
                 let max = session.client_max_packet;
-                if io.send(&explained, version, max).is_ok() || io.send(&bare, version, max).is_ok()
-                {
+                let queued = {
+                    let explained = Packet::Disconnect(Disconnect {
+                        reason,
+                        properties: Properties {
+                            reason_string: Some(close.why.to_owned()),
+                            ..Properties::default()
+                        },
+                    });
+                    let bare = Packet::Disconnect(Disconnect {
+                        reason,
+                        properties: Properties::default(),
+                    });
+                    io.send(&explained, version, max).is_ok()
+                        || io.send(&bare, version, max).is_ok()
+                };
+                if queued {
                     // The connection is ending already: only the second decides.
                     io.stop = Stop::never();
                     let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
@@ -390,6 +207,255 @@ pub async fn serve<S>(
     }
     .instrument(span)
     .await
+}
+
+/// What a connection that was accepted carries into its session.
+struct Opened {
+    session: Session,
+    queue: Queue,
+    claim: crate::sessions::Claim,
+    will: Option<(crate::router::Message, Duration)>,
+    status: Option<status::Connected>,
+    namespace: crate::router::Namespace,
+    session_present: bool,
+}
+
+/// Reads the CONNECT, authenticates it and answers with the CONNACK; `None` when the
+/// connection is to end there.
+async fn open<R, W>(
+    io: &mut Io<R, W>,
+    shared: &Arc<Shared>,
+    connection_id: ConnectionId,
+    peer: SocketAddr,
+    client_certificate: Option<&ClientCertificate>,
+) -> Option<Opened>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let connect_timeout = Duration::from_secs(shared.config.connect_timeout_secs);
+    let read = tokio::time::timeout(connect_timeout, io.read_connect(shared)).await;
+    let connect = match read {
+        Ok(Ok(connect)) => connect,
+        Ok(Err(why)) => {
+            tracing::debug!(why, "connection closed before CONNECT");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!("no CONNECT in time");
+            return None;
+        }
+    };
+    let version = connect.protocol;
+    // From the CONNECT to the CONNACK, authentication included: its own span, so that
+    // a trace shows what connecting cost, and with what outcome, apart from the
+    // connection's whole life. Never the password: only ids.
+    let connect_span = tracing::info_span!(
+        "connect",
+        otel.name = "mqtt CONNECT",
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        connection_id,
+        transport = crate::metrics::transport(),
+        protocol = ?version,
+        tenant_id = tracing::field::Empty,
+        registry_id = tracing::field::Empty,
+        device_id = tracing::field::Empty,
+        client_id = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        reason = tracing::field::Empty,
+    );
+    // Authentication, the route lookup and the lifecycle events below wait on the
+    // store; boxed, their futures take memory only while they run. Unboxed, the
+    // connection's task would be as large as the largest of them for its whole life,
+    // idle or not.
+    let authenticated = Box::pin(handshake::accept(
+        shared,
+        &connect,
+        peer.ip(),
+        client_certificate,
+    ))
+    .instrument(connect_span.clone())
+    .await;
+    let mut accepted = match authenticated {
+        Ok(accepted) => accepted,
+        Err(refused) => {
+            connect_span.record("outcome", "refused");
+            connect_span.record("reason", refused.reason);
+            connect_span.record("otel.status_code", "error");
+            let reason = refused.reason;
+            tracing::info!(parent: &connect_span, reason, "CONNECT refused");
+            crate::metrics::connect_refused(refused.code, version);
+            let mut answer = handshake::refusal(&refused, version);
+            let max = connect.properties.maximum_packet_size;
+            if io.send(&answer, version, max).is_err() {
+                // MQTT-3.2.2-19: no reason string where it would make the CONNACK larger
+                // than the client's Maximum Packet Size; the code alone.
+                if let Packet::ConnAck(connack) = &mut answer {
+                    connack.properties.reason_string = None;
+                }
+                let _ = io.send(&answer, version, max);
+            }
+            let _ = io.flush().await;
+            return None;
+        }
+    };
+    let span = tracing::Span::current();
+    span.record(
+        "tenant_id",
+        tracing::field::display(&accepted.principal.tenant_id),
+    );
+    span.record("client_id", accepted.client_id.as_str());
+    crate::metrics::record_principal(&span, &accepted.principal.kind);
+    connect_span.record(
+        "tenant_id",
+        tracing::field::display(&accepted.principal.tenant_id),
+    );
+    connect_span.record("client_id", accepted.client_id.as_str());
+    crate::metrics::record_principal(&connect_span, &accepted.principal.kind);
+    let routes = Box::pin(shared.routes_for(&accepted.principal)).await;
+    let namespace = accepted.principal.namespace.clone();
+    let tenant = namespace.tenant_id().as_str();
+    let metrics = ConnectionMetrics::new(tenant, crate::metrics::transport());
+    CONNECTS.with(&[ACCEPTED]).inc();
+    io.bytes = Some(metrics.byte_counters());
+    let client_id = accepted.client_id.clone();
+    let claim = shared.sessions.claim(
+        &namespace,
+        &client_id,
+        connection_id,
+        Some(&principal_key(&accepted)),
+        connect.clean_start,
+    );
+    io.stop.takeover = Some(claim.takeover.clone());
+    io.stop.revoked = Some(claim.revoked.clone());
+    if let Some(previous) = &claim.previous {
+        // Let the connection we take over finish, so that its session is parked and
+        // can be resumed below. One that takes longer cannot park any more.
+        let ended = previous.ended.cancelled();
+        let _ = tokio::time::timeout(Duration::from_secs(5), ended).await;
+    }
+    // MQTT-3.1.2-4/5: Clean Start discards a parked session; otherwise it is resumed.
+    let resumed = match shared
+        .sessions
+        .take_parked(&namespace, &client_id, claim.previous.as_ref())
+    {
+        Some(state) if connect.clean_start => {
+            state.discard();
+            None
+        }
+        other => other,
+    };
+    let session_present = resumed.is_some();
+    let connack = handshake::connack(shared, version, &accepted, session_present);
+    let sent = io.send(&connack, version, None).is_ok() && io.flush().await.is_ok();
+    connect_span.record("outcome", if sent { "accepted" } else { "closed" });
+    // Closes the span: connecting ends with the CONNACK.
+    drop(connect_span);
+    if !sent {
+        if let Some(state) = resumed {
+            shared.sessions.park(
+                &namespace,
+                &client_id,
+                &claim.parkable,
+                state,
+                session_expiry(&accepted),
+            );
+        }
+        shared
+            .sessions
+            .release(&namespace, &client_id, connection_id);
+        claim.ended.cancel();
+        return None;
+    }
+    tracing::info!(protocol = ?version, session_present, "connected");
+    let status = Box::pin(status::connected(
+        shared,
+        &routes,
+        &accepted.principal,
+        version,
+        peer,
+    ))
+    .await;
+    let will = accepted.will.take();
+    // MQTT-3.1.2-25 / MQTT 5 Receive Maximum: what the client accepts bounds what we send.
+    let window = usize::from(shared.config.inflight_window.max(1)).min(usize::from(
+        connect.properties.receive_maximum.unwrap_or(u16::MAX),
+    ));
+    let state = match resumed {
+        Some(mut state) => {
+            state.outbound.set_window(window);
+            state
+        }
+        None => {
+            // Only a session that outlives its connection is stored.
+            let journal = (accepted.session_expiry > 0).then(|| {
+                Journal::start(
+                    &shared.sessions_writer,
+                    &namespace,
+                    &client_id,
+                    accepted.acl.current().registry_scope.as_ref(),
+                )
+            });
+            let (mailbox, queue) = mailbox::channel(shared.config.outbound_queue, journal);
+            SessionState {
+                id: connection_id,
+                routes,
+                mailbox,
+                queue,
+                subscriptions: HashMap::new(),
+                outbound: Outbound::new(window),
+                incoming_qos2: HashSet::new(),
+            }
+        }
+    };
+    let SessionState {
+        id,
+        routes,
+        mailbox,
+        queue,
+        subscriptions,
+        outbound,
+        incoming_qos2,
+    } = state;
+    if let Some(journal) = mailbox.journal() {
+        journal.connected(accepted.session_expiry);
+    }
+    let session = Session {
+        id,
+        version,
+        accepted,
+        routes,
+        shared: shared.clone(),
+        mailbox,
+        subscriptions,
+        outbound,
+        incoming_qos2,
+        topic_aliases: HashMap::new(),
+        client_max_packet: connect.properties.maximum_packet_size,
+        publish_rate: TokenBucket::new(shared.config.max_publishes_per_second_per_client),
+        outbound_aliases: OutboundAliases::new(match version {
+            // MQTT-3.1.2-26/27: no more aliases than the client's Topic Alias
+            // Maximum; bounded by ours too, since each one holds a topic in memory.
+            ProtocolVersion::V5 => connect
+                .properties
+                .topic_alias_maximum
+                .unwrap_or(0)
+                .min(shared.config.topic_alias_maximum),
+            _ => 0,
+        }),
+        metrics,
+        full_queue: None,
+    };
+    Some(Opened {
+        session,
+        queue,
+        claim,
+        will,
+        status,
+        namespace,
+        session_present,
+    })
 }
 
 /// The most one read takes in between packets (the size of the stack buffer of
@@ -680,18 +746,17 @@ impl Session {
             .certificate
             .as_ref()
             .map(|certificate| certificate.not_after);
-        let first_check = certificate_end
-            .map_or(Some(far_future), |end| {
-                crate::x509::time_left(end, chrono::Utc::now())
-            })
-            .unwrap_or(Duration::ZERO);
-        let certificate_expiry = tokio::time::sleep(first_check);
-        tokio::pin!(certificate_expiry);
+        // Armed for certificate connections only: a password connection carries no timer.
+        let mut certificate_expiry = certificate_end.map(|end| {
+            let first_check =
+                crate::x509::time_left(end, chrono::Utc::now()).unwrap_or(Duration::ZERO);
+            Box::pin(tokio::time::sleep(first_check))
+        });
         // A resumed session's subscriptions are checked against this connection's rights.
         self.recheck_subscriptions();
         // Packets the client pipelined behind its CONNECT arrived in the same read and are
         // already buffered; without this they would wait for the client's next bytes.
-        if let Err(close) = self.handle_buffered(io).await {
+        if let Err(close) = Box::pin(self.handle_buffered(io)).await {
             return close;
         }
         loop {
@@ -705,13 +770,13 @@ impl Session {
                         Err(why) => return Close::silently(why),
                     }
                     deadline = Instant::now() + keep_alive.unwrap_or(far_future);
-                    if let Err(close) = self.handle_buffered(io).await {
+                    if let Err(close) = Box::pin(self.handle_buffered(io)).await {
                         return close;
                     }
                 }
                 () = room(full_queue.as_ref()), if full_queue.is_some() => {
                     self.full_queue = None;
-                    if let Err(close) = self.handle_buffered(io).await {
+                    if let Err(close) = Box::pin(self.handle_buffered(io)).await {
                         return close;
                     }
                 }
@@ -731,9 +796,13 @@ impl Session {
                 _ = sleep_until(deadline), if keep_alive.is_some() => {
                     return Close::with(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
                 }
-                _ = &mut certificate_expiry, if certificate_end.is_some() => {
+                () = expired(certificate_expiry.as_mut()), if certificate_expiry.is_some() => {
                     match certificate_end.and_then(|end| crate::x509::time_left(end, chrono::Utc::now())) {
-                        Some(left) => certificate_expiry.as_mut().reset(Instant::now() + left),
+                        Some(left) => {
+                            if let Some(timer) = certificate_expiry.as_mut() {
+                                timer.as_mut().reset(Instant::now() + left);
+                            }
+                        }
                         // MQTT 5: 0x87, as for a revoked certificate: the credential the
                         // connection was admitted with is no longer valid.
                         None => return Close::with(ReasonCode::NOT_AUTHORIZED, "certificate expired"),
@@ -870,6 +939,14 @@ impl Session {
                 .sessions
                 .park(namespace, client_id, parkable, state, expiry);
         }
+    }
+}
+
+/// Resolves when the certificate timer fires; never without one.
+async fn expired(timer: Option<&mut std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

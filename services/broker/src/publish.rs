@@ -79,7 +79,9 @@ async fn enqueue_rule_matches(
         }
         return Ok(());
     }
-    shared.rules.enqueue_durable(deliveries).await
+    // Boxed: it waits on the store, rarely; unboxed, every connection's task would keep
+    // room for it for its whole life (its packet handling is part of the task's state).
+    Box::pin(shared.rules.enqueue_durable(deliveries)).await
 }
 
 /// The ACL decision for a PUBLISH (or a will) to `topic`, including the registry scope of
@@ -97,7 +99,8 @@ pub async fn allowed(
         None => true,
         Some(Err(())) => false,
         Some(Ok(device)) => {
-            let registry = shared.device_registry(&principal.tenant_id, &device).await;
+            // Boxed for the same reason as the durable rule matches above.
+            let registry = Box::pin(shared.device_registry(&principal.tenant_id, &device)).await;
             registry.is_some() && registry.as_ref() == acl.registry_scope.as_ref()
         }
     }
