@@ -9,7 +9,7 @@ use crate::auth::Principal;
 use iotcore_store::auth::PrincipalKind;
 use iotcore_store::policies::{Action, Effect};
 use iotcore_store::{DeviceId, RegistryId};
-use iotcore_topic::{contains, matches};
+use iotcore_topic::{contains, is_valid_filter, is_valid_topic_name, matches_valid, overlaps};
 
 #[derive(Clone, Debug, Default)]
 pub struct Acl {
@@ -76,8 +76,15 @@ impl Acl {
                 (Effect::Deny, Action::Subscribe) => &mut self.deny_subscribe,
             };
             // No deduplication: policies are bounded in size (the API's limits), and a
-            // repeated filter only costs one more match.
-            list.extend(topics.iter().cloned());
+            // repeated filter only costs one more match. An invalid filter matches,
+            // contains and overlaps nothing: it is not kept, so that the filters kept need
+            // no syntax check per message.
+            list.extend(
+                topics
+                    .iter()
+                    .filter(|topic| is_valid_filter(topic))
+                    .cloned(),
+            );
         }
     }
 
@@ -85,11 +92,16 @@ impl Acl {
     /// allowed filter and no denied one. For registry clients, [`Acl::scoped_device`] names
     /// a device whose registry must be checked too.
     pub fn allows_publish(&self, topic: &str) -> bool {
-        self.publish.iter().any(|allowed| matches(allowed, topic))
+        // The filters are valid (`add`); the topic is checked once for all of them.
+        is_valid_topic_name(topic)
+            && self
+                .publish
+                .iter()
+                .any(|allowed| matches_valid(allowed, topic))
             && !self
                 .deny_publish
                 .iter()
-                .any(|denied| matches(denied, topic))
+                .any(|denied| matches_valid(denied, topic))
     }
 
     /// Whether a subscription to `filter` is granted: every topic it can match must be
@@ -114,11 +126,28 @@ impl Acl {
     /// change it stops a subscription no longer granted at the next message, before its
     /// connection has removed it.
     pub fn delivers(&self, topic: &str) -> bool {
-        self.subscribe.iter().any(|allowed| matches(allowed, topic))
+        is_valid_topic_name(topic)
+            && self
+                .subscribe
+                .iter()
+                .any(|allowed| matches_valid(allowed, topic))
             && !self
                 .deny_subscribe
                 .iter()
-                .any(|denied| matches(denied, topic))
+                .any(|denied| matches_valid(denied, topic))
+    }
+
+    /// Whether [`Acl::delivers`] holds for every topic `filter` matches: it is contained in
+    /// an allowed subscribe filter and overlaps no denied one. Such a subscription needs no
+    /// check per message while these rights last.
+    pub fn delivers_all(&self, filter: &str) -> bool {
+        self.subscribe
+            .iter()
+            .any(|allowed| contains(allowed, filter))
+            && !self
+                .deny_subscribe
+                .iter()
+                .any(|denied| overlaps(denied, filter))
     }
 
     /// For a registry client publishing to `$devices/{id}/…`: the device whose registry

@@ -32,7 +32,7 @@ impl Session {
             ));
         }
         self.resolve_topic_alias(&mut publish)?;
-        TopicName::parse(&publish.topic, self.shared.limits)
+        TopicName::check(&publish.topic, self.shared.limits)
             .map_err(|_| Close::with(ReasonCode::TOPIC_NAME_INVALID, "invalid topic name"))?;
         let packet_id = publish.packet_id.unwrap_or(0);
         if publish.qos == QoS::ExactlyOnce {

@@ -22,6 +22,8 @@ mod trie;
 pub use error::TopicError;
 pub use filter::{Subscription, TopicFilter};
 pub use limits::TopicLimits;
-pub use matching::{contains, matches, overlaps};
+pub use matching::{
+    contains, is_valid_filter, is_valid_topic_name, matches, matches_valid, overlaps,
+};
 pub use name::TopicName;
 pub use trie::TopicTrie;

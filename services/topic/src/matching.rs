@@ -18,9 +18,26 @@ use crate::syntax::{check_filter_syntax, check_name_syntax, is_dollar};
 ///
 /// Returns `false` when `filter` is not a valid filter or `topic` not a valid topic name.
 pub fn matches(filter: &str, topic: &str) -> bool {
-    if check_filter_syntax(filter).is_err() || check_name_syntax(topic).is_err() {
-        return false;
-    }
+    // The levels first: most filters tried against a topic do not match it, and a miss needs
+    // no syntax check (an invalid input could only have turned a match into a miss).
+    matches_valid(filter, topic) && is_valid_filter(filter) && is_valid_topic_name(topic)
+}
+
+/// Whether `filter` is a valid topic filter (the character rules, without limits).
+pub fn is_valid_filter(filter: &str) -> bool {
+    check_filter_syntax(filter).is_ok()
+}
+
+/// Whether `topic` is a valid topic name (the character rules, without limits).
+pub fn is_valid_topic_name(topic: &str) -> bool {
+    check_name_syntax(topic).is_ok()
+}
+
+/// [`matches`] for a filter and a topic name already known to be valid
+/// ([`is_valid_filter`], [`is_valid_topic_name`] or the parsers): the levels are compared
+/// without checking the syntax of either again. On invalid input the answer is
+/// meaningless (but there is no panic).
+pub fn matches_valid(filter: &str, topic: &str) -> bool {
     // MQTT-4.7.2-1
     if is_dollar(topic) && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
@@ -202,6 +219,32 @@ mod tests {
         assert!(!matches("+", "+"));
         assert!(!matches("#", "#"));
         assert!(!matches("a\0", "a\0"));
+    }
+
+    /// On valid input the unchecked matcher answers as the checked one.
+    #[test]
+    fn matching_valid_input_agrees_with_the_checked_matcher() {
+        let filters = [
+            "#", "+", "+/#", "a/#", "a/+", "a/+/c", "a/b/c", "/a", "$SYS/#", "$d/+/e/#", "a//b",
+        ];
+        let topics = [
+            "a", "a/b", "a/b/c", "a/x/c", "/a", "$SYS/x", "$d/1/e", "a//b", "b",
+        ];
+        for filter in filters {
+            assert!(is_valid_filter(filter), "{filter}");
+            for topic in topics {
+                assert!(is_valid_topic_name(topic), "{topic}");
+                assert_eq!(
+                    matches_valid(filter, topic),
+                    matches(filter, topic),
+                    "{filter} {topic}"
+                );
+            }
+        }
+        assert!(!is_valid_filter("a/#/b") && !is_valid_filter("a+") && !is_valid_filter(""));
+        assert!(
+            !is_valid_topic_name("a/+") && !is_valid_topic_name("a\0") && !is_valid_topic_name("")
+        );
     }
 
     #[test]

@@ -26,6 +26,15 @@ impl TopicName {
         Ok(Self(Arc::from(s)))
     }
 
+    /// Checks untrusted input as [`TopicName::parse`] does, without keeping a copy of it.
+    pub fn check(s: &str, limits: TopicLimits) -> Result<(), TopicError> {
+        if s.is_empty() {
+            return Err(TopicError::Empty);
+        }
+        check_limits(s, limits)?;
+        check_name_syntax(s)
+    }
+
     /// The topic as sent on the wire.
     pub fn as_str(&self) -> &str {
         &self.0
