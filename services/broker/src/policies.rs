@@ -14,6 +14,7 @@ use iotcore_store::auth::PrincipalKind;
 use iotcore_store::policies::{Attachment, TopicTemplate, Variable};
 use iotcore_store::{Store, TenantId};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use tokio::sync::Notify;
 
@@ -134,6 +135,9 @@ pub struct LiveAcl(Arc<LiveInner>);
 
 struct LiveInner {
     acl: RwLock<Arc<Acl>>,
+    /// Counts changes of `acl`, so that a subscription can tell cheaply whether the rights
+    /// it was checked against still hold ([`LiveAcl::delivers_all`]).
+    generation: AtomicU64,
     /// Wakes the connection task to re-check its subscriptions.
     changed: Notify,
     principal: RwLock<Principal>,
@@ -150,6 +154,7 @@ impl LiveAcl {
     fn new(principal: Principal, client_id: String, acl: Acl) -> LiveAcl {
         LiveAcl(Arc::new(LiveInner {
             acl: RwLock::new(Arc::new(acl)),
+            generation: AtomicU64::new(0),
             changed: Notify::new(),
             principal: RwLock::new(principal),
             client_id,
@@ -170,6 +175,21 @@ impl LiveAcl {
             .delivers(topic)
     }
 
+    /// When the current rights deliver every topic of `filter` ([`Acl::delivers_all`]):
+    /// their generation, for [`LiveAcl::delivers_from`].
+    pub fn delivers_all(&self, filter: &str) -> Option<u64> {
+        let acl = self.0.acl.read().unwrap_or_else(|e| e.into_inner());
+        let generation = self.0.generation.load(Ordering::Acquire);
+        acl.delivers_all(filter).then_some(generation)
+    }
+
+    /// [`LiveAcl::delivers`] for a message of a subscription whose filter every topic of
+    /// was delivered under the rights of generation `all` (from [`LiveAcl::delivers_all`]):
+    /// while those rights last, no topic match.
+    pub fn delivers_from(&self, all: Option<u64>, topic: &str) -> bool {
+        all == Some(self.0.generation.load(Ordering::Acquire)) || self.delivers(topic)
+    }
+
     /// Resolves when the rights changed since the last call.
     pub async fn changed(&self) {
         self.0.changed.notified().await
@@ -180,7 +200,10 @@ impl LiveAcl {
     }
 
     fn set(&self, acl: Acl) {
-        *self.0.acl.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(acl);
+        let mut current = self.0.acl.write().unwrap_or_else(|e| e.into_inner());
+        *current = Arc::new(acl);
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
+        drop(current);
         // A permit is kept when the task is not waiting, so no change is missed.
         self.0.changed.notify_one();
     }

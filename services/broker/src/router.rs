@@ -113,6 +113,10 @@ pub struct Subscriber {
     /// delivered (SPEC §4.2). `None` for a session restored from the store until its
     /// client is back.
     pub acl: Option<crate::policies::LiveAcl>,
+    /// The generation of `acl` under which every topic of the subscription's filter is
+    /// delivered ([`crate::policies::LiveAcl::delivers_all`]): no check per message while
+    /// it is current.
+    pub delivers_all: Option<u64>,
 }
 
 impl Subscriber {
@@ -136,7 +140,7 @@ impl Subscriber {
             && self
                 .acl
                 .as_ref()
-                .is_none_or(|acl| acl.delivers(&message.topic))
+                .is_none_or(|acl| acl.delivers_from(self.delivers_all, &message.topic))
     }
 }
 
@@ -496,6 +500,7 @@ mod tests {
             subscription_id: None,
             registry_scope: scope,
             acl: None,
+            delivers_all: None,
         };
         (subscriber, rx)
     }

@@ -548,6 +548,7 @@ fn restore_one(shared: &Shared, stored: StoredSession, rows: Vec<SessionMessage>
             registry_scope: registry_scope.clone(),
             // The client's rights are known once it is back (see `recheck_subscriptions`).
             acl: None,
+            delivers_all: None,
         };
         routes.subscribe(&subscription, id, subscriber);
         subscriptions.insert(stored_subscription.filter.clone(), subscription);

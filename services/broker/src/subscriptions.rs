@@ -49,6 +49,7 @@ impl Session {
                         subscription_id,
                         registry_scope: acl.registry_scope.clone(),
                         acl: Some(self.accepted.acl.clone()),
+                        delivers_all: self.accepted.acl.delivers_all(subscription.filter.as_str()),
                     };
                     let existed = self
                         .subscriptions
@@ -119,12 +120,15 @@ impl Session {
                 continue;
             }
             if let Some(mut subscriber) = self.routes.subscriber(subscription, self.id) {
+                let delivers_all = self.accepted.acl.delivers_all(subscription.filter.as_str());
                 if !subscriber
                     .acl
                     .as_ref()
                     .is_some_and(|live| live.same(&self.accepted.acl))
+                    || subscriber.delivers_all != delivers_all
                 {
                     subscriber.acl = Some(self.accepted.acl.clone());
+                    subscriber.delivers_all = delivers_all;
                     self.routes.subscribe(subscription, self.id, subscriber);
                 }
             }
