@@ -159,6 +159,67 @@ impl TokenBucket {
     }
 }
 
+/// A token bucket shared by every connection of a tenant, without a lock: the same
+/// bucket as [`TokenBucket`] (one second's worth of tokens at most), kept as the time at
+/// which it would be full again (the generic cell rate algorithm) in one atomic, so that
+/// publishers on every core charge it with a compare-and-swap.
+#[derive(Debug)]
+pub struct SharedBucket {
+    /// When the bucket is full again, in nanoseconds since `origin`; at or before now
+    /// when it is full.
+    full_at: AtomicU64,
+    origin: Instant,
+}
+
+const SECOND_NANOS: u64 = 1_000_000_000;
+
+impl SharedBucket {
+    pub fn new() -> SharedBucket {
+        SharedBucket {
+            full_at: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
+    /// As [`TokenBucket::take`]: takes `cost` tokens if there are that many, refilled at
+    /// `rate` per second; a cost larger than a second's tokens passes when the bucket is
+    /// full. A rate of 0 means unlimited.
+    pub fn take(&self, rate: u64, cost: u64, now: Instant) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let now = u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
+            .unwrap_or(u64::MAX - SECOND_NANOS);
+        // The time `cost` tokens take to come back, at most a second.
+        let refill =
+            u64::try_from(u128::from(cost.min(rate)) * u128::from(SECOND_NANOS) / u128::from(rate))
+                .unwrap_or(SECOND_NANOS);
+        let mut full_at = self.full_at.load(Ordering::Relaxed);
+        loop {
+            // The bucket holds `(now + 1 s - full_at) × rate` tokens, at most `rate`.
+            let after = full_at.max(now).saturating_add(refill);
+            if after > now.saturating_add(SECOND_NANOS) {
+                return false;
+            }
+            match self.full_at.compare_exchange_weak(
+                full_at,
+                after,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(current) => full_at = current,
+            }
+        }
+    }
+}
+
+impl Default for SharedBucket {
+    fn default() -> Self {
+        SharedBucket::new()
+    }
+}
+
 /// The live limits of one tenant in this process.
 #[derive(Debug)]
 pub struct TenantLimits {
@@ -169,8 +230,9 @@ pub struct TenantLimits {
     connections: AtomicU64,
     auth_in_flight: AtomicUsize,
     connects: Mutex<TokenBucket>,
-    messages: Mutex<TokenBucket>,
-    bytes: Mutex<TokenBucket>,
+    /// Charged by every PUBLISH of the tenant's clients: no lock.
+    messages: SharedBucket,
+    bytes: SharedBucket,
     /// The tenant's series, resolved once so that counting is one atomic add.
     refusals: [Counter; Refusal::COUNT],
     /// QoS 0 messages dropped at a tenant rate quota.
@@ -189,8 +251,8 @@ impl TenantLimits {
             connections: AtomicU64::new(0),
             auth_in_flight: AtomicUsize::new(0),
             connects: Mutex::new(TokenBucket::new(connect_rate)),
-            messages: Mutex::new(TokenBucket::new(quotas.max_messages_per_second)),
-            bytes: Mutex::new(TokenBucket::new(quotas.max_bytes_per_second)),
+            messages: SharedBucket::new(),
+            bytes: SharedBucket::new(),
         }
     }
 
@@ -228,11 +290,11 @@ impl TenantLimits {
     /// allows nothing (an operator's way to stop a tenant's traffic).
     pub fn charge_publish(&self, bytes: usize, now: Instant) -> Result<(), Refusal> {
         let rate = self.max_messages_per_second.load(Ordering::Relaxed);
-        if rate == 0 || !lock(&self.messages).take(rate, 1, now) {
+        if rate == 0 || !self.messages.take(rate, 1, now) {
             return Err(Refusal::TenantMessageRate);
         }
         let rate = self.max_bytes_per_second.load(Ordering::Relaxed);
-        if rate == 0 || !lock(&self.bytes).take(rate, bytes as u64, now) {
+        if rate == 0 || !self.bytes.take(rate, bytes as u64, now) {
             return Err(Refusal::TenantByteRate);
         }
         Ok(())
@@ -622,6 +684,41 @@ mod tests {
         let loaded = first.await;
         assert_eq!(reads.load(Ordering::SeqCst), 2);
         assert_eq!(loaded.max_connections.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn a_shared_bucket_refills_at_its_rate_and_holds_a_second_at_most() {
+        let bucket = SharedBucket::new();
+        let start = Instant::now();
+        assert!((0..10).all(|_| bucket.take(10, 1, start)), "full at first");
+        assert!(!bucket.take(10, 1, start));
+        let later = start + Duration::from_millis(250);
+        assert!(bucket.take(10, 2, later) && !bucket.take(10, 1, later));
+        // Long idle: still one second's worth, no more.
+        let idle = start + Duration::from_secs(60);
+        assert!((0..10).all(|_| bucket.take(10, 1, idle)));
+        assert!(!bucket.take(10, 1, idle));
+        // More than a second's worth passes when full only.
+        let full = idle + Duration::from_secs(1);
+        assert!(bucket.take(10, 500, full) && !bucket.take(10, 1, full));
+        assert!(bucket.take(0, u64::MAX, full), "0: unlimited");
+    }
+
+    /// Charged from many threads at once, the bucket gives out exactly its tokens.
+    #[test]
+    fn a_shared_bucket_gives_out_no_more_than_its_tokens_across_threads() {
+        let bucket = Arc::new(SharedBucket::new());
+        let now = Instant::now();
+        let taken: usize = (0..4)
+            .map(|_| {
+                let bucket = bucket.clone();
+                std::thread::spawn(move || (0..1000).filter(|_| bucket.take(2000, 1, now)).count())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|thread| thread.join().unwrap_or(0))
+            .sum();
+        assert_eq!(taken, 2000);
     }
 
     #[test]
