@@ -458,6 +458,12 @@ where
     })
 }
 
+/// About the most one write to a subscriber carries; messages are encoded until the write
+/// buffer holds this much.
+const SEND_BATCH: usize = 64 * 1024;
+/// Messages taken from the session's queue under one lock.
+const TAKE_BATCH: usize = 64;
+
 /// The most one read takes in between packets (the size of the stack buffer of
 /// [`Io::fill`]).
 const READ_CHUNK: usize = 8 * 1024;
@@ -651,10 +657,19 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
     /// the write gives up after `mqtt.write_timeout_secs`, or as soon as the connection is
     /// to end (takeover, revocation, shutdown). After a failure nothing more is written.
     async fn flush(&mut self) -> Result<(), WriteFailed> {
+        self.flush_keeping(false).await
+    }
+
+    /// [`Io::flush`], keeping the write buffer's memory for more to come when `keep`.
+    async fn flush_keeping(&mut self, keep: bool) -> Result<(), WriteFailed> {
         if self.broken {
             return Err(WriteFailed::Error);
         }
         if self.wbuf.is_empty() {
+            if !keep && self.wbuf.capacity() > 0 {
+                // Reserved for messages that were not sent after all (expired, too large).
+                self.wbuf = BytesMut::new();
+            }
             return Ok(());
         }
         let (writer, wbuf) = (&mut self.writer, &self.wbuf);
@@ -677,8 +692,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
                 if let Some((_, sent)) = &self.bytes {
                     sent.add(self.wbuf.len() as u64);
                 }
-                // What was written is not kept: an idle connection holds no write buffer.
-                self.wbuf = BytesMut::new();
+                if keep && self.wbuf.capacity() <= 2 * SEND_BATCH {
+                    self.wbuf.clear();
+                } else {
+                    // What was written is not kept: an idle connection holds no write
+                    // buffer.
+                    self.wbuf = BytesMut::new();
+                }
                 Ok(())
             }
             Err(failed) => {
@@ -738,6 +758,8 @@ impl Session {
         };
         let far_future = Duration::from_secs(86400 * 365);
         let mut deadline = Instant::now() + keep_alive.unwrap_or(far_future);
+        let keep_alive_timer = sleep_until(deadline);
+        tokio::pin!(keep_alive_timer);
         // SPEC §4.1: a certificate that expires while connected ends the connection. One
         // timer for the connection's life, re-armed only when it fires early.
         let certificate_end = self
@@ -759,6 +781,19 @@ impl Session {
         if let Err(close) = Box::pin(self.handle_buffered(io)).await {
             return close;
         }
+        // The futures of the events that end the connection (and of a change of rights)
+        // stay registered across the loop's passes instead of registering again in every
+        // pass.
+        let shared = self.shared.clone();
+        let live_acl = self.accepted.acl.clone();
+        let acl_changed = live_acl.changed();
+        tokio::pin!(acl_changed);
+        let revoked = revoked.cancelled();
+        tokio::pin!(revoked);
+        let takeover = takeover.cancelled();
+        tokio::pin!(takeover);
+        let shutdown = shared.shutdown.cancelled();
+        tokio::pin!(shutdown);
         loop {
             let can_send = self.outbound.has_room();
             let full_queue = self.full_queue.clone();
@@ -780,21 +815,18 @@ impl Session {
                         return close;
                     }
                 }
-                Some(outgoing) = outbound.recv(), if can_send => {
-                    self.send_outgoing(outgoing, io);
-                    // Batch what is already queued into one write.
-                    while self.outbound.has_room() && io.wbuf.len() < 64 * 1024 {
-                        match outbound.try_recv() {
-                            Ok(outgoing) => self.send_outgoing(outgoing, io),
-                            Err(_) => break,
-                        }
-                    }
-                    if let Err(failed) = io.flush().await {
+                () = outbound.ready(), if can_send => {
+                    if let Err(failed) = self.send_queued(outbound, io).await {
                         return failed.into();
                     }
                 }
-                _ = sleep_until(deadline), if keep_alive.is_some() => {
-                    return Close::with(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                () = &mut keep_alive_timer, if keep_alive.is_some() => {
+                    // Armed once and moved only when it fires early, rather than re-armed
+                    // after every packet.
+                    if Instant::now() >= deadline {
+                        return Close::with(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                    }
+                    keep_alive_timer.as_mut().reset(deadline);
                 }
                 () = expired(certificate_expiry.as_mut()), if certificate_expiry.is_some() => {
                     match certificate_end.and_then(|end| crate::x509::time_left(end, chrono::Utc::now())) {
@@ -809,20 +841,57 @@ impl Session {
                     }
                 }
                 // SPEC §4.2: policies changed; subscriptions no longer granted stop here.
-                _ = self.accepted.acl.changed() => self.recheck_subscriptions(),
+                () = &mut acl_changed => {
+                    acl_changed.set(live_acl.changed());
+                    self.recheck_subscriptions();
+                }
                 // SPEC §4.1: a disabled or deleted principal, or a suspended tenant, is
                 // disconnected (MQTT 5: 0x87).
-                _ = revoked.cancelled() => {
+                () = &mut revoked => {
                     return Close::with(ReasonCode::NOT_AUTHORIZED, "credential no longer valid");
                 }
-                _ = takeover.cancelled() => {
+                () = &mut takeover => {
                     return Close::with(ReasonCode::SESSION_TAKEN_OVER, "session taken over");
                 }
-                _ = self.shared.shutdown.cancelled() => {
+                () = &mut shutdown => {
                     return Close::with(ReasonCode::SERVER_SHUTTING_DOWN, "server shutting down");
                 }
             }
         }
+    }
+
+    /// Encodes what is queued for the client, up to `SEND_BATCH` bytes and as much as the
+    /// in-flight window allows, and writes it with one write: the messages are taken from
+    /// the queue in batches, one lock for each. The write buffer is kept while more is
+    /// queued, and let go once the queue is empty, so that an idle connection holds none.
+    async fn send_queued<R, W>(
+        &mut self,
+        queue: &mut Queue,
+        io: &mut Io<R, W>,
+    ) -> Result<(), WriteFailed>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut batch = Vec::new();
+        let mut left = 1;
+        while left > 0 && io.wbuf.len() < SEND_BATCH {
+            // Room for QoS 1/2 messages in the window: each message taken can be sent.
+            let room = self.outbound.room();
+            if room == 0 {
+                break;
+            }
+            left = queue.take(&mut batch, room.min(TAKE_BATCH));
+            let size: usize = batch
+                .iter()
+                .map(|outgoing| outgoing.message.topic.len() + outgoing.message.payload.len() + 8)
+                .sum();
+            io.wbuf.reserve(size);
+            for outgoing in batch.drain(..) {
+                self.send_outgoing(outgoing, io);
+            }
+        }
+        io.flush_keeping(left > 0).await
     }
 
     /// Handles every whole packet in the read buffer and flushes the answers.

@@ -194,6 +194,7 @@ impl Mailbox {
 
 impl Queue {
     /// The next message, waiting for one. Only the session's own task receives.
+    #[cfg(test)]
     pub async fn recv(&mut self) -> Option<Outgoing> {
         loop {
             if let Ok(outgoing) = self.try_recv() {
@@ -204,20 +205,50 @@ impl Queue {
         }
     }
 
+    #[cfg(test)]
     pub fn try_recv(&mut self) -> Result<Outgoing, Empty> {
         let inner = &self.inner;
         let mut state = lock(&inner.state);
         let outgoing = state.messages.pop_front().ok_or(Empty)?;
+        self.made_room(state);
+        Ok(outgoing)
+    }
+
+    /// Resolves once a message is waiting (at once if one is). Only the session's own task
+    /// receives.
+    pub async fn ready(&mut self) {
+        loop {
+            if !lock(&self.inner.state).messages.is_empty() {
+                return;
+            }
+            // A notification sent since the check above is kept as a permit.
+            self.inner.ready.notified().await;
+        }
+    }
+
+    /// Moves up to `max` waiting messages, oldest first, to the end of `batch`, under one
+    /// lock instead of one per message; returns how many are left waiting.
+    pub fn take(&mut self, batch: &mut Vec<Outgoing>, max: usize) -> usize {
+        let mut state = lock(&self.inner.state);
+        let n = max.min(state.messages.len());
+        batch.extend(state.messages.drain(..n));
+        let left = state.messages.len();
+        self.made_room(state);
+        left
+    }
+
+    /// Wakes the publishers waiting for room once the queue is down to half.
+    fn made_room(&self, mut state: std::sync::MutexGuard<'_, State>) {
+        let inner = &self.inner;
         if (state.wanted || state.stalled) && state.messages.len() <= inner.low_water() {
             state.wanted = false;
             state.stalled = false;
             drop(state);
             inner.room.notify_waiters();
         }
-        Ok(outgoing)
     }
 
-    /// Refuses further messages; what is queued stays for [`Queue::try_recv`].
+    /// Refuses further messages; what is queued stays for [`Queue::take`].
     pub fn close(&self) {
         lock(&self.inner.state).closed = true;
         self.inner.room.notify_waiters();
@@ -254,6 +285,7 @@ impl Inner {
 }
 
 /// [`Queue::try_recv`] found nothing.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Empty;
 
@@ -313,6 +345,36 @@ mod tests {
         );
         assert!(mailbox.try_push(outgoing(QoS::AtLeastOnce, "5")).is_err());
         assert_eq!(payloads(&mut queue), ["2", "4"]);
+    }
+
+    /// A batch takes the oldest messages in order, and makes room as single receives do.
+    #[tokio::test]
+    async fn take_moves_the_oldest_messages_and_makes_room() {
+        let (mailbox, mut queue) = channel(4, None);
+        for _ in 0..4 {
+            mailbox.push(outgoing(QoS::AtLeastOnce, "q"));
+        }
+        assert_eq!(
+            mailbox.push_full(outgoing(QoS::AtMostOnce, "x")),
+            (Pushed::Dropped, true)
+        );
+        let waiter = mailbox.clone();
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+        let waiting = tokio::spawn(async move { waiter.room(far).await });
+        tokio::task::yield_now().await;
+        let mut batch = Vec::new();
+        assert_eq!(queue.take(&mut batch, 3), 1, "one left");
+        assert_eq!(
+            batch.iter().map(|o| o.seq).collect::<Vec<_>>(),
+            [1, 2, 3],
+            "oldest first"
+        );
+        waiting.await.expect("room at half the queue");
+        queue.ready().await;
+        assert_eq!(queue.take(&mut batch, 10), 0);
+        assert_eq!(batch.len(), 4);
+        assert_eq!(queue.take(&mut batch, 10), 0);
+        assert_eq!(batch.len(), 4, "nothing more");
     }
 
     #[test]

@@ -46,6 +46,11 @@ impl Outbound {
         self.inflight.len() < self.window
     }
 
+    /// How many more QoS 1/2 messages may be sent now; any number of QoS 0 ones may.
+    pub fn room(&self) -> usize {
+        self.window.saturating_sub(self.inflight.len())
+    }
+
     fn allocate(&mut self) -> u16 {
         // The window is at most 65,535 wide, so a free id always exists.
         loop {
