@@ -360,6 +360,29 @@ impl TestApp {
         exited
     }
 
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.api))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics text")
+    }
+
+    /// The value of `series` (its name and labels as `/metrics` renders them) on `/metrics`;
+    /// 0 while the series does not exist.
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Ends the test: stops the process and drops its database (a test that fails before
     /// this leaves its database behind, to look at).
     pub async fn stop(mut self) {

@@ -284,15 +284,7 @@ fn publish_packet(topic: &str, payload: &[u8]) -> Packet {
 
 /// The value of the series `name{labels}` on `/metrics` (0 when it does not exist yet).
 async fn metric(app: &TestApp, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.api))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = app.metrics().await;
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| line.rsplit_once(' '))

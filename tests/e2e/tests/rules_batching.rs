@@ -64,15 +64,7 @@ async fn wait_for_metric(app: &TestApp, series: &str, value: u64) {
     let expected = format!("{series} {value}");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let text = app
-            .http
-            .get(format!("{}/metrics", app.api))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("the metrics");
+        let text = app.metrics().await;
         if text.lines().any(|line| line == expected) {
             return;
         }

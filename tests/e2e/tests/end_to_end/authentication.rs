@@ -100,20 +100,8 @@ async fn connack_from(app: &TestApp, from: IpAddr, device: &Device, password: &s
 
 /// `iotcore_mqtt_auth_throttled_total{by}` on /metrics (0 before the first).
 async fn throttled(app: &TestApp, by: &str) -> f64 {
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.api))
-        .send()
+    app.metric(&format!("iotcore_mqtt_auth_throttled_total{{by=\"{by}\"}}"))
         .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body");
-    let series = format!("iotcore_mqtt_auth_throttled_total{{by=\"{by}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -170,20 +158,10 @@ async fn repeated_wrong_passwords_are_slowed_down_and_counted_but_others_still_c
 
 /// `iotcore_mqtt_auth_failures_total{reason}` on /metrics (0 before the first).
 async fn auth_failures(app: &TestApp, reason: &str) -> f64 {
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.api))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body");
-    let series = format!("iotcore_mqtt_auth_failures_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
+    app.metric(&format!(
+        "iotcore_mqtt_auth_failures_total{{reason=\"{reason}\"}}"
+    ))
+    .await
 }
 
 fn encoded_connect(username: &str, password: &str) -> BytesMut {

@@ -456,22 +456,6 @@ async fn retained_messages_beyond_the_tenant_quota_are_not_kept() {
     app.stop().await;
 }
 
-/// A counter's value on `/metrics` (0 when the series is not there yet).
-async fn metric(app: &TestApp, series: &str) -> u64 {
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.api))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// SPEC §3.1 slow consumers: a subscriber that never reads holds at most its in-flight
 /// window (MQTT-4.9.0-2: no more unacknowledged QoS 1 messages than its Receive Maximum)
 /// and its bounded queue; every further message is dropped for it and counted
@@ -513,7 +497,7 @@ async fn a_stalled_subscriber_holds_its_window_and_queue_and_the_rest_is_dropped
         "iotcore_mqtt_dropped_total{{tenant=\"{}\",reason=\"queue_full\"}}",
         app.tenant_id
     );
-    let dropped = metric(&app, &series).await as usize;
+    let dropped = app.metric(&series).await as usize;
     assert!(
         dropped >= PUBLISHED - WINDOW - QUEUE,
         "{dropped} of {PUBLISHED} dropped for a subscriber that holds {WINDOW} + {QUEUE}"

@@ -209,15 +209,7 @@ async fn spans_and_metrics_of_a_real_run_reach_an_otlp_receiver() {
                 && matches!(m.metric.data, Some(MetricData::Gauge(_)))
         })
         .await;
-    let scrape = app
-        .http
-        .get(format!("{}/metrics", app.api))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let scrape = app.metrics().await;
     let exported: std::collections::BTreeSet<String> = collector
         .metrics()
         .into_iter()

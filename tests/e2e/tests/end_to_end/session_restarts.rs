@@ -379,15 +379,7 @@ async fn an_absent_sessions_queue_keeps_the_newest_messages_across_a_restart() {
     assert_eq!(raw.subscribe_qos1(EVENTS).await, ReasonCode::GRANTED_QOS_1);
     disconnect(raw).await;
     publish_events(&app, &device, &["one", "two", "three"]).await;
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.api))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = app.metrics().await;
     assert!(
         metrics.lines().any(|line| {
             line.starts_with("iotcore_mqtt_dropped_total{")

@@ -78,22 +78,6 @@ async fn subscribe_qos0(raw: &mut Raw, filter: &str) {
     }
 }
 
-/// The value of one series on `/metrics` (0 when it does not exist yet).
-async fn metric(app: &TestApp, series: &str) -> u64 {
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.api))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Publishes large messages to `flood/x` until the broker drops some for a full queue:
 /// the only subscriber's connection no longer takes messages from its queue, because its
 /// write to the socket is blocked. Returns how many were published.
@@ -109,7 +93,7 @@ async fn flood_until_blocked(app: &TestApp, publisher: &mut Raw) -> usize {
             ReasonCode::SUCCESS,
             "the publisher is not held back by a subscriber that does not read"
         );
-        if sent % 10 == 0 && metric(app, &series).await > 0 {
+        if sent % 10 == 0 && app.metric(&series).await > 0.0 {
             return sent;
         }
     }
@@ -196,7 +180,7 @@ async fn a_takeover_ends_a_connection_blocked_on_a_client_that_does_not_read() {
         "iotcore_mqtt_disconnects_total{{tenant=\"{}\",reason=\"session_taken_over\"}}",
         app.tenant_id
     );
-    assert_eq!(metric(&app, &taken_over).await, 1);
+    assert_eq!(app.metric(&taken_over).await, 1.0);
     app.stop().await;
 }
 
@@ -228,7 +212,7 @@ async fn a_client_that_does_not_read_is_closed_after_the_write_timeout_and_its_w
         "iotcore_mqtt_disconnects_total{{tenant=\"{}\",reason=\"write_timeout\"}}",
         app.tenant_id
     );
-    assert_eq!(metric(&app, &timeouts).await, 1);
+    assert_eq!(app.metric(&timeouts).await, 1.0);
 
     // The publisher and the watcher were never disturbed.
     assert_eq!(
