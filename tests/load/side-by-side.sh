@@ -11,6 +11,8 @@
 # tests/load/results/. --quick uses small counts and short runs, as a smoke check.
 # IDLE_CONNECTIONS (default 5000) sets the idle connections per broker: up to 19,000 fit in
 # one broker process here.
+# LATENCY_ROUNDS (default 3; --quick: 1) sets the alternated rounds of the latency load; the
+# report shows the median of each broker's rounds.
 #
 # Connect rates: Mosquitto checks a password file (PBKDF2-SHA512, cheap) on every CONNECT;
 # iotcore checks argon2id (deliberately slow) on a credential's first CONNECT and answers
@@ -40,9 +42,12 @@ esac
 
 if ((quick)); then
   pairs=5 fan=20 seconds=2 warmup=0.5 latency_rate=50 idle=200 connect_n=50
+  latency_rounds="${LATENCY_ROUNDS:-1}"
 else
   pairs=100 fan=1000 seconds=10 warmup=2 latency_rate=100 idle="${IDLE_CONNECTIONS:-5000}" connect_n=1000
+  latency_rounds="${LATENCY_ROUNDS:-3}"
 fi
+[[ "$latency_rounds" =~ ^[1-9][0-9]?$ ]] || die "LATENCY_ROUNDS must be a number from 1 to 99"
 
 # Sockets: each broker and the load generator may use up to the hard limit (20,000 here).
 ulimit -n "$(ulimit -Hn)"
@@ -213,15 +218,29 @@ both "fan-in $fan → 1" fan-in 'bench/+/events/x' '$devices/+/events/x' \
   --clients "$fan" --qos 0 --payload 64 "${timing[@]}"
 both "fan-out 1 → $fan" fan-out 'bench/0/events/x' "\$devices/$device0/events/x" \
   --clients "$fan" --qos 0 --payload 64 "${timing[@]}"
-both "latency" pairs 'bench/{i}/events/x' '$devices/{id}/events/x' \
-  --clients "$pairs" --qos 0 --payload 64 --rate "$latency_rate" "${timing[@]}"
 stop_pid "$mosquitto_pid"
 
-start_mosquitto "set_tcp_nodelay true"
-mapfile -t m < <(mosquitto_clients)
-measure "latency" mosquitto-nodelay run --pattern pairs --filter 'bench/{i}/events/x' "${m[@]}" \
-  --clients "$pairs" --qos 0 --payload 64 --rate "$latency_rate" "${timing[@]}"
-stop_pid "$mosquitto_pid"
+# Latency at a fixed rate, in alternated rounds (Mosquitto default, iotcore, Mosquitto with
+# set_tcp_nodelay), each Mosquitto freshly started: on a shared machine one run's p99 moves
+# by several times from one minute to the next, so the report shows the median of the rounds.
+latency() {
+  local broker="$1"
+  shift
+  measure "latency" "$broker" run --pattern pairs "$@" \
+    --clients "$pairs" --qos 0 --payload 64 --rate "$latency_rate" "${timing[@]}"
+}
+mapfile -t i < <(iotcore_clients)
+for ((round = 1; round <= latency_rounds; round++)); do
+  start_mosquitto ""
+  mapfile -t m < <(mosquitto_clients)
+  latency mosquitto --filter 'bench/{i}/events/x' "${m[@]}"
+  stop_pid "$mosquitto_pid"
+  latency iotcore --filter '$devices/{id}/events/x' "${i[@]}"
+  start_mosquitto "set_tcp_nodelay true"
+  mapfile -t m < <(mosquitto_clients)
+  latency mosquitto-nodelay --filter 'bench/{i}/events/x' "${m[@]}"
+  stop_pid "$mosquitto_pid"
+done
 
 # Idle connections on freshly started brokers, so that memory freed by the loads above is
 # not reused and counted as free. Both hold a keep alive longer than the measurement.
