@@ -58,20 +58,6 @@ db="iotcore_schemathesis_$$_$RANDOM"
 # The database URL with its path replaced by the new database.
 db_url="$(printf '%s' "$DATABASE_URL" | sed -E "s#^(postgres(ql)?://[^/]*)(/[^?]*)?#\\1/$db#")"
 
-# Ports are drawn below the kernel's ephemeral range (32768 and up by default), where no
-# outgoing connection can be holding them; a port taken in the meantime is retried.
-free_port() {
-  local candidate
-  for _ in $(seq 1 50); do
-    candidate=$((20000 + RANDOM % 12000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
-      printf '%s' "$candidate"
-      return 0
-    fi
-  done
-  return 1
-}
-
 export IOTCORE_PROFILE=dev IOTCORE_DATABASE_URL="$db_url"
 export IOTCORE_API_AUTH_HS256_SECRET="schemathesis-secret-$RANDOM$RANDOM$RANDOM"
 log="$(mktemp "${TMPDIR:-/tmp}/iotcore-schemathesis.XXXXXX")"

@@ -30,19 +30,6 @@ step() {
   fi
 }
 
-# A TCP port nobody listens on (a closed port refuses the connection attempt).
-free_port() {
-  local port _
-  for _ in $(seq 1 50); do
-    port=$((20000 + RANDOM % 12000)) # below the ephemeral range
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      printf '%s' "$port"
-      return 0
-    fi
-  done
-  die "no free TCP port found"
-}
-
 section "Prerequisites"
 command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs"
 missing=()

@@ -33,18 +33,6 @@ settle="${SETTLE:-20}"
 # The broker and the load generator may each use up to the hard limit of descriptors.
 ulimit -n "$(ulimit -Hn)"
 
-free_port() {
-  local port _
-  for _ in $(seq 1 50); do
-    port=$((20000 + RANDOM % 12000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      printf '%s' "$port"
-      return 0
-    fi
-  done
-  die "no free TCP port found"
-}
-
 command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || apt_install mosquitto
 mosquitto_bin="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 
@@ -81,15 +69,6 @@ stop_pid() {
     [[ $pid == "$1" ]] || keep+=("$pid")
   done
   pids=("${keep[@]}")
-}
-
-wait_port() {
-  local _
-  for _ in $(seq 1 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  die "nothing listens on port $1"
 }
 
 database_url="$("$IOTCORE_ROOT/deploy/local/pg.sh" start "$work/pg" "$(free_port)")"

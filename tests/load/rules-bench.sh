@@ -26,8 +26,6 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR/../../deploy/local
 # shellcheck source=../../deploy/local/common.sh
 source "$here/../../deploy/local/common.sh"
-# shellcheck source=ports.sh
-source "$here/ports.sh"
 cd "$IOTCORE_ROOT"
 
 quick=0
