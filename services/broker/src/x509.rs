@@ -60,6 +60,7 @@ const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(86_400);
 /// certificate has expired (SPEC §4.1: a certificate outside its validity is refused; a
 /// connection whose certificate expires is disconnected, MQTT 5: 0x87).
 pub fn time_left(not_after: DateTime<Utc>, now: DateTime<Utc>) -> Option<Duration> {
+    // `None` exactly when `Validity::at` calls the certificate expired.
     match (not_after - now).to_std() {
         Ok(left) if !left.is_zero() => Some(left.min(EXPIRY_CHECK_EVERY)),
         _ => None,
@@ -136,7 +137,7 @@ async fn identify(
         if !registered.active || registered.ca_active == Some(false) {
             return Err(refused("certificate_revoked"));
         }
-        if now < registered.not_before || now > registered.not_after {
+        if Validity::at(registered.not_before, registered.not_after, now) != Validity::Valid {
             return Err(refused("certificate_expired"));
         }
         return named(
@@ -173,10 +174,11 @@ async fn identify(
         else {
             continue;
         };
+        let chain_valid = Validity::at(ca_cert.not_before, chain_end.min(ca_cert.not_after), now);
         match verify_chain(&leaf.der, &intermediates, &ca_cert.der, now) {
-            // webpki compares whole seconds, so a chain within the last second of its CA
-            // verifies; the connection would end at once (`time_left`), so refuse it here.
-            Ok(()) if chain_end.min(ca_cert.not_after) <= now => out_of_date = true,
+            // webpki compares whole seconds, so it accepts a chain during the second in which
+            // one of its certificates expires; `Validity::at` does not.
+            Ok(()) if chain_valid != Validity::Valid => out_of_date = true,
             Ok(()) => verified.push((ca, chain_end.min(ca_cert.not_after))),
             Err(ChainError::Expired | ChainError::NotYetValid) => out_of_date = true,
             Err(e) => tracing::debug!(ca_id = %ca.id, error = %e, "chain does not verify"),

@@ -35,6 +35,23 @@ pub enum Validity {
     Expired,
 }
 
+impl Validity {
+    /// The one definition of "valid at `now`" that every check of a certificate, a chain or a
+    /// connection's remaining time uses: from `not_before` on, up to but not including
+    /// `not_after`. A certificate is expired at the instant of its `notAfter`, so a connection
+    /// is never accepted in the moment it would have to end (webpki's whole-second clock
+    /// would still accept a chain during that second).
+    pub fn at(not_before: DateTime<Utc>, not_after: DateTime<Utc>, now: DateTime<Utc>) -> Self {
+        if now < not_before {
+            Validity::NotYetValid
+        } else if now >= not_after {
+            Validity::Expired
+        } else {
+            Validity::Valid
+        }
+    }
+}
+
 /// The facts of one certificate that iotcore stores and matches on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Certificate {
@@ -118,13 +135,7 @@ impl Certificate {
     }
 
     pub fn validity_at(&self, now: DateTime<Utc>) -> Validity {
-        if now < self.not_before {
-            Validity::NotYetValid
-        } else if now > self.not_after {
-            Validity::Expired
-        } else {
-            Validity::Valid
-        }
+        Validity::at(self.not_before, self.not_after, now)
     }
 }
 
@@ -215,6 +226,20 @@ mod tests {
             Validity::Valid
         );
         assert_eq!(parse_pem(&cert.pem()).unwrap()[0], *cert);
+    }
+
+    #[test]
+    fn a_certificate_is_valid_from_not_before_up_to_not_after() {
+        let from = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let until = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let instant = chrono::Duration::nanoseconds(1);
+        assert_eq!(
+            Validity::at(from, until, from - instant),
+            Validity::NotYetValid
+        );
+        assert_eq!(Validity::at(from, until, from), Validity::Valid);
+        assert_eq!(Validity::at(from, until, until - instant), Validity::Valid);
+        assert_eq!(Validity::at(from, until, until), Validity::Expired);
     }
 
     #[test]
