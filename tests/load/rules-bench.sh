@@ -23,17 +23,10 @@
 # shellcheck disable=SC2016
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source-path=SCRIPTDIR/../../deploy/local
-# shellcheck source=../../deploy/local/common.sh
-source "$here/../../deploy/local/common.sh"
-cd "$IOTCORE_ROOT"
+# shellcheck source=bench-common.sh
+source "$here/bench-common.sh"
 
-quick=0
-case "${1:-}" in
-  --quick) quick=1 ;;
-  "") ;;
-  *) die "usage: ${0##*/} [--quick]" ;;
-esac
+parse_bench_args "" "$@"
 
 publishers="${PUBLISHERS:-20}"
 payload="${PAYLOAD:-128}"
@@ -46,41 +39,9 @@ else
   seconds="${DURATION:-10}" warmup="${WARMUP:-2}"
 fi
 
-command -v python3 >/dev/null || apt_install python3
-command -v curl >/dev/null || apt_install curl
-
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$IOTCORE_ROOT/target}"
-if [[ -n ${IOTCORE_BIN:-} ]]; then
-  # Another build of iotcore (an earlier commit, say) against the same load generator.
-  say "building iotcore-load (release) into $CARGO_TARGET_DIR; iotcore is $IOTCORE_BIN"
-  cargo build --release -q -p iotcore-load
-  iotcore_bin="$IOTCORE_BIN"
-else
-  say "building iotcore and iotcore-load (release) into $CARGO_TARGET_DIR"
-  cargo build --release -q -p iotcore -p iotcore-load
-  iotcore_bin="$CARGO_TARGET_DIR/release/iotcore"
-fi
-load_bin="$CARGO_TARGET_DIR/release/iotcore-load"
-
-work="$(mktemp -d "${TMPDIR:-/tmp}/iotcore-rules-bench.XXXXXX")"
-chmod 755 "$work"
-iotcore_pid=""
-own_pg=0
-cleanup() {
-  local status=$?
-  if [[ -n $iotcore_pid ]]; then
-    kill "$iotcore_pid" 2>/dev/null || true
-    wait "$iotcore_pid" 2>/dev/null || true
-  fi
-  if ((own_pg)); then
-    "$IOTCORE_ROOT/deploy/local/pg.sh" stop "$work/pg" >/dev/null 2>&1 || true
-  fi
-  rm -rf "$work"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+need_tools python3 curl
+build_bench_binaries --iotcore-bin-from-env
+make_workdir rules-bench
 
 # --- PostgreSQL and iotcore -------------------------------------------------------------------
 postgres_pid=""
@@ -88,16 +49,10 @@ if [[ -n ${IOTCORE_DATABASE_URL:-} ]]; then
   database_url="$IOTCORE_DATABASE_URL"
   say "using the database of IOTCORE_DATABASE_URL (its CPU is not measured)"
 else
-  own_pg=1
-  database_url="$("$IOTCORE_ROOT/deploy/local/pg.sh" start "$work/pg" "$(free_port)")"
-  postgres_pid="$(head -n1 "$work/pg/postmaster.pid")"
+  start_pg
 fi
-api_port="$(free_port)"
-mqtt_port="$(free_port)"
+iotcore_env
 receiver_port="$(free_port)"
-export IOTCORE_PROFILE=dev IOTCORE_DATABASE_URL="$database_url"
-export IOTCORE_API_LISTEN="127.0.0.1:$api_port" IOTCORE_MQTT_TCP_LISTEN="127.0.0.1:$mqtt_port"
-export IOTCORE_MQTT_WS_LISTEN="" IOTCORE_MQTT_WSS_LISTEN="" IOTCORE_MQTT_TLS_LISTEN=""
 export IOTCORE_LOG_LEVEL="${IOTCORE_LOG_LEVEL:-warn}"
 # The webhook receiver is on loopback, which only this setting lets rules reach (the dev
 # profile sets it too; said here so that the benchmark does not depend on that).
@@ -106,21 +61,10 @@ export IOTCORE_RULES_ALLOW_PRIVATE_DESTINATIONS=true
 # (the tenant's quotas are lifted by provision.py).
 export IOTCORE_MQTT_MAX_PUBLISHES_PER_SECOND_PER_CLIENT=0 IOTCORE_MQTT_MAX_CONNECTS_PER_SECOND_PER_TENANT=0
 export IOTCORE_MQTT_MAX_AUTH_IN_FLIGHT_PER_TENANT=0
+start_iotcore
 
-"$iotcore_bin" serve >>"$work/iotcore.log" 2>&1 &
-iotcore_pid=$!
-for _ in $(seq 1 300); do
-  curl -fs "http://127.0.0.1:$api_port/readyz" >/dev/null 2>&1 && break
-  kill -0 "$iotcore_pid" 2>/dev/null || die "iotcore exited; see $work/iotcore.log"
-  sleep 0.1
-done
-curl -fs "http://127.0.0.1:$api_port/readyz" >/dev/null || die "iotcore is not ready; see $work/iotcore.log"
-
-operator="$("$iotcore_bin" token --role operator)"
 say "creating $publishers devices with passwords through the API"
-provisioned="$(python3 "$here/provision.py" "http://127.0.0.1:$api_port" "$operator" \
-  "$iotcore_bin token --role admin --tenant" "$publishers" "$work/ids")"
-tenant="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["tenant"])' <<<"$provisioned")"
+provision "$publishers" "$work/ids"
 token="$("$iotcore_bin" token --role admin --tenant "$tenant")"
 
 api() {
@@ -166,20 +110,11 @@ measure "batched, QoS 0" 0 "$batch_max_messages" "$batch_max_wait_ms"
 measure "batched, QoS 1" 1 "$batch_max_messages" "$batch_max_wait_ms"
 
 # --- Report ------------------------------------------------------------------------------------
-mkdir -p "$here/results"
-stamp="$(date -u +%Y%m%dT%H%M%SZ)"
-suffix=""
-((quick)) && suffix="-quick"
-out="$here/results/rules-$stamp$suffix.txt"
+out="$(report_file rules)"
 {
-  printf 'iotcore rules benchmark (MQTT publish → webhook 2xx), %s%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$( ((quick)) && echo ' (--quick)')"
-  printf 'command: tests/load/rules-bench.sh%s\n' "$( ((quick)) && echo ' --quick')"
-  printf 'machine: %s, %s cores, %s; %s\n' "$(uname -sr)" "$(nproc)" \
-    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')" \
-    "$(free -g | awk '/^Mem:/ {print $2 " GiB RAM"}')"
-  printf 'load average before the report: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+  report_header "iotcore rules benchmark (MQTT publish → webhook 2xx)" "tests/load/rules-bench.sh$( ((quick)) && echo ' --quick')"
   printf 'iotcore: %s; %s publishers, payload %s B, rate %s/s each (0: unlimited), %s s measured after %s s warm-up\n\n' \
-    "${IOTCORE_BIN:-$(git -C "$IOTCORE_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
+    "$(iotcore_version --iotcore-bin-from-env)" \
     "$publishers" "$payload" "$rate" "$seconds" "$warmup"
   python3 - "$results" <<'EOF'
 import json, sys

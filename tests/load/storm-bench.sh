@@ -18,20 +18,15 @@
 # database executed (pg_stat_statements), with the statements that ran most. --quick uses
 # 300 and 100 devices. Prints a table and writes it to tests/load/results/storm-*.txt.
 # IOTCORE_BIN runs another iotcore binary instead of building this checkout's.
+# STORM_TIME_LIMIT (seconds; default 900 plus 0.1 s per device) bounds the run after the
+# build: past it the script ends what runs, cleans up and fails saying so.
 
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source-path=SCRIPTDIR/../../deploy/local
-# shellcheck source=../../deploy/local/common.sh
-source "$here/../../deploy/local/common.sh"
-cd "$IOTCORE_ROOT"
+# shellcheck source=bench-common.sh
+source "$here/bench-common.sh"
 
-quick=0
-case "${1:-}" in
-  --quick) quick=1 ;;
-  "") ;;
-  *) die "usage: ${0##*/} [--quick]" ;;
-esac
+parse_bench_args "" "$@"
 
 if ((quick)); then
   password_devices="${PASSWORD_DEVICES:-300}" cert_devices="${CERT_DEVICES:-100}"
@@ -41,46 +36,19 @@ fi
 storms="${STORMS:-2}"
 [[ $password_devices =~ ^[0-9]+$ && $cert_devices =~ ^[0-9]+$ && $storms =~ ^[0-9]+$ ]] ||
   die "PASSWORD_DEVICES, CERT_DEVICES and STORMS must be numbers"
+time_limit_s="${STORM_TIME_LIMIT:-$((900 + (password_devices + cert_devices) / 10))}"
+[[ $time_limit_s =~ ^[1-9][0-9]*$ ]] || die "STORM_TIME_LIMIT must be a number of seconds"
 
 # Sockets: iotcore and each load process may use up to the hard limit (20,000 here).
 ulimit -n "$(ulimit -Hn)"
 
-command -v python3 >/dev/null || apt_install python3
-command -v curl >/dev/null || apt_install curl
-command -v openssl >/dev/null || apt_install openssl
-
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$IOTCORE_ROOT/target}"
-if [[ -n ${IOTCORE_BIN:-} ]]; then
-  say "building iotcore-load (release) into $CARGO_TARGET_DIR; iotcore is $IOTCORE_BIN"
-  cargo build --release -q -p iotcore-load
-  iotcore_bin="$IOTCORE_BIN"
-else
-  say "building iotcore and iotcore-load (release) into $CARGO_TARGET_DIR"
-  cargo build --release -q -p iotcore -p iotcore-load
-  iotcore_bin="$CARGO_TARGET_DIR/release/iotcore"
-fi
-load_bin="$CARGO_TARGET_DIR/release/iotcore-load"
-
-work="$(mktemp -d "${TMPDIR:-/tmp}/iotcore-storm.XXXXXX")"
-chmod 755 "$work"
-iotcore_pid=""
-cleanup() {
-  local status=$?
-  if [[ -n $iotcore_pid ]]; then
-    kill "$iotcore_pid" 2>/dev/null || true
-    wait "$iotcore_pid" 2>/dev/null || true
-  fi
-  "$IOTCORE_ROOT/deploy/local/pg.sh" stop "$work/pg" >/dev/null 2>&1 || true
-  rm -rf "$work"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+need_tools python3 curl openssl
+build_bench_binaries --iotcore-bin-from-env
+make_workdir storm
+time_limit "$time_limit_s" STORM_TIME_LIMIT
 
 # --- PostgreSQL with pg_stat_statements ---------------------------------------------------------
-pg_port="$(free_port)"
-database_url="$("$IOTCORE_ROOT/deploy/local/pg.sh" start "$work/pg" "$pg_port")"
+start_pg
 pg_bindir="$(find_pg_bindir)"
 psql=(psql)
 [[ -x $pg_bindir/psql ]] && psql=("$pg_bindir/psql")
@@ -116,45 +84,18 @@ openssl x509 -req -in "$work/tls/server.csr" -CA "$work/tls/ca.pem" -CAkey "$wor
   -CAcreateserial -days 2 -extfile "$work/tls/server.ext" -out "$work/tls/server.pem" 2>/dev/null
 
 # --- iotcore ---------------------------------------------------------------------------------
-api_port="$(free_port)"
-mqtt_port="$(free_port)"
-tls_port="$(free_port)"
-export IOTCORE_PROFILE=dev IOTCORE_DATABASE_URL="$database_url"
-export IOTCORE_API_LISTEN="127.0.0.1:$api_port" IOTCORE_MQTT_TCP_LISTEN="127.0.0.1:$mqtt_port"
-export IOTCORE_MQTT_TLS_LISTEN="127.0.0.1:$tls_port" IOTCORE_MQTT_WS_LISTEN="" IOTCORE_MQTT_WSS_LISTEN=""
-export IOTCORE_MQTT_TLS_CERT_FILE="$work/tls/server.pem" IOTCORE_MQTT_TLS_KEY_FILE="$work/tls/server.key"
+iotcore_env --tls "$work/tls/server.pem" "$work/tls/server.key"
 export IOTCORE_LOG_LEVEL="${IOTCORE_LOG_LEVEL:-warn}"
 # A storm is what the per-tenant CONNECT rate and authentications in flight are there to
 # slow down; lifted here so that the benchmark measures the authentication itself (the
 # tenant's quotas are lifted by provision.py).
 export IOTCORE_MQTT_MAX_CONNECTS_PER_SECOND_PER_TENANT=0 IOTCORE_MQTT_MAX_AUTH_IN_FLIGHT_PER_TENANT=0
 
-start_iotcore() {
-  "$iotcore_bin" serve >>"$work/iotcore.log" 2>&1 &
-  iotcore_pid=$!
-  local _
-  for _ in $(seq 1 300); do
-    curl -fs "http://127.0.0.1:$api_port/readyz" >/dev/null 2>&1 && break
-    kill -0 "$iotcore_pid" 2>/dev/null || die "iotcore exited; see $work/iotcore.log"
-    sleep 0.1
-  done
-  curl -fs "http://127.0.0.1:$api_port/readyz" >/dev/null || die "iotcore is not ready; see $work/iotcore.log"
-  wait_port "$mqtt_port"
-  wait_port "$tls_port"
-}
-stop_iotcore() {
-  kill "$iotcore_pid" 2>/dev/null || true
-  wait "$iotcore_pid" 2>/dev/null || true
-  iotcore_pid=""
-}
 start_iotcore
 
-operator="$("$iotcore_bin" token --role operator)"
 say "creating $password_devices devices with passwords and $cert_devices with certificates through the API"
 provision_started=$SECONDS
-python3 "$here/provision.py" "http://127.0.0.1:$api_port" "$operator" \
-  "$iotcore_bin token --role admin --tenant" "$password_devices" "$work/ids" \
-  --cert-devices "$cert_devices" "$work/certs" --workers 6 >"$work/provisioned.json"
+provision "$password_devices" "$work/ids" --cert-devices "$cert_devices" "$work/certs" --workers 6
 provision_s=$((SECONDS - provision_started))
 say "provisioned in $provision_s s"
 
@@ -186,20 +127,11 @@ measure certificates --broker "127.0.0.1:$tls_port" --connections "$cert_devices
 stop_iotcore
 
 # --- Report ------------------------------------------------------------------------------------
-mkdir -p "$here/results"
-stamp="$(date -u +%Y%m%dT%H%M%SZ)"
-suffix=""
-((quick)) && suffix="-quick"
-out="$here/results/storm-$stamp$suffix.txt"
+out="$(report_file storm)"
 {
-  printf 'iotcore reconnect storms, %s%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$( ((quick)) && echo ' (--quick)')"
-  printf 'command: tests/load/storm-bench.sh%s\n' "$( ((quick)) && echo ' --quick')"
-  printf 'machine: %s, %s cores, %s; %s\n' "$(uname -sr)" "$(nproc)" \
-    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')" \
-    "$(free -g | awk '/^Mem:/ {print $2 " GiB RAM"}')"
-  printf 'load average before the report: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+  report_header "iotcore reconnect storms" "tests/load/storm-bench.sh$( ((quick)) && echo ' --quick')"
   printf 'iotcore: %s; %s devices with passwords (TCP), %s with certificates (TLS), provisioned through the API in %s s\n\n' \
-    "${IOTCORE_BIN:-$(git -C "$IOTCORE_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
+    "$(iotcore_version --iotcore-bin-from-env)" \
     "$password_devices" "$cert_devices" "$provision_s"
   python3 - "$results" "$work/statements" <<'EOF'
 import json, os, sys
