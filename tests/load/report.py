@@ -4,8 +4,8 @@
     report.py RESULTS_JSONL PAIRS FAN LATENCY_RATE IDLE CONNECT_N
 
 Each figure is shown for Mosquitto and iotcore with the ratio iotcore / Mosquitto and the
-target of that ratio (issue 7). A load run several times (the latency rounds) shows the
-median of its runs. Standard library only.
+target of that ratio. A load run several times (the latency rounds) shows the
+median of its runs; a load that was not run has no row. Standard library only.
 """
 
 import json
@@ -43,6 +43,9 @@ def main():
     rows = []
 
     def row(name, label, keys, target, higher_is_better, mosquitto="mosquitto", unit="", iotcore_label=None):
+        # A load left out of the run (side-by-side.sh --only) has no row.
+        if (label, mosquitto) not in runs and (iotcore_label or label, "iotcore") not in runs:
+            return
         m = get(label, mosquitto, *keys)
         i = get(iotcore_label or label, "iotcore", *keys)
         ratio = i / m if (m and i is not None) else None
