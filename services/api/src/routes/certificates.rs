@@ -373,9 +373,9 @@ async fn create(
 ) -> Result<Response, Error> {
     let tenant = scope.tenant_id();
     let what = owner.what();
-    // The registry whose CA signs a generated certificate. Another tenant's device or
-    // registry is a 404 here, before the body is read or the registry's CA looked for; an
-    // unknown virtual broker is refused by the store when the certificate is stored.
+    // The registry whose CA signs a generated certificate. Another tenant's device,
+    // registry or virtual broker is a 404 here, before the body is read or the registry's CA
+    // looked for.
     let registry = match &owner {
         CredentialOwner::Device(device) => Some(
             state
@@ -393,7 +393,14 @@ async fn create(
                 .map_err(store_error(what))?;
             Some(registry.clone())
         }
-        CredentialOwner::Broker(_) => None,
+        CredentialOwner::Broker(broker) => {
+            state
+                .store
+                .get_broker(tenant, broker)
+                .await
+                .map_err(store_error(what))?;
+            None
+        }
     };
     let (new, private_key_pem) = match certificate_request(&body)? {
         CertificateRequest::Upload(certificate) => (new_certificate(&certificate, None), None),

@@ -311,11 +311,13 @@ pub async fn list_policies(
     ApiQuery(params): ApiQuery<PageParams>,
     ApiQuery(filter): ApiQuery<FilterParams>,
 ) -> Result<Json<PolicyList>, Error> {
-    let filter = FilterParams {
-        label: None,
-        ..filter
+    if filter.label.is_some() {
+        return Err(Error::invalid([FieldError::new(
+            "label",
+            "policies have no labels",
+        )]));
     }
-    .filter(None)?;
+    let filter = filter.filter(None)?;
     let page = state
         .store
         .list_policies(&scope.tenant_id, &filter, &params.request()?)

@@ -302,6 +302,15 @@ async fn virtual_brokers_get_self_signed_certificates(pool: sqlx::PgPool) {
     app.get(&outsider, &uri)
         .await
         .assert_problem(StatusCode::NOT_FOUND);
+    // Another tenant's virtual broker is a 404 whatever the body holds, as a device's is.
+    for body in [
+        json!({ "generate": true }),
+        json!({ "generate": true, "validity_days": 9000 }),
+    ] {
+        app.post(&outsider, &uri, body)
+            .await
+            .assert_problem(StatusCode::NOT_FOUND);
+    }
     app.delete(&outsider, &format!("{uri}/{fingerprint}"))
         .await
         .assert_problem(StatusCode::NOT_FOUND);

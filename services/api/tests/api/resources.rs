@@ -347,3 +347,32 @@ async fn the_rules_quota_is_enforced_per_tenant(pool: sqlx::PgPool) {
         "another tenant is not held back"
     );
 }
+
+#[sqlx::test(migrator = "iotcore_store::MIGRATOR")]
+async fn policies_filter_by_name_prefix_and_refuse_a_label_filter(pool: sqlx::PgPool) {
+    let app = TestApp::new(pool);
+    let tenant = app.create_tenant("acme").await;
+    let editor = app.member(Role::Editor, &tenant);
+    let mut fleet = Vec::new();
+    for name in ["fleet-a", "lab", "fleet-b"] {
+        let statements = json!([{ "effect": "allow", "actions": ["publish"], "topics": ["a/#"] }]);
+        let created = app
+            .post(
+                &editor,
+                "/v1/policies",
+                json!({ "name": name, "statements": statements }),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{:#?}", created.body);
+        if name.starts_with("fleet-") {
+            fleet.push(created.body["id"].as_str().unwrap().to_owned());
+        }
+    }
+    fleet.sort();
+    let listed = app.get(&editor, "/v1/policies?name_prefix=fleet-").await;
+    assert_eq!(ids(&listed.body), fleet);
+    // Policies have no labels: a label filter is an invalid filter, not one that is ignored.
+    let by_label = app.get(&editor, "/v1/policies?label=site:north").await;
+    by_label.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(by_label.error_fields(), vec!["label"]);
+}
