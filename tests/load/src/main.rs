@@ -17,6 +17,7 @@ mod storm;
 mod stream;
 mod template;
 mod wire;
+mod worker;
 
 use clap::Parser;
 use cli::{Cli, Command};

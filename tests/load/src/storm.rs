@@ -2,41 +2,23 @@
 //! credentials), all of them drop their connections at once, and all reconnect at once
 //! (warm: the broker has checked these credentials before), possibly several times.
 //!
-//! The connections are spread over worker processes (this same binary, `storm-worker`), as
-//! in `idle`. The parent drives the phases over the workers' stdin (`drop`, `reconnect`, then
+//! The connections are spread over worker processes (this same binary, `storm-worker`;
+//! `crate::worker`), as in `idle`. The parent drives the phases over the workers' stdin (`drop`, `reconnect`, then
 //! end of file) and reads one JSON line per phase from each worker's stdout. Around every
 //! phase it reads the broker's CPU time and, with `--probe`, runs a command whose output is
 //! a counter (the statements the broker's database executed, say), so that each phase
 //! reports what it cost.
 
 use crate::cli::{IdleWorkerArgs, StormArgs};
-use crate::client::histogram;
 use crate::report::{self, Percentiles};
-use crate::stream::{Connector, Identity, Stream};
-use crate::template::{expand, expand_opt, Ids};
+use crate::worker::{self, Share, Totals, WorkerReport, Workers};
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
 use tokio::time::Instant;
-
-/// What a worker reports after each phase.
-#[derive(Debug, Serialize, Deserialize)]
-struct WorkerPhase {
-    /// Connections open at the end of the phase (0 after a drop).
-    connected: usize,
-    /// Connections that failed to open, or that were closed by a drop.
-    failed: usize,
-    closed: usize,
-    first_error: Option<String>,
-    elapsed_s: f64,
-    latencies_us: Vec<u64>,
-}
 
 /// One phase as seen by the parent: its connections and what the broker spent on them.
 #[derive(Debug, Serialize)]
@@ -120,19 +102,23 @@ fn phase(
     connections: usize,
     before: &Mark,
     after: &Mark,
-    reports: Vec<WorkerPhase>,
+    reports: Vec<WorkerReport>,
 ) -> Phase {
-    let mut latency = histogram();
-    let mut p = Phase {
+    let totals = Totals::of(reports);
+    Phase {
         name: name.to_owned(),
         connections,
-        connected: 0,
-        failed: 0,
-        closed: 0,
-        first_error: None,
-        connect_s: 0.0,
-        connects_per_s: 0.0,
-        connect_latency_us: Percentiles::default(),
+        connected: totals.connected,
+        failed: totals.failed,
+        closed: totals.closed,
+        first_error: totals.first_error,
+        connect_s: totals.elapsed_s,
+        connects_per_s: if totals.timed {
+            totals.connected as f64 / totals.elapsed_s.max(1e-9)
+        } else {
+            0.0
+        },
+        connect_latency_us: totals.connect_latency_us,
         wall_s: after.at.saturating_duration_since(before.at).as_secs_f64(),
         broker_cpu_s: match (before.cpu, after.cpu) {
             (Some(b), Some(a)) => Some(a.saturating_sub(b).as_secs_f64()),
@@ -142,115 +128,40 @@ fn phase(
             (Some(b), Some(a)) => Some(a.saturating_sub(b)),
             _ => None,
         },
-    };
-    for report in reports {
-        p.connected += report.connected;
-        p.failed += report.failed;
-        p.closed += report.closed;
-        if p.first_error.is_none() {
-            p.first_error = report.first_error;
-        }
-        p.connect_s = p.connect_s.max(report.elapsed_s);
-        for micros in report.latencies_us {
-            latency.saturating_record(micros.max(1));
-        }
     }
-    p.connect_latency_us = Percentiles::of(&latency);
-    if !latency.is_empty() {
-        p.connects_per_s = p.connected as f64 / p.connect_s.max(1e-9);
-    }
-    p
-}
-
-struct Worker {
-    child: Child,
-    lines: Lines<BufReader<tokio::io::Take<ChildStdout>>>,
-}
-
-/// Reads every worker's report of the phase that is under way.
-async fn collect(workers: &mut [Worker], patience: Duration) -> Result<Vec<WorkerPhase>> {
-    let mut reports = Vec::with_capacity(workers.len());
-    for worker in workers.iter_mut() {
-        match tokio::time::timeout(patience, worker.lines.next_line()).await {
-            Ok(Ok(Some(line))) => reports.push(
-                serde_json::from_str::<WorkerPhase>(&line).context("reading a worker's report")?,
-            ),
-            Ok(Ok(None)) => bail!("a storm worker exited without a report"),
-            Ok(Err(e)) => bail!("reading a storm worker: {e}"),
-            Err(_) => bail!("a storm worker did not finish its phase within {patience:?}"),
-        }
-    }
-    Ok(reports)
-}
-
-/// Tells every worker to start the next phase, as close together as the pipes allow.
-async fn tell(workers: &mut [Worker], word: &str) -> Result<()> {
-    for worker in workers.iter_mut() {
-        let stdin = worker.child.stdin.as_mut().context("worker stdin")?;
-        stdin.write_all(format!("{word}\n").as_bytes()).await?;
-        stdin.flush().await?;
-    }
-    Ok(())
 }
 
 pub async fn storm(args: StormArgs) -> Result<StormReport> {
     args.check()?;
     let idle = &args.idle;
     let settle = Duration::from_secs_f64(idle.settle);
-    let processes = idle.connections.div_ceil(idle.per_process);
-    let exe = std::env::current_exe().context("finding this program")?;
 
     let quiet_start = mark(&args, "background-start").await?;
     tokio::time::sleep(settle).await;
     let quiet_end = mark(&args, "background").await?;
     let background = phase("background", 0, &quiet_start, &quiet_end, Vec::new());
 
-    let mut workers = Vec::with_capacity(processes);
-    for p in 0..processes {
-        let first = p * idle.per_process;
-        let count = idle.per_process.min(idle.connections - first);
-        let mut argv = crate::idle::worker_argv(idle, first, count, processes);
-        argv[0] = "storm-worker".into();
-        let mut child = Command::new(&exe)
-            .args(argv)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a storm worker")?;
-        let stdout = child.stdout.take().context("worker stdout")?;
-        let lines = BufReader::new(stdout.take(256 << 20)).lines();
-        workers.push(Worker { child, lines });
-    }
-    // A worker that hangs is bounded by its own connect timeouts; this is the backstop.
-    let patience = Duration::from_secs(idle.conn.connect_timeout_secs)
-        + Duration::from_secs_f64(if idle.connect_rate > 0.0 {
-            idle.connections as f64 / idle.connect_rate
-        } else {
-            0.0
-        })
-        + Duration::from_secs(600);
-
+    let mut workers = Workers::spawn("storm-worker", "a storm worker", idle)?;
+    let processes = workers.processes();
     let mut phases = Vec::new();
     let mut before = quiet_end;
     let outcome: Result<()> = async {
-        let reports = collect(&mut workers, patience).await?;
+        let reports = workers.collect().await?;
         tokio::time::sleep(settle).await;
         let after = mark(&args, "cold").await?;
         phases.push(phase("cold", idle.connections, &before, &after, reports));
         before = after;
         for n in 1..=args.storms {
-            tell(&mut workers, "drop").await?;
-            let reports = collect(&mut workers, patience).await?;
+            workers.tell("drop").await?;
+            let reports = workers.collect().await?;
             tokio::time::sleep(Duration::from_secs_f64(args.pause)).await;
             let label = format!("drop {n}");
             let after = mark(&args, &label).await?;
             phases.push(phase(&label, idle.connections, &before, &after, reports));
             before = after;
 
-            tell(&mut workers, "reconnect").await?;
-            let reports = collect(&mut workers, patience).await?;
+            workers.tell("reconnect").await?;
+            let reports = workers.collect().await?;
             tokio::time::sleep(settle).await;
             let label = format!("storm {n}");
             let after = mark(&args, &label).await?;
@@ -260,19 +171,7 @@ pub async fn storm(args: StormArgs) -> Result<StormReport> {
         Ok(())
     }
     .await;
-
-    for worker in &mut workers {
-        // Closing stdin tells the worker to close its connections and exit.
-        drop(worker.child.stdin.take());
-    }
-    for worker in &mut workers {
-        if tokio::time::timeout(Duration::from_secs(30), worker.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = worker.child.kill().await;
-        }
-    }
+    workers.finish().await;
     outcome?;
     Ok(StormReport {
         connections: idle.connections,
@@ -282,95 +181,15 @@ pub async fn storm(args: StormArgs) -> Result<StormReport> {
     })
 }
 
-/// Opens connections `first .. first + count` with at most `connect_concurrency` handshakes
-/// in flight (and at the worker's share of `--connect-rate`).
-async fn connect_all(
-    args: &IdleWorkerArgs,
-    connector: &Arc<Connector>,
-    ids: &Arc<Ids>,
-    streams: &mut Vec<Stream>,
-) -> Result<WorkerPhase> {
-    let idle = &args.idle;
-    let permits = Arc::new(Semaphore::new(idle.conn.connect_concurrency));
-    let interval =
-        (idle.connect_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / idle.connect_rate));
-    let started = Instant::now();
-    let mut tasks = JoinSet::new();
-    for (n, index) in (args.first..args.first + args.count).enumerate() {
-        if let Some(interval) = interval {
-            tokio::time::sleep_until(started + interval * n as u32).await;
-        }
-        let identity = Identity {
-            client_id: expand(&idle.client_id, index, ids)?,
-            username: expand_opt(&idle.username, index, ids)?,
-            password: expand_opt(&idle.password, index, ids)?,
-            subscribe: None,
-        };
-        let permit = permits.clone().acquire_owned().await?;
-        let (connector, ids) = (connector.clone(), ids.clone());
-        tasks.spawn(async move {
-            let session = connector.open(index, &identity, &ids).await;
-            drop(permit);
-            session
-        });
-    }
-    let mut report = WorkerPhase {
-        connected: 0,
-        failed: 0,
-        closed: 0,
-        first_error: None,
-        elapsed_s: 0.0,
-        latencies_us: Vec::with_capacity(args.count),
-    };
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok(session)) => {
-                report.connected += 1;
-                let micros = u64::try_from(session.connect_latency.as_micros()).unwrap_or(u64::MAX);
-                report.latencies_us.push(micros);
-                streams.push(session.stream);
-            }
-            Ok(Err(e)) => {
-                report.failed += 1;
-                report.first_error.get_or_insert(format!("{e:#}"));
-            }
-            Err(e) => {
-                report.failed += 1;
-                report
-                    .first_error
-                    .get_or_insert(format!("connect task: {e}"));
-            }
-        }
-    }
-    report.elapsed_s = started.elapsed().as_secs_f64();
-    Ok(report)
-}
-
-async fn send(report: &WorkerPhase) -> Result<()> {
-    let mut line = serde_json::to_string(report)?;
-    line.push('\n');
-    let mut stdout = tokio::io::stdout();
-    stdout.write_all(line.as_bytes()).await?;
-    stdout.flush().await?;
-    Ok(())
-}
-
 /// One worker: connects its share, then on each `drop` line from its parent closes every
 /// connection at once (as clients that restart do: no DISCONNECT), and on each `reconnect`
 /// line opens them all again; reports after each; stops at end of input (or when no
 /// instruction came for `hold_secs`).
 pub async fn worker(args: IdleWorkerArgs) -> Result<()> {
-    let idle = &args.idle;
-    idle.check()?;
-    if args.count > idle.per_process {
-        bail!("--count is larger than --per-process");
-    }
-    let ids = Arc::new(idle.conn.ids()?);
-    let connector = Arc::new(idle.conn.connector()?);
-    let mut streams: Vec<Stream> = Vec::with_capacity(args.count);
-    send(&connect_all(&args, &connector, &ids, &mut streams).await?).await?;
+    let mut share = Share::new(args)?;
+    worker::send(&share.connect_all().await?).await?;
 
-    let hold = Duration::from_secs(args.hold_secs);
+    let hold = share.hold();
     let mut input = BufReader::new(tokio::io::stdin().take(1 << 20)).lines();
     loop {
         let line = match tokio::time::timeout(hold, input.next_line()).await {
@@ -380,26 +199,23 @@ pub async fn worker(args: IdleWorkerArgs) -> Result<()> {
         match line.trim() {
             "drop" => {
                 let started = Instant::now();
-                let closed = streams.len();
-                streams.clear();
-                send(&WorkerPhase {
-                    connected: 0,
-                    failed: 0,
+                let closed = share.streams.len();
+                share.streams.clear();
+                worker::send(&WorkerReport {
                     closed,
-                    first_error: None,
                     elapsed_s: started.elapsed().as_secs_f64(),
-                    latencies_us: Vec::new(),
+                    ..WorkerReport::default()
                 })
                 .await?;
             }
             "reconnect" => {
-                streams.clear();
-                send(&connect_all(&args, &connector, &ids, &mut streams).await?).await?;
+                share.streams.clear();
+                worker::send(&share.connect_all().await?).await?;
             }
             other => bail!("unknown instruction from the parent: {other:?}"),
         }
     }
-    drop(streams);
+    drop(share);
     Ok(())
 }
 
