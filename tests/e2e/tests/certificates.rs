@@ -98,10 +98,9 @@ impl CertBroker {
         &self,
         version: ProtocolVersion,
         client_id: &str,
-        cert_pem: &str,
-        key_pem: &str,
+        cert: &ClientCert,
     ) -> (Option<Packet>, Option<Mqtt>) {
-        let Ok(stream) = self.tls(cert_pem, key_pem).await else {
+        let Ok(stream) = self.tls(&cert.cert_pem, &cert.key_pem).await else {
             return (None, None);
         };
         let mut mqtt = Mqtt {
@@ -131,10 +130,9 @@ impl CertBroker {
         &self,
         version: ProtocolVersion,
         client_id: &str,
-        cert_pem: &str,
-        key_pem: &str,
+        cert: &ClientCert,
     ) -> (Mqtt, Packet) {
-        match self.connect(version, client_id, cert_pem, key_pem).await {
+        match self.connect(version, client_id, cert).await {
             (Some(Packet::ConnAck(connack)), Some(mqtt)) if connack.code == 0 => {
                 (mqtt, Packet::ConnAck(connack))
             }
@@ -142,21 +140,29 @@ impl CertBroker {
         }
     }
 
-    /// Connects and returns the refusal code of the CONNACK.
-    async fn refused(
+    /// Connects and expects a CONNACK refusing with `code`.
+    async fn expect_refused(
         &self,
         version: ProtocolVersion,
         client_id: &str,
-        cert_pem: &str,
-        key_pem: &str,
-    ) -> u8 {
-        match self.connect(version, client_id, cert_pem, key_pem).await {
-            (Some(Packet::ConnAck(connack)), _) => {
-                assert_ne!(connack.code, 0, "expected a refusal");
-                connack.code
-            }
-            (other, _) => panic!("expected a CONNACK, got {other:?}"),
+        cert: &ClientCert,
+        code: u8,
+    ) {
+        match self.connect(version, client_id, cert).await {
+            (Some(Packet::ConnAck(connack)), _) => assert_eq!(
+                connack.code, code,
+                "CONNACK code for {client_id:?} ({version:?})"
+            ),
+            (other, _) => panic!("expected a CONNACK refusing with {code}, got {other:?}"),
         }
+    }
+}
+
+/// The client id the broker assigned in a successful CONNACK (MQTT 5, empty client id).
+fn assigned_client_id(connack: Packet) -> String {
+    match connack {
+        Packet::ConnAck(c) => c.properties.assigned_client_identifier.unwrap_or_default(),
+        other => panic!("expected a CONNACK, got {other:?}"),
     }
 }
 
@@ -364,6 +370,12 @@ async fn register(app: &TestApp, token: &str, collection: &str, cert_pem: &str) 
     body
 }
 
+/// Registers `cert` on `device` by fingerprint.
+async fn register_on_device(app: &TestApp, device: &str, cert: &ClientCert) -> Value {
+    let path = format!("/v1/devices/{device}/certificates");
+    register(app, &app.token, &path, &cert.cert_pem).await
+}
+
 async fn register_ca(
     app: &TestApp,
     token: &str,
@@ -386,13 +398,7 @@ async fn self_signed_certificates_registered_by_fingerprint_authenticate_devices
     let registry = app.create_registry(&app.token, "certs").await;
     let device = b.bare_device(&app.token, &registry, "board").await;
     let device_cert = self_signed("anything");
-    register(
-        app,
-        &app.token,
-        &format!("/v1/devices/{device}/certificates"),
-        &device_cert.cert_pem,
-    )
-    .await;
+    register_on_device(app, &device, &device_cert).await;
     let registry_cert = self_signed("backend");
     register(
         app,
@@ -403,32 +409,14 @@ async fn self_signed_certificates_registered_by_fingerprint_authenticate_devices
     .await;
 
     let (mut backend, _) = b
-        .connected(
-            ProtocolVersion::V3_1_1,
-            &registry,
-            &registry_cert.cert_pem,
-            &registry_cert.key_pem,
-        )
+        .connected(ProtocolVersion::V3_1_1, &registry, &registry_cert)
         .await;
     assert!(backend.send(&subscribe_packet("$devices/+/events")).await);
     assert!(matches!(backend.packet().await, Some(Packet::SubAck(_))));
 
     // MQTT 5 with an empty client id: the device id is assigned.
-    let (mut board, connack) = b
-        .connected(
-            ProtocolVersion::V5,
-            "",
-            &device_cert.cert_pem,
-            &device_cert.key_pem,
-        )
-        .await;
-    match connack {
-        Packet::ConnAck(c) => assert_eq!(
-            c.properties.assigned_client_identifier.as_deref(),
-            Some(device.as_str())
-        ),
-        _ => unreachable!(),
-    }
+    let (mut board, connack) = b.connected(ProtocolVersion::V5, "", &device_cert).await;
+    assert_eq!(assigned_client_id(connack), device);
     let topic = format!("$devices/{device}/events");
     assert!(board.send(&publish_packet(&topic, b"21.5")).await);
     match backend.packet().await {
@@ -440,35 +428,24 @@ async fn self_signed_certificates_registered_by_fingerprint_authenticate_devices
     }
 
     // Another device's client id is refused even with a valid certificate.
-    let code = b
-        .refused(
-            ProtocolVersion::V3_1_1,
-            "dev_00000000000000000000",
-            &device_cert.cert_pem,
-            &device_cert.key_pem,
-        )
-        .await;
-    assert_eq!(code, 2);
+    b.expect_refused(
+        ProtocolVersion::V3_1_1,
+        "dev_00000000000000000000",
+        &device_cert,
+        2,
+    )
+    .await;
     // A certificate registered nowhere, without a password: not authorized.
     let stranger = self_signed(&device);
-    let code = b
-        .refused(
-            ProtocolVersion::V3_1_1,
-            &device,
-            &stranger.cert_pem,
-            &stranger.key_pem,
-        )
+    b.expect_refused(ProtocolVersion::V3_1_1, &device, &stranger, 5)
         .await;
-    assert_eq!(code, 5);
-    let code = b
-        .refused(
-            ProtocolVersion::V5,
-            &device,
-            &stranger.cert_pem,
-            &stranger.key_pem,
-        )
-        .await;
-    assert_eq!(code, ReasonCode::NOT_AUTHORIZED.0);
+    b.expect_refused(
+        ProtocolVersion::V5,
+        &device,
+        &stranger,
+        ReasonCode::NOT_AUTHORIZED.0,
+    )
+    .await;
     b.app.stop().await;
 }
 
@@ -486,55 +463,19 @@ async fn ca_signed_certificates_name_devices_and_auto_register_creates_them() {
 
     // CN = the device's name, or its id.
     let by_name = signed(&fixed_ca, "board-1", VALID);
-    b.connected(
-        ProtocolVersion::V3_1_1,
-        &board,
-        &by_name.cert_pem,
-        &by_name.key_pem,
-    )
-    .await;
+    b.connected(ProtocolVersion::V3_1_1, &board, &by_name).await;
     let by_id = signed(&fixed_ca, &board, VALID);
-    b.connected(ProtocolVersion::V5, &board, &by_id.cert_pem, &by_id.key_pem)
-        .await;
+    b.connected(ProtocolVersion::V5, &board, &by_id).await;
     // Without auto_register, a certificate naming no device is refused.
     let unknown = signed(&fixed_ca, "board-2", VALID);
-    let code = b
-        .refused(
-            ProtocolVersion::V3_1_1,
-            "",
-            &unknown.cert_pem,
-            &unknown.key_pem,
-        )
+    b.expect_refused(ProtocolVersion::V3_1_1, "", &unknown, 5)
         .await;
-    assert_eq!(code, 5);
-    let (_, devices) = app
-        .call(
-            "GET",
-            &format!("/v1/registries/{fixed}/devices"),
-            &app.token,
-            None,
-        )
-        .await;
-    assert_eq!(
-        devices["items"].as_array().map(Vec::len),
-        Some(1),
-        "{devices}"
-    );
+    assert_eq!(device_count(app, &fixed).await, 1);
 
     // With auto_register, the device is created on its first connection.
     let newcomer = signed(&open_ca, "sensor-7", VALID);
-    let (_, connack) = b
-        .connected(
-            ProtocolVersion::V5,
-            "",
-            &newcomer.cert_pem,
-            &newcomer.key_pem,
-        )
-        .await;
-    let assigned = match connack {
-        Packet::ConnAck(c) => c.properties.assigned_client_identifier.unwrap_or_default(),
-        _ => unreachable!(),
-    };
+    let (_, connack) = b.connected(ProtocolVersion::V5, "", &newcomer).await;
+    let assigned = assigned_client_id(connack);
     let (_, devices) = app
         .call(
             "GET",
@@ -558,13 +499,8 @@ async fn ca_signed_certificates_name_devices_and_auto_register_creates_them() {
         "{certificates}"
     );
     // The second connection finds it by fingerprint.
-    b.connected(
-        ProtocolVersion::V3_1_1,
-        &assigned,
-        &newcomer.cert_pem,
-        &newcomer.key_pem,
-    )
-    .await;
+    b.connected(ProtocolVersion::V3_1_1, &assigned, &newcomer)
+        .await;
     b.app.stop().await;
 }
 
@@ -577,35 +513,18 @@ async fn expired_and_not_yet_valid_certificates_are_refused() {
     let factory = ca("factory");
     register_ca(app, &app.token, &registry, &factory.pem(), true).await;
     let expired = signed(&factory, "board", (2015, 2020));
-    let code = b
-        .refused(
-            ProtocolVersion::V3_1_1,
-            &device,
-            &expired.cert_pem,
-            &expired.key_pem,
-        )
+    b.expect_refused(ProtocolVersion::V3_1_1, &device, &expired, 5)
         .await;
-    assert_eq!(code, 5);
     let early = signed(&factory, "board", (2080, 2090));
-    let code = b
-        .refused(
-            ProtocolVersion::V5,
-            &device,
-            &early.cert_pem,
-            &early.key_pem,
-        )
-        .await;
-    assert_eq!(code, ReasonCode::NOT_AUTHORIZED.0);
+    b.expect_refused(
+        ProtocolVersion::V5,
+        &device,
+        &early,
+        ReasonCode::NOT_AUTHORIZED.0,
+    )
+    .await;
     // Nothing was registered just in time for them either.
-    let (_, devices) = app
-        .call(
-            "GET",
-            &format!("/v1/registries/{registry}/devices"),
-            &app.token,
-            None,
-        )
-        .await;
-    assert_eq!(devices["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(device_count(app, &registry).await, 1);
     // The API refuses to register an expired certificate, saying so.
     let (status, body) = app
         .call(
@@ -628,28 +547,13 @@ async fn revoking_a_certificate_or_deleting_its_ca_disconnects_live_sessions() {
     let device = b.bare_device(&app.token, &registry, "board").await;
     let other = b.bare_device(&app.token, &registry, "other").await;
     let cert = self_signed("board");
-    let view = register(
-        app,
-        &app.token,
-        &format!("/v1/devices/{device}/certificates"),
-        &cert.cert_pem,
-    )
-    .await;
+    let view = register_on_device(app, &device, &cert).await;
     let factory = ca("factory");
     let ca_view = register_ca(app, &app.token, &registry, &factory.pem(), false).await;
     let other_cert = signed(&factory, "other", VALID);
 
-    let (mut live, _) = b
-        .connected(ProtocolVersion::V5, &device, &cert.cert_pem, &cert.key_pem)
-        .await;
-    let (mut bystander, _) = b
-        .connected(
-            ProtocolVersion::V5,
-            &other,
-            &other_cert.cert_pem,
-            &other_cert.key_pem,
-        )
-        .await;
+    let (mut live, _) = b.connected(ProtocolVersion::V5, &device, &cert).await;
+    let (mut bystander, _) = b.connected(ProtocolVersion::V5, &other, &other_cert).await;
 
     let fingerprint = view["fingerprint"].as_str().unwrap_or_default();
     let path = format!("/v1/devices/{device}/certificates/{fingerprint}");
@@ -657,15 +561,8 @@ async fn revoking_a_certificate_or_deleting_its_ca_disconnects_live_sessions() {
     assert_eq!(status, 204, "{body}");
     live.expect_disconnected().await;
     assert!(bystander.ping().await, "a bystander was disconnected");
-    let code = b
-        .refused(
-            ProtocolVersion::V3_1_1,
-            &device,
-            &cert.cert_pem,
-            &cert.key_pem,
-        )
+    b.expect_refused(ProtocolVersion::V3_1_1, &device, &cert, 5)
         .await;
-    assert_eq!(code, 5);
     let (_, listed) = app
         .call(
             "GET",
@@ -681,15 +578,8 @@ async fn revoking_a_certificate_or_deleting_its_ca_disconnects_live_sessions() {
     let (status, body) = app.call("DELETE", &path, &app.token, None).await;
     assert_eq!(status, 204, "{body}");
     bystander.expect_disconnected().await;
-    let code = b
-        .refused(
-            ProtocolVersion::V3_1_1,
-            &other,
-            &other_cert.cert_pem,
-            &other_cert.key_pem,
-        )
+    b.expect_refused(ProtocolVersion::V3_1_1, &other, &other_cert, 5)
         .await;
-    assert_eq!(code, 5);
     b.app.stop().await;
 }
 
@@ -700,32 +590,16 @@ async fn a_certificate_presented_without_its_key_fails_the_handshake() {
     let registry = app.create_registry(&app.token, "r").await;
     let device = b.bare_device(&app.token, &registry, "board").await;
     let cert = self_signed("board");
-    register(
-        app,
-        &app.token,
-        &format!("/v1/devices/{device}/certificates"),
-        &cert.cert_pem,
-    )
-    .await;
+    register_on_device(app, &device, &cert).await;
     // The registered certificate, but the handshake signed with another key.
-    let thief = self_signed("thief");
-    let (answer, _) = b
-        .connect(
-            ProtocolVersion::V3_1_1,
-            &device,
-            &cert.cert_pem,
-            &thief.key_pem,
-        )
-        .await;
+    let thief = ClientCert {
+        cert_pem: cert.cert_pem.clone(),
+        key_pem: self_signed("thief").key_pem,
+    };
+    let (answer, _) = b.connect(ProtocolVersion::V3_1_1, &device, &thief).await;
     assert!(answer.is_none(), "no CONNACK without the key: {answer:?}");
     // With its key, the same certificate works.
-    b.connected(
-        ProtocolVersion::V3_1_1,
-        &device,
-        &cert.cert_pem,
-        &cert.key_pem,
-    )
-    .await;
+    b.connected(ProtocolVersion::V3_1_1, &device, &cert).await;
     b.app.stop().await;
 }
 
@@ -742,19 +616,10 @@ async fn a_certificate_of_another_tenants_ca_is_refused() {
     // Naming our device by id, signed by their CA: their registry has no such device (and
     // registers none under a device id), and our registry does not trust their CA.
     let cert = signed(&their_ca, &device, VALID);
-    let code = b
-        .refused(
-            ProtocolVersion::V3_1_1,
-            &device,
-            &cert.cert_pem,
-            &cert.key_pem,
-        )
+    b.expect_refused(ProtocolVersion::V3_1_1, &device, &cert, 5)
         .await;
-    assert_eq!(code, 5);
-    let code = b
-        .refused(ProtocolVersion::V5, "", &cert.cert_pem, &cert.key_pem)
+    b.expect_refused(ProtocolVersion::V5, "", &cert, ReasonCode::NOT_AUTHORIZED.0)
         .await;
-    assert_eq!(code, ReasonCode::NOT_AUTHORIZED.0);
     let (_, devices) = app
         .call(
             "GET",
@@ -770,18 +635,8 @@ async fn a_certificate_of_another_tenants_ca_is_refused() {
     );
     // Our device's name, signed by their CA, becomes a device of theirs, never ours.
     let look_alike = signed(&their_ca, "board", VALID);
-    let (_, connack) = b
-        .connected(
-            ProtocolVersion::V5,
-            "",
-            &look_alike.cert_pem,
-            &look_alike.key_pem,
-        )
-        .await;
-    let assigned = match connack {
-        Packet::ConnAck(c) => c.properties.assigned_client_identifier.unwrap_or_default(),
-        _ => unreachable!(),
-    };
+    let (_, connack) = b.connected(ProtocolVersion::V5, "", &look_alike).await;
+    let assigned = assigned_client_id(connack);
     assert_ne!(assigned, device);
     let (status, _) = app
         .call("GET", &format!("/v1/devices/{assigned}"), &app.token, None)
@@ -898,41 +753,22 @@ async fn a_reconnecting_certificate_costs_no_store_query_until_it_is_revoked() {
     let device = b.bare_device(&app.token, &registry, "board").await;
     let named = b.bare_device(&app.token, &registry, "named").await;
     let cert = self_signed("board");
-    let view = register(
-        app,
-        &app.token,
-        &format!("/v1/devices/{device}/certificates"),
-        &cert.cert_pem,
-    )
-    .await;
+    let view = register_on_device(app, &device, &cert).await;
     let factory = ca("factory");
     register_ca(app, &app.token, &registry, &factory.pem(), false).await;
     let by_ca = signed(&factory, "named", VALID);
     assert_eq!(certificate_lookups(app).await, (0.0, 0.0));
 
     // First connections: the store answers (fingerprint, then chain to the CA).
-    let (mut first, _) = b
-        .connected(ProtocolVersion::V5, &device, &cert.cert_pem, &cert.key_pem)
-        .await;
-    let (mut other, _) = b
-        .connected(ProtocolVersion::V5, &named, &by_ca.cert_pem, &by_ca.key_pem)
-        .await;
+    let (mut first, _) = b.connected(ProtocolVersion::V5, &device, &cert).await;
+    let (mut other, _) = b.connected(ProtocolVersion::V5, &named, &by_ca).await;
     assert_eq!(certificate_lookups(app).await, (2.0, 0.0));
     assert!(first.send(&Packet::Disconnect(Default::default())).await);
     assert!(other.send(&Packet::Disconnect(Default::default())).await);
 
     // Reconnecting: answered from memory, no query and no chain verification.
-    let (mut live, _) = b
-        .connected(ProtocolVersion::V5, &device, &cert.cert_pem, &cert.key_pem)
-        .await;
-    let (mut bystander, _) = b
-        .connected(
-            ProtocolVersion::V3_1_1,
-            &named,
-            &by_ca.cert_pem,
-            &by_ca.key_pem,
-        )
-        .await;
+    let (mut live, _) = b.connected(ProtocolVersion::V5, &device, &cert).await;
+    let (mut bystander, _) = b.connected(ProtocolVersion::V3_1_1, &named, &by_ca).await;
     assert_eq!(certificate_lookups(app).await, (2.0, 2.0));
     assert!(live.ping().await && bystander.ping().await);
 
@@ -943,10 +779,13 @@ async fn a_reconnecting_certificate_costs_no_store_query_until_it_is_revoked() {
     let (status, body) = app.call("DELETE", &path, &app.token, None).await;
     assert_eq!(status, 204, "{body}");
     live.expect_disconnected().await;
-    let code = b
-        .refused(ProtocolVersion::V5, &device, &cert.cert_pem, &cert.key_pem)
-        .await;
-    assert_eq!(code, ReasonCode::NOT_AUTHORIZED.0);
+    b.expect_refused(
+        ProtocolVersion::V5,
+        &device,
+        &cert,
+        ReasonCode::NOT_AUTHORIZED.0,
+    )
+    .await;
     assert!(bystander.ping().await, "the other device stays connected");
     let (store, _) = certificate_lookups(app).await;
     assert_eq!(store, 3.0, "the revoked certificate was looked up again");
@@ -963,15 +802,8 @@ async fn a_reconnecting_certificate_costs_no_store_query_until_it_is_revoked() {
         .await;
     assert_eq!(status, 200, "{body}");
     bystander.expect_disconnected_v311().await;
-    let code = b
-        .refused(
-            ProtocolVersion::V3_1_1,
-            &named,
-            &by_ca.cert_pem,
-            &by_ca.key_pem,
-        )
+    b.expect_refused(ProtocolVersion::V3_1_1, &named, &by_ca, 5)
         .await;
-    assert_eq!(code, 5);
     assert_eq!(certificate_lookups(app).await.0, 4.0);
     b.app.stop().await;
 }
@@ -1008,13 +840,7 @@ async fn a_certificate_that_expires_while_connected_ends_the_connection() {
         cert_pem: params.self_signed(&key).expect("cert").pem(),
         key_pem: key.serialize_pem(),
     };
-    register(
-        app,
-        &app.token,
-        &format!("/v1/devices/{device}/certificates"),
-        &cert.cert_pem,
-    )
-    .await;
+    register_on_device(app, &device, &cert).await;
     // ... and one named by a registry CA with the CA's, when that comes first.
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -1027,28 +853,11 @@ async fn a_certificate_that_expires_while_connected_ends_the_connection() {
     register_ca(app, &app.token, &registry, &factory.pem(), false).await;
     let by_ca = signed(&factory, "named", VALID);
     let steady = self_signed("lasting");
-    register(
-        app,
-        &app.token,
-        &format!("/v1/devices/{lasting}/certificates"),
-        &steady.cert_pem,
-    )
-    .await;
+    register_on_device(app, &lasting, &steady).await;
 
-    let (mut expiring, _) = b
-        .connected(ProtocolVersion::V5, &device, &cert.cert_pem, &cert.key_pem)
-        .await;
-    let (mut via_ca, _) = b
-        .connected(ProtocolVersion::V5, &named, &by_ca.cert_pem, &by_ca.key_pem)
-        .await;
-    let (mut bystander, _) = b
-        .connected(
-            ProtocolVersion::V5,
-            &lasting,
-            &steady.cert_pem,
-            &steady.key_pem,
-        )
-        .await;
+    let (mut expiring, _) = b.connected(ProtocolVersion::V5, &device, &cert).await;
+    let (mut via_ca, _) = b.connected(ProtocolVersion::V5, &named, &by_ca).await;
+    let (mut bystander, _) = b.connected(ProtocolVersion::V5, &lasting, &steady).await;
     // Bounded: the certificates end within 12 s of their creation.
     let limit = std::time::Duration::from_secs(60);
     expiring
@@ -1064,19 +873,15 @@ async fn a_certificate_that_expires_while_connected_ends_the_connection() {
         "a valid certificate stays connected"
     );
     // Remembered or not, the expired certificate does not connect again.
-    let code = b
-        .refused(ProtocolVersion::V5, &device, &cert.cert_pem, &cert.key_pem)
+    b.expect_refused(
+        ProtocolVersion::V5,
+        &device,
+        &cert,
+        ReasonCode::NOT_AUTHORIZED.0,
+    )
+    .await;
+    b.expect_refused(ProtocolVersion::V3_1_1, &named, &by_ca, 5)
         .await;
-    assert_eq!(code, ReasonCode::NOT_AUTHORIZED.0);
-    let code = b
-        .refused(
-            ProtocolVersion::V3_1_1,
-            &named,
-            &by_ca.cert_pem,
-            &by_ca.key_pem,
-        )
-        .await;
-    assert_eq!(code, 5);
     b.app.stop().await;
 }
 
@@ -1098,20 +903,20 @@ async fn just_in_time_registration_stops_at_the_tenant_device_quota() {
     register_ca(app, &app.token, &registry, &factory.pem(), true).await;
 
     let second = signed(&factory, "sensor-1", VALID);
-    b.connected(ProtocolVersion::V5, "", &second.cert_pem, &second.key_pem)
-        .await;
+    b.connected(ProtocolVersion::V5, "", &second).await;
     assert_eq!(device_count(app, &registry).await, 2);
     // The quota is full: refused as quota exceeded (3.1.1: server unavailable), and no
     // device is created.
     let third = signed(&factory, "sensor-2", VALID);
-    let code = b
-        .refused(ProtocolVersion::V5, "", &third.cert_pem, &third.key_pem)
+    b.expect_refused(
+        ProtocolVersion::V5,
+        "",
+        &third,
+        ReasonCode::QUOTA_EXCEEDED.0,
+    )
+    .await;
+    b.expect_refused(ProtocolVersion::V3_1_1, "", &third, 3)
         .await;
-    assert_eq!(code, ReasonCode::QUOTA_EXCEEDED.0);
-    let code = b
-        .refused(ProtocolVersion::V3_1_1, "", &third.cert_pem, &third.key_pem)
-        .await;
-    assert_eq!(code, 3);
     assert_eq!(device_count(app, &registry).await, 2);
     let refusals = metric(
         app,
@@ -1141,8 +946,7 @@ async fn just_in_time_registration_stops_at_the_tenant_device_quota() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    b.connected(ProtocolVersion::V5, "", &third.cert_pem, &third.key_pem)
-        .await;
+    b.connected(ProtocolVersion::V5, "", &third).await;
     assert_eq!(device_count(app, &registry).await, 3);
     b.app.stop().await;
 }
