@@ -73,6 +73,8 @@ struct Received {
     metrics: Arc<Mutex<Vec<ReceivedMetric>>>,
     /// Bodies that were not valid protobuf, or came with another content type.
     refused: Arc<Mutex<Vec<String>>>,
+    /// The `authorization` header of each export, by signal (`traces`, `metrics`).
+    authorizations: Arc<Mutex<Vec<(&'static str, Option<String>)>>>,
 }
 
 /// The receiver, listening on a loopback port.
@@ -117,6 +119,12 @@ impl Collector {
     /// What the receiver could not decode.
     pub fn refused(&self) -> Vec<String> {
         lock(&self.received.refused).clone()
+    }
+
+    /// The `authorization` header of every export received so far, with its signal
+    /// (`traces` or `metrics`), oldest first.
+    pub fn authorizations(&self) -> Vec<(&'static str, Option<String>)> {
+        lock(&self.received.authorizations).clone()
     }
 
     /// Waits up to `patience` for a span that `wanted` accepts, and returns it; panics
@@ -173,6 +181,7 @@ async fn traces(
     headers: HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
+    record_authorization(&received, "traces", &headers);
     if !is_protobuf(&headers) {
         lock(&received.refused).push(format!("traces with content type {headers:?}"));
         return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Vec::new());
@@ -207,6 +216,7 @@ async fn metrics(
     headers: HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
+    record_authorization(&received, "metrics", &headers);
     if !is_protobuf(&headers) {
         lock(&received.refused).push(format!("metrics with content type {headers:?}"));
         return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Vec::new());
@@ -234,6 +244,13 @@ async fn metrics(
         StatusCode::OK,
         ExportMetricsServiceResponse::default().encode_to_vec(),
     )
+}
+
+fn record_authorization(received: &Received, signal: &'static str, headers: &HeaderMap) {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    lock(&received.authorizations).push((signal, value));
 }
 
 fn is_protobuf(headers: &HeaderMap) -> bool {

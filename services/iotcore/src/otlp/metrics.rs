@@ -16,6 +16,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use prost::Message;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,13 +36,18 @@ impl Pusher {
         resource: &opentelemetry_sdk::Resource,
     ) -> anyhow::Result<Pusher> {
         let resource = proto_resource(resource);
+        let headers = headers_from_env();
         let started = unix_nanos(SystemTime::now());
         let (stop, stopped) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("otlp-metrics".into())
             .spawn(move || {
                 // Built here: a blocking client must not be created inside the runtime.
-                let client = match reqwest::blocking::Client::builder().timeout(timeout).build() {
+                let client = match reqwest::blocking::Client::builder()
+                    .timeout(timeout)
+                    .default_headers(headers)
+                    .build()
+                {
                     Ok(client) => client,
                     Err(err) => {
                         tracing::error!(error = %err, "cannot build the OTLP metrics client; metrics are not exported");
@@ -86,6 +92,76 @@ impl Pusher {
             tracing::error!("the OTLP metrics thread panicked");
         }
     }
+}
+
+/// The headers every export of metrics carries, read as the OpenTelemetry SDK reads them for
+/// spans: `OTEL_EXPORTER_OTLP_METRICS_HEADERS`, or else `OTEL_EXPORTER_OTLP_HEADERS`.
+fn headers_from_env() -> HeaderMap {
+    let text = std::env::var("OTEL_EXPORTER_OTLP_METRICS_HEADERS")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_HEADERS"))
+        .unwrap_or_default();
+    let (headers, ignored) = parse_headers(&text);
+    for key in ignored {
+        // The value may be a secret: only the key is named.
+        tracing::warn!(
+            key,
+            "an OTLP header is not a valid HTTP header; it is not sent"
+        );
+    }
+    headers
+}
+
+/// `key=value,key=value` with percent-encoded values, as the OpenTelemetry specification
+/// writes `OTEL_EXPORTER_OTLP_HEADERS`. Entries with an empty key or value are skipped as the
+/// SDK skips them; the keys of entries that are not valid HTTP headers are returned.
+fn parse_headers(text: &str) -> (HeaderMap, Vec<String>) {
+    let mut headers = HeaderMap::new();
+    let mut ignored = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((key, value)) = entry.split_once('=') else {
+            // Not even a key: the entry itself may be a secret, so it is not repeated.
+            ignored.push("(an entry without '=')".to_owned());
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty() || value.is_empty() {
+            continue;
+        }
+        let name = HeaderName::from_bytes(key.as_bytes());
+        let value = HeaderValue::from_bytes(&percent_decode(value));
+        match (name, value) {
+            (Ok(name), Ok(mut value)) => {
+                value.set_sensitive(true);
+                headers.append(name, value);
+            }
+            _ => ignored.push(key.chars().take(64).collect()),
+        }
+    }
+    (headers, ignored)
+}
+
+/// `%XX` sequences turned into their bytes; a `%` not followed by two hex digits is kept.
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|pair| std::str::from_utf8(pair).ok())
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 fn post(client: &reqwest::blocking::Client, url: &str, body: Vec<u8>) -> Result<(), String> {
@@ -285,6 +361,25 @@ fn unix_nanos(time: SystemTime) -> u64 {
 mod tests {
     use super::*;
     use iotcore_telemetry::Registry;
+
+    #[test]
+    fn otlp_headers_are_read_as_the_specification_writes_them() {
+        let (headers, ignored) = parse_headers(
+            " authorization=Bearer%20a%2Cb ,x-tenant=acme,,empty=,=novalue,bad key=1,secret,x-odd=50%,x-utf=%C3%A9",
+        );
+        assert_eq!(headers["authorization"], "Bearer a,b");
+        assert!(headers["authorization"].is_sensitive());
+        assert_eq!(headers["x-tenant"], "acme");
+        assert_eq!(headers["x-odd"], "50%");
+        assert_eq!(headers["x-utf"].as_bytes(), "é".as_bytes());
+        assert_eq!(headers.len(), 4);
+        assert_eq!(ignored, ["bad key", "(an entry without '=')"]);
+        assert!(parse_headers("").0.is_empty());
+        // A decoded control character is not a valid header value.
+        let (headers, ignored) = parse_headers("x-a=1%0A2");
+        assert!(headers.is_empty());
+        assert_eq!(ignored, ["x-a"]);
+    }
 
     fn export(registry: &Registry) -> Vec<Metric> {
         let resource = ProtoResource::default();

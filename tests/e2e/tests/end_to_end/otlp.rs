@@ -25,6 +25,12 @@ async fn spans_and_metrics_of_a_real_run_reach_an_otlp_receiver() {
         ("IOTCORE_TELEMETRY_OTLP_INTERVAL_SECS", "1"),
         // Spans go out every 200 ms rather than every 5 s: the test ends sooner.
         ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        // A collector that wants a token gets it with both signals (percent-encoded, as
+        // the OpenTelemetry specification writes header values).
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "authorization=Bearer%20otlp-token,x-empty=",
+        ),
     ])
     .await;
     let mut webhook = Webhook::start().await;
@@ -223,6 +229,19 @@ async fn spans_and_metrics_of_a_real_run_reach_an_otlp_receiver() {
         );
     }
     assert!(collector.refused().is_empty(), "{:?}", collector.refused());
+    let authorizations = collector.authorizations();
+    for signal in ["traces", "metrics"] {
+        assert!(
+            authorizations.iter().any(|(s, _)| *s == signal),
+            "no {signal} export: {authorizations:?}"
+        );
+    }
+    assert!(
+        authorizations
+            .iter()
+            .all(|(_, value)| value.as_deref() == Some("Bearer otlp-token")),
+        "every export carries the configured header: {authorizations:?}"
+    );
     app.stop().await;
 }
 
