@@ -67,6 +67,9 @@ pub struct ReceivedMetric {
     pub resource: BTreeMap<String, String>,
 }
 
+/// An export's signal (`traces` or `metrics`) and the `authorization` header it came with.
+pub type Authorization = (&'static str, Option<String>);
+
 #[derive(Clone, Default)]
 struct Received {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
@@ -74,7 +77,7 @@ struct Received {
     /// Bodies that were not valid protobuf, or came with another content type.
     refused: Arc<Mutex<Vec<String>>>,
     /// The `authorization` header of each export, by signal (`traces`, `metrics`).
-    authorizations: Arc<Mutex<Vec<(&'static str, Option<String>)>>>,
+    authorizations: Arc<Mutex<Vec<Authorization>>>,
 }
 
 /// The receiver, listening on a loopback port.
@@ -123,7 +126,7 @@ impl Collector {
 
     /// The `authorization` header of every export received so far, with its signal
     /// (`traces` or `metrics`), oldest first.
-    pub fn authorizations(&self) -> Vec<(&'static str, Option<String>)> {
+    pub fn authorizations(&self) -> Vec<Authorization> {
         lock(&self.received.authorizations).clone()
     }
 
