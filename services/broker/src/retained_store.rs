@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 use iotcore_codec::QoS;
 use iotcore_store::retained::{Json, RetainedChange, RetainedMessage, RetainedProperties};
 use iotcore_store::{RegistryId, Store, TenantId};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -80,37 +79,11 @@ async fn write_batches(
     shutdown: CancellationToken,
 ) {
     while let Some(batch) = crate::batch::next(&mut rx, &shutdown, MAX_BATCH, MAX_WAIT).await {
-        let changes = last_per_topic(batch);
-        if let Err(e) = store.apply_retained_changes(&changes).await {
-            tracing::warn!(error = %e, changes = changes.len(), "writing retained messages failed");
+        // The store keeps the last change of each topic and writes in two statements.
+        if let Err(e) = store.apply_retained_changes(&batch).await {
+            tracing::warn!(error = %e, changes = batch.len(), "writing retained messages failed");
         }
     }
-}
-
-/// Keeps only the last change of each topic, in the order of those last changes.
-fn last_per_topic(changes: Vec<RetainedChange>) -> Vec<RetainedChange> {
-    let key = |c: &RetainedChange| match c {
-        RetainedChange::Set {
-            tenant_id,
-            broker_id,
-            message,
-        } => (tenant_id.clone(), broker_id.clone(), message.topic.clone()),
-        RetainedChange::Delete {
-            tenant_id,
-            broker_id,
-            topic,
-        } => (tenant_id.clone(), broker_id.clone(), topic.clone()),
-    };
-    let mut last: HashMap<_, usize> = HashMap::new();
-    for (i, change) in changes.iter().enumerate() {
-        last.insert(key(change), i);
-    }
-    changes
-        .into_iter()
-        .enumerate()
-        .filter(|(i, c)| last.get(&key(c)) == Some(i))
-        .map(|(_, c)| c)
-        .collect()
 }
 
 /// A message's properties as the store keeps them, with a retained or a queued message.
