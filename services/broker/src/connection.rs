@@ -12,7 +12,7 @@ use crate::mailbox::{self, Queue};
 use crate::outbound::Outbound;
 use crate::router::{ConnectionId, Mailbox, NamespaceRoutes};
 use crate::session_store::Journal;
-use crate::sessions::{Parkable, SessionState};
+use crate::sessions::{SessionState, Signal, Stopped};
 use crate::status;
 use crate::topic_aliases::OutboundAliases;
 use crate::transport::tls::ClientCertificate;
@@ -100,8 +100,7 @@ pub async fn serve<S>(
             write_timeout: Duration::from_secs(shared.config.write_timeout_secs),
             stop: Stop {
                 shutdown: shared.shutdown.clone(),
-                takeover: None,
-                revoked: None,
+                session: None,
             },
             broken: false,
         };
@@ -135,11 +134,7 @@ pub async fn serve<S>(
         }
         let close = match io.flush().await {
             Err(failed) => failed.into(),
-            Ok(()) => {
-                session
-                    .run(&mut io, &mut queue, claim.takeover, claim.revoked)
-                    .await
-            }
+            Ok(()) => session.run(&mut io, &mut queue, &claim.signal).await,
         };
         tracing::info!(why = close.why, "disconnected");
         crate::metrics::disconnected(namespace.tenant_id(), &close);
@@ -183,8 +178,9 @@ pub async fn serve<S>(
             .await;
         }
         if close.publish_will {
-            if let Some((message, delay)) = will {
-                match claim.successor.resumed() {
+            if let Some(will) = will {
+                let (message, delay) = *will;
+                match claim.signal.successor_resumed() {
                     // MQTT-3.1.3-9: the connection that took over carries the session on,
                     // and was there before this one ended: a delayed will is never sent.
                     Some(true) if !delay.is_zero() => {}
@@ -202,8 +198,8 @@ pub async fn serve<S>(
                 session.accepted.session_expiry = expiry.min(shared.config.max_session_expiry_secs);
             }
         }
-        session.end(queue, connection_id, &claim.parkable);
-        claim.ended.cancel();
+        session.end(queue, connection_id, &claim.signal);
+        claim.signal.end();
     }
     .instrument(span)
     .await
@@ -214,7 +210,7 @@ struct Opened {
     session: Session,
     queue: Queue,
     claim: crate::sessions::Claim,
-    will: Option<(crate::router::Message, Duration)>,
+    will: Option<Box<(crate::router::Message, Duration)>>,
     status: Option<status::Connected>,
     namespace: crate::router::Namespace,
     session_present: bool,
@@ -327,12 +323,11 @@ where
         Some(&principal_key(&accepted)),
         connect.clean_start,
     );
-    io.stop.takeover = Some(claim.takeover.clone());
-    io.stop.revoked = Some(claim.revoked.clone());
+    io.stop.session = Some(claim.signal.clone());
     if let Some(previous) = &claim.previous {
         // Let the connection we take over finish, so that its session is parked and
         // can be resumed below. One that takes longer cannot park any more.
-        let ended = previous.ended.cancelled();
+        let ended = previous.ended();
         let _ = tokio::time::timeout(Duration::from_secs(5), ended).await;
     }
     // MQTT-3.1.2-4/5: Clean Start discards a parked session; otherwise it is resumed.
@@ -357,7 +352,7 @@ where
             shared.sessions.park(
                 &namespace,
                 &client_id,
-                &claim.parkable,
+                &claim.signal,
                 state,
                 session_expiry(&accepted),
             );
@@ -365,7 +360,7 @@ where
         shared
             .sessions
             .release(&namespace, &client_id, connection_id);
-        claim.ended.cancel();
+        claim.signal.end();
         return None;
     }
     tracing::info!(protocol = ?version, session_present, "connected");
@@ -511,37 +506,41 @@ impl From<WriteFailed> for Close {
 /// socket races them.
 struct Stop {
     shutdown: CancellationToken,
-    /// Known once the session is claimed.
-    takeover: Option<CancellationToken>,
-    revoked: Option<CancellationToken>,
+    /// Takeover and revocation, known once the session is claimed.
+    session: Option<Signal>,
 }
 
 impl Stop {
     fn never() -> Stop {
         Stop {
             shutdown: CancellationToken::new(),
-            takeover: None,
-            revoked: None,
+            session: None,
         }
     }
 
     async fn stopped(&self) -> Close {
-        async fn cancelled(token: Option<&CancellationToken>) {
-            match token {
-                Some(token) => token.cancelled().await,
+        async fn stopped(signal: Option<&Signal>) -> Stopped {
+            match signal {
+                Some(signal) => signal.stopped().await,
                 None => std::future::pending().await,
             }
         }
         tokio::select! {
-            _ = cancelled(self.revoked.as_ref()) => {
-                Close::with(ReasonCode::NOT_AUTHORIZED, "credential no longer valid")
-            }
-            _ = cancelled(self.takeover.as_ref()) => {
-                Close::with(ReasonCode::SESSION_TAKEN_OVER, "session taken over")
-            }
+            stopped = stopped(self.session.as_ref()) => stopped.into(),
             _ = self.shutdown.cancelled() => {
                 Close::with(ReasonCode::SERVER_SHUTTING_DOWN, "server shutting down")
             }
+        }
+    }
+}
+
+impl From<Stopped> for Close {
+    fn from(stopped: Stopped) -> Close {
+        match stopped {
+            Stopped::Revoked => {
+                Close::with(ReasonCode::NOT_AUTHORIZED, "credential no longer valid")
+            }
+            Stopped::TakenOver => Close::with(ReasonCode::SESSION_TAKEN_OVER, "session taken over"),
         }
     }
 }
@@ -740,13 +739,7 @@ pub struct Session {
 }
 
 impl Session {
-    async fn run<R, W>(
-        &mut self,
-        io: &mut Io<R, W>,
-        outbound: &mut Queue,
-        takeover: CancellationToken,
-        revoked: CancellationToken,
-    ) -> Close
+    async fn run<R, W>(&mut self, io: &mut Io<R, W>, outbound: &mut Queue, signal: &Signal) -> Close
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -788,10 +781,8 @@ impl Session {
         let live_acl = self.accepted.acl.clone();
         let acl_changed = live_acl.changed();
         tokio::pin!(acl_changed);
-        let revoked = revoked.cancelled();
-        tokio::pin!(revoked);
-        let takeover = takeover.cancelled();
-        tokio::pin!(takeover);
+        let stopped = signal.stopped();
+        tokio::pin!(stopped);
         let shutdown = shared.shutdown.cancelled();
         tokio::pin!(shutdown);
         loop {
@@ -846,13 +837,8 @@ impl Session {
                     self.recheck_subscriptions();
                 }
                 // SPEC §4.1: a disabled or deleted principal, or a suspended tenant, is
-                // disconnected (MQTT 5: 0x87).
-                () = &mut revoked => {
-                    return Close::with(ReasonCode::NOT_AUTHORIZED, "credential no longer valid");
-                }
-                () = &mut takeover => {
-                    return Close::with(ReasonCode::SESSION_TAKEN_OVER, "session taken over");
-                }
+                // disconnected (MQTT 5: 0x87); so is a session another connection took.
+                stopped = &mut stopped => return stopped.into(),
                 () = &mut shutdown => {
                     return Close::with(ReasonCode::SERVER_SHUTTING_DOWN, "server shutting down");
                 }
@@ -985,7 +971,7 @@ impl Session {
 
     /// Parks a persistent session for its client to resume; otherwise removes every trace
     /// of it from the shared state.
-    fn end(self, queue: Queue, connection: ConnectionId, parkable: &Parkable) {
+    fn end(self, queue: Queue, connection: ConnectionId, signal: &Signal) {
         let namespace = &self.accepted.principal.namespace;
         let client_id = &self.accepted.client_id;
         self.shared
@@ -1006,7 +992,7 @@ impl Session {
         } else {
             self.shared
                 .sessions
-                .park(namespace, client_id, parkable, state, expiry);
+                .park(namespace, client_id, signal, state, expiry);
         }
     }
 }
@@ -1048,4 +1034,28 @@ fn principal_key(accepted: &Accepted) -> String {
 
 fn session_expiry(accepted: &Accepted) -> Duration {
     Duration::from_secs(u64::from(accepted.session_expiry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `serve` returns, without making one.
+    fn future_size<A, B, C, D, F>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle connection's task is, for the most part, this future: it is allocated at
+    /// its largest size for the connection's whole life, so what it holds across its
+    /// waits is memory every idle connection pays for.
+    #[test]
+    fn an_idle_connection_keeps_a_small_future() {
+        const MAX: usize = 2_560;
+        let size = future_size(serve::<&mut tokio::net::TcpStream>);
+        assert!(
+            size <= MAX,
+            "the connection's future is {size} bytes, more than {MAX}: something large is \
+             held across an await (box what only some connections or rare moments need)"
+        );
+    }
 }

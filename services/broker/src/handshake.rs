@@ -34,8 +34,9 @@ pub struct Accepted {
     /// Set when the broker lowered the client's Session Expiry Interval.
     pub session_expiry_capped: bool,
     /// The will, checked against the ACL, and how long after an abnormal disconnect it is
-    /// published (MQTT 5 Will Delay Interval, bounded by the session's life).
-    pub will: Option<(Message, Duration)>,
+    /// published (MQTT 5 Will Delay Interval, bounded by the session's life). Boxed: most
+    /// connections have none, and the connection's task would keep room for one.
+    pub will: Option<Box<(Message, Duration)>>,
     /// This connection's place in its tenant's connection quota, held until it ends; also
     /// the way to the tenant's message and byte rates.
     pub slot: ConnectionSlot,
@@ -215,7 +216,7 @@ pub async fn accept(
             // delay (MQTT-3.1.3-9).
             let delay = will.properties.will_delay_interval.unwrap_or(0);
             let delay = Duration::from_secs(u64::from(delay.min(session_expiry)));
-            Some((message, delay))
+            Some(Box::new((message, delay)))
         }
     };
     Ok(Accepted {

@@ -27,8 +27,8 @@ use crate::router::{ConnectionId, Mailbox, Namespace, NamespaceRoutes};
 use iotcore_topic::Subscription;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
@@ -105,60 +105,108 @@ struct Live {
     /// The username the connection authenticated with (a device, registry or virtual
     /// broker id), to re-check when the control plane changes.
     principal: Option<String>,
-    takeover: CancellationToken,
-    successor: Successor,
-    /// Cancelled when the connection's credential is no longer valid.
-    revoked: CancellationToken,
-    /// Cancelled when the connection has finished (and parked its session, if any).
-    ended: CancellationToken,
-    parkable: Parkable,
+    signal: Signal,
 }
 
-/// Whether a connection may still park its session: no longer once a connection that took
-/// it over has settled its own. Read and written under the parked sessions' lock.
+/// Events of one claim of a client id ([`Signal::raise`]).
+const TAKEN_OVER: u8 = 1;
+const REVOKED: u8 = 2;
+const ENDED: u8 = 4;
+/// Set with [`TAKEN_OVER`] when the connection that took over resumes the session.
+const RESUMED: u8 = 8;
+/// The connection may no longer park its session.
+const NOT_PARKABLE: u8 = 16;
+
+/// What happens to one connection's claim, in one allocation and one wait list for all of
+/// it: taken over (and whether the new connection resumed the session), its credential
+/// revoked, the connection ended, and whether it may still park its session. An idle
+/// connection waits on it once for both takeover and revocation.
 #[derive(Clone)]
-pub struct Parkable(Arc<AtomicBool>);
+pub struct Signal(Arc<SignalInner>);
 
-impl Parkable {
-    fn new() -> Parkable {
-        Parkable(Arc::new(AtomicBool::new(true)))
-    }
+struct SignalInner {
+    events: AtomicU8,
+    changed: Notify,
 }
 
-/// How the connection that took a session over started: set before the old connection's
-/// takeover token is cancelled, so that the old one knows what becomes of its will.
-#[derive(Clone, Default)]
-pub struct Successor(Arc<OnceLock<bool>>);
+/// Why [`Signal::stopped`] resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    TakenOver,
+    Revoked,
+}
 
-impl Successor {
+impl Signal {
+    fn new() -> Signal {
+        Signal(Arc::new(SignalInner {
+            events: AtomicU8::new(0),
+            changed: Notify::new(),
+        }))
+    }
+
+    fn events(&self) -> u8 {
+        self.0.events.load(Ordering::Acquire)
+    }
+
+    fn raise(&self, events: u8) {
+        self.0.events.fetch_or(events, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
+    }
+
+    /// Resolves once any of `events` has been raised; returns those raised.
+    async fn any(&self, events: u8) -> u8 {
+        loop {
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the events are read, so that none raised in between is
+            // missed.
+            changed.as_mut().enable();
+            let raised = self.events() & events;
+            if raised != 0 {
+                return raised;
+            }
+            changed.await;
+        }
+    }
+
+    /// Resolves when a later connection takes the session over or the connection's
+    /// principal is disabled, deleted or suspended.
+    pub async fn stopped(&self) -> Stopped {
+        if self.any(TAKEN_OVER | REVOKED).await & REVOKED != 0 {
+            Stopped::Revoked
+        } else {
+            Stopped::TakenOver
+        }
+    }
+
+    /// The connection has finished (and parked its session, if any).
+    pub fn end(&self) {
+        self.raise(ENDED);
+    }
+
+    /// Resolves once the connection has finished.
+    pub async fn ended(&self) {
+        self.any(ENDED).await;
+    }
+
     /// `None` while no connection has taken over; `Some(true)` when one did with Clean
     /// Start 0 and carries the session on, `Some(false)` when it started a clean one.
-    pub fn resumed(&self) -> Option<bool> {
-        self.0.get().copied()
+    pub fn successor_resumed(&self) -> Option<bool> {
+        let events = self.events();
+        (events & TAKEN_OVER != 0).then_some(events & RESUMED != 0)
     }
-}
 
-/// The connection a new one takes over.
-pub struct Previous {
-    /// Cancelled when it has finished; worth waiting for, to resume what it parks.
-    pub ended: CancellationToken,
-    parkable: Parkable,
+    fn parkable(&self) -> bool {
+        self.events() & NOT_PARKABLE == 0
+    }
 }
 
 /// What [`Sessions::claim`] hands a new connection.
 pub struct Claim {
-    /// Cancelled when a later connection takes the session over.
-    pub takeover: CancellationToken,
-    /// How that later connection started.
-    pub successor: Successor,
-    /// Cancelled when the connection's principal is disabled, deleted or suspended.
-    pub revoked: CancellationToken,
-    /// The connection cancels this when it has finished.
-    pub ended: CancellationToken,
+    /// Takeover, revocation and the end of this connection.
+    pub signal: Signal,
     /// The connection this one takes over, to wait for.
-    pub previous: Option<Previous>,
-    /// This connection's right to park its session, for [`Sessions::park`].
-    pub parkable: Parkable,
+    pub previous: Option<Signal>,
 }
 
 #[derive(Default)]
@@ -194,39 +242,22 @@ impl Sessions {
         clean_start: bool,
     ) -> Claim {
         let key = (namespace.clone(), client_id.to_owned());
-        let takeover = CancellationToken::new();
-        let revoked = CancellationToken::new();
-        let ended = CancellationToken::new();
-        let successor = Successor::default();
+        let signal = Signal::new();
         let live = Live {
             connection,
             principal: principal.map(str::to_owned),
-            takeover: takeover.clone(),
-            successor: successor.clone(),
-            revoked: revoked.clone(),
-            ended: ended.clone(),
-            parkable: Parkable::new(),
+            signal: signal.clone(),
         };
-        let parkable = live.parkable.clone();
         let previous = lock(&self.live).insert(key.clone(), live).map(|previous| {
-            let _ = previous.successor.0.set(!clean_start);
-            previous.takeover.cancel();
-            Previous {
-                ended: previous.ended,
-                parkable: previous.parkable,
-            }
+            // How the new connection starts is known to the old one as it is taken over.
+            let resumed = if clean_start { 0 } else { RESUMED };
+            previous.signal.raise(TAKEN_OVER | resumed);
+            previous.signal
         });
         if let Some((_, will)) = lock(&self.delayed_wills).remove(&key) {
             let _ = will.send(!clean_start);
         }
-        Claim {
-            takeover,
-            successor,
-            revoked,
-            ended,
-            previous,
-            parkable,
-        }
+        Claim { signal, previous }
     }
 
     /// The principals (usernames) of `tenant`'s live connections.
@@ -245,7 +276,7 @@ impl Sessions {
     pub fn revoke(&self, tenant: &iotcore_store::TenantId, principal: &str) {
         for ((namespace, _), live) in lock(&self.live).iter() {
             if namespace.tenant_id() == tenant && live.principal.as_deref() == Some(principal) {
-                live.revoked.cancel();
+                live.signal.raise(REVOKED);
             }
         }
     }
@@ -268,28 +299,28 @@ impl Sessions {
         &self,
         namespace: &Namespace,
         client_id: &str,
-        previous: Option<&Previous>,
+        previous: Option<&Signal>,
     ) -> Option<SessionState> {
         let key = (namespace.clone(), client_id.to_owned());
         let mut parked = lock(&self.parked);
         if let Some(previous) = previous {
-            previous.parkable.0.store(false, Ordering::Relaxed);
+            previous.raise(NOT_PARKABLE);
         }
         parked.remove(&key).map(|parked| parked.state)
     }
 
     /// Keeps `state` until `client_id` comes back or `expiry` passes; abandons it when a
-    /// later connection has settled its own session already (`parkable`).
+    /// later connection has settled its own session already (its `signal` says so).
     pub fn park(
         &self,
         namespace: &Namespace,
         client_id: &str,
-        parkable: &Parkable,
+        signal: &Signal,
         state: SessionState,
         expiry: Duration,
     ) {
         let mut parked = lock(&self.parked);
-        if !parkable.0.load(Ordering::Relaxed) {
+        if !signal.parkable() {
             drop(parked);
             tracing::info!(
                 client_id,
@@ -443,4 +474,66 @@ impl Sessions {
 // is used as it is.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iotcore_store::TenantId;
+
+    async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(5), future)
+            .await
+            .unwrap_or_else(|_| panic!("{what} did not happen"))
+    }
+
+    #[tokio::test]
+    async fn a_claim_learns_of_takeover_and_revocation_and_its_successor_of_its_end() {
+        let sessions = Sessions::new(10);
+        let namespace = Namespace::Tenant(TenantId::generate());
+        let first = sessions.claim(&namespace, "client", 1, Some("principal"), true);
+        assert!(first.previous.is_none());
+        assert_eq!(first.signal.successor_resumed(), None);
+        assert!(first.signal.parkable());
+
+        // Taken over by a connection that resumes the session (Clean Start 0).
+        let second = sessions.claim(&namespace, "client", 2, Some("principal"), false);
+        assert_eq!(
+            within("takeover", first.signal.stopped()).await,
+            Stopped::TakenOver
+        );
+        assert_eq!(first.signal.successor_resumed(), Some(true));
+        let previous = second
+            .previous
+            .clone()
+            .expect("the first connection is taken over");
+        let ended = tokio::spawn(async move { previous.ended().await });
+        first.signal.end();
+        within("the end of the first connection", ended)
+            .await
+            .expect("the waiting task ran");
+        // Once the new connection has settled its session, the old one may not park.
+        assert!(sessions
+            .take_parked(&namespace, "client", second.previous.as_ref())
+            .is_none());
+        assert!(!first.signal.parkable());
+        let third = sessions.claim(&namespace, "client", 3, Some("principal"), true);
+        assert_eq!(second.signal.successor_resumed(), Some(false));
+        sessions.take_parked(&namespace, "client", third.previous.as_ref());
+        assert!(!second.signal.parkable());
+
+        // Revocation reaches the live connection of that principal only.
+        let other = sessions.claim(&namespace, "other", 4, Some("someone else"), true);
+        sessions.revoke(namespace.tenant_id(), "principal");
+        assert_eq!(
+            within("revocation", third.signal.stopped()).await,
+            Stopped::Revoked
+        );
+        assert_eq!(third.signal.successor_resumed(), None);
+        assert_eq!(
+            other.signal.events(),
+            0,
+            "another principal's connection is not stopped"
+        );
+    }
 }
