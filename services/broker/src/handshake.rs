@@ -14,11 +14,13 @@ use iotcore_codec::{
 use iotcore_store::auth::PrincipalKind;
 use iotcore_topic::TopicName;
 use rand::Rng;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A CONNECT that was accepted.
 pub struct Accepted {
-    pub principal: Principal,
+    /// Shared with the connection's [`LiveAcl`], not copied.
+    pub principal: Arc<Principal>,
     /// The connection's rights, kept current as policies change (SPEC §4.2).
     pub acl: LiveAcl,
     /// PUBLISH packets refused by the ACL so far (`mqtt.max_denied_publishes`).
@@ -137,6 +139,7 @@ pub async fn accept(
         ),
         AuthFailure::Limited(refusal) => limited(refusal),
     })?;
+    let principal = Arc::new(principal);
     let (client_id, assigned) = client_id_for(&principal, &connect.client_id).ok_or_else(|| {
         refuse(
             connack_v3::IDENTIFIER_REJECTED,

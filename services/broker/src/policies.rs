@@ -140,7 +140,9 @@ struct LiveInner {
     generation: AtomicU64,
     /// Wakes the connection task to re-check its subscriptions.
     changed: Notify,
-    principal: RwLock<Principal>,
+    /// The principal the rights were built for; the connection's own until a change of
+    /// its attributes replaces it here.
+    principal: RwLock<Arc<Principal>>,
     client_id: String,
 }
 
@@ -151,7 +153,7 @@ impl std::fmt::Debug for LiveAcl {
 }
 
 impl LiveAcl {
-    fn new(principal: Principal, client_id: String, acl: Acl) -> LiveAcl {
+    fn new(principal: Arc<Principal>, client_id: String, acl: Acl) -> LiveAcl {
         LiveAcl(Arc::new(LiveInner {
             acl: RwLock::new(Arc::new(acl)),
             generation: AtomicU64::new(0),
@@ -208,7 +210,7 @@ impl LiveAcl {
         self.0.changed.notify_one();
     }
 
-    fn principal(&self) -> Principal {
+    fn principal(&self) -> Arc<Principal> {
         self.0
             .principal
             .read()
@@ -235,10 +237,11 @@ pub struct Policies {
 impl Policies {
     /// The rights of a new connection, registered to follow policy changes. `Err` when the
     /// tenant's policies cannot be read: better no connection than one with wrong rights.
+    /// The principal is shared with the connection, not copied.
     pub async fn live_acl(
         &self,
         store: &Store,
-        principal: &Principal,
+        principal: &Arc<Principal>,
         client_id: &str,
     ) -> Result<LiveAcl, iotcore_store::StoreError> {
         let policies = self.tenant(store, &principal.tenant_id).await?;
@@ -355,8 +358,10 @@ impl Policies {
                     .principal
                     .write()
                     .unwrap_or_else(|e| e.into_inner());
-                p.kind = kind.clone();
-                p.default_policy = default_policy;
+                let mut changed = Principal::clone(&p);
+                changed.kind = kind.clone();
+                changed.default_policy = default_policy;
+                *p = Arc::new(changed);
                 p.clone()
             };
             session.set(acl_for(&principal, &session.0.client_id, &policies));

@@ -568,7 +568,7 @@ async fn live_acls_follow_changes_and_wake_their_connection() {
     let allow = statement(Allow, &[S], &["site/#"]);
     let before = TenantPolicies::build(vec![attach("device", DEVICE, vec![allow.clone()])]);
     let live = LiveAcl::new(
-        principal.clone(),
+        Arc::new(principal.clone()),
         DEVICE.into(),
         acl_for(&principal, DEVICE, &before),
     );
