@@ -165,7 +165,11 @@ impl Session {
             ));
         }
         if publish.topic.is_empty() {
-            match self.topic_aliases.get(&alias) {
+            match self
+                .topic_aliases
+                .as_ref()
+                .and_then(|known| known.get(&alias))
+            {
                 Some(topic) => publish.topic = topic.clone(),
                 None => {
                     return Err(Close::with(
@@ -175,7 +179,9 @@ impl Session {
                 }
             }
         } else {
-            self.topic_aliases.insert(alias, publish.topic.clone());
+            self.topic_aliases
+                .get_or_insert_with(Box::default)
+                .insert(alias, publish.topic.clone());
         }
         Ok(())
     }

@@ -21,25 +21,26 @@ pub enum AliasUse {
 }
 
 /// The outbound alias table of one network connection: alias mappings end with the
-/// connection (MQTT 5 §3.3.2.3.4), so a resumed session starts with none.
+/// connection (MQTT 5 §3.3.2.3.4), so a resumed session starts with none. The table is
+/// made by the first alias assigned: most connections never have one.
 pub struct OutboundAliases {
+    max: u16,
+    table: Option<Box<Table>>,
+}
+
+#[derive(Default)]
+struct Table {
     by_topic: HashMap<String, u16>,
     /// Index `alias - 1`: the topic the alias stands for, and whether it was used since the
     /// clock hand last passed.
     slots: Vec<(String, bool)>,
-    max: u16,
     hand: usize,
 }
 
 impl OutboundAliases {
     /// A table of at most `max` aliases (0 turns aliases off).
     pub fn new(max: u16) -> OutboundAliases {
-        OutboundAliases {
-            by_topic: HashMap::new(),
-            slots: Vec::new(),
-            max,
-            hand: 0,
-        }
+        OutboundAliases { max, table: None }
     }
 
     /// The alias to send `topic` with.
@@ -47,13 +48,29 @@ impl OutboundAliases {
         if self.max == 0 || topic.is_empty() {
             return AliasUse::None;
         }
+        self.table
+            .get_or_insert_with(Box::default)
+            .assign(topic, self.max)
+    }
+
+    /// Takes back an alias just assigned whose PUBLISH was not sent, so that the client is
+    /// never sent an alias it was not told the topic of.
+    pub fn forget(&mut self, alias: u16) {
+        if let Some(table) = &mut self.table {
+            table.forget(alias);
+        }
+    }
+}
+
+impl Table {
+    fn assign(&mut self, topic: &str, max: u16) -> AliasUse {
         if let Some(&alias) = self.by_topic.get(topic) {
             if let Some(slot) = self.slots.get_mut(usize::from(alias) - 1) {
                 slot.1 = true;
             }
             return AliasUse::Known(alias);
         }
-        if self.slots.len() < usize::from(self.max) {
+        if self.slots.len() < usize::from(max) {
             self.slots.push((topic.to_owned(), true));
             let alias = self.slots.len() as u16;
             self.by_topic.insert(topic.to_owned(), alias);
@@ -79,9 +96,7 @@ impl OutboundAliases {
         }
     }
 
-    /// Takes back an alias just assigned whose PUBLISH was not sent, so that the client is
-    /// never sent an alias it was not told the topic of.
-    pub fn forget(&mut self, alias: u16) {
+    fn forget(&mut self, alias: u16) {
         if let Some(slot) = self.slots.get_mut(usize::from(alias).wrapping_sub(1)) {
             self.by_topic.remove(&slot.0);
             slot.0.clear();
@@ -121,12 +136,15 @@ mod tests {
                 AliasUse::None => panic!("no alias"),
             }
         }
-        assert!(aliases.by_topic.len() <= 2 && aliases.slots.len() == 2);
+        let table = aliases.table.expect("made by the first alias");
+        assert!(table.by_topic.len() <= 2 && table.slots.len() == 2);
     }
 
     #[test]
     fn zero_turns_aliases_off_and_a_forgotten_alias_is_sent_with_its_topic_again() {
-        assert_eq!(OutboundAliases::new(0).assign("a"), AliasUse::None);
+        let mut off = OutboundAliases::new(0);
+        assert_eq!(off.assign("a"), AliasUse::None);
+        assert!(off.table.is_none());
         let mut aliases = OutboundAliases::new(4);
         let AliasUse::New(alias) = aliases.assign("a") else {
             panic!("new alias");
