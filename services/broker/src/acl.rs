@@ -11,7 +11,7 @@ use iotcore_store::policies::{Action, Effect};
 use iotcore_store::{DeviceId, RegistryId};
 use iotcore_topic::{contains, is_valid_filter, is_valid_topic_name, matches_valid, overlaps};
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Acl {
     publish: Vec<String>,
     subscribe: Vec<String>,

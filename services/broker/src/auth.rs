@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 /// Who a connection acts as, decided once at CONNECT from its credential and never from
 /// anything else the client sends.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     pub tenant_id: TenantId,
     pub namespace: Namespace,

@@ -139,7 +139,7 @@ pub async fn accept(
         ),
         AuthFailure::Limited(refusal) => limited(refusal),
     })?;
-    let principal = Arc::new(principal);
+    let principal = shared.policies.shared_principal(principal);
     let (client_id, assigned) = client_id_for(&principal, &connect.client_id).ok_or_else(|| {
         refuse(
             connack_v3::IDENTIFIER_REJECTED,

@@ -14,6 +14,7 @@ use iotcore_store::auth::PrincipalKind;
 use iotcore_store::policies::{Attachment, TopicTemplate, Variable};
 use iotcore_store::{Store, TenantId};
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use tokio::sync::Notify;
@@ -153,9 +154,9 @@ impl std::fmt::Debug for LiveAcl {
 }
 
 impl LiveAcl {
-    fn new(principal: Arc<Principal>, client_id: String, acl: Acl) -> LiveAcl {
+    fn new(principal: Arc<Principal>, client_id: String, acl: Arc<Acl>) -> LiveAcl {
         LiveAcl(Arc::new(LiveInner {
-            acl: RwLock::new(Arc::new(acl)),
+            acl: RwLock::new(acl),
             generation: AtomicU64::new(0),
             changed: Notify::new(),
             principal: RwLock::new(principal),
@@ -201,9 +202,9 @@ impl LiveAcl {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
-    fn set(&self, acl: Acl) {
+    fn set(&self, acl: Arc<Acl>) {
         let mut current = self.0.acl.write().unwrap_or_else(|e| e.into_inner());
-        *current = Arc::new(acl);
+        *current = acl;
         self.0.generation.fetch_add(1, Ordering::AcqRel);
         drop(current);
         // A permit is kept when the task is not waiting, so no change is missed.
@@ -232,9 +233,76 @@ struct TenantSessions {
 pub struct Policies {
     tenants: Mutex<HashMap<TenantId, Arc<TenantPolicies>>>,
     live: Mutex<HashMap<TenantId, TenantSessions>>,
+    shared: Mutex<SharedRights>,
+}
+
+/// The principals and rights of live sessions, one copy for the sessions whose are equal:
+/// the connections of one registry client or virtual broker credential. A device has one
+/// connection at a time and rights that name it, so its own are never looked up here.
+/// Held weakly, keyed by a hash of the value (a collision only means a copy of its own).
+#[derive(Default)]
+struct SharedRights {
+    hasher: std::hash::RandomState,
+    acls: HashMap<u64, Weak<Acl>>,
+    principals: HashMap<u64, Weak<Principal>>,
+    /// The size at which ended sessions' entries are dropped next.
+    prune_at: usize,
+}
+
+impl SharedRights {
+    /// `value`, or an equal one kept in `table`.
+    fn share<T: Eq>(table: &mut HashMap<u64, Weak<T>>, key: u64, value: T) -> Arc<T> {
+        if let Some(kept) = table.get(&key).and_then(Weak::upgrade) {
+            if *kept == value {
+                return kept;
+            }
+        }
+        let value = Arc::new(value);
+        table.insert(key, Arc::downgrade(&value));
+        value
+    }
+
+    fn prune(&mut self) {
+        if self.acls.len() + self.principals.len() >= self.prune_at {
+            self.acls.retain(|_, kept| kept.strong_count() > 0);
+            self.principals.retain(|_, kept| kept.strong_count() > 0);
+            self.prune_at = ((self.acls.len() + self.principals.len()) * 2).max(64);
+        }
+    }
+}
+
+/// Whether a principal's connections can share their principal and rights.
+fn shareable(principal: &Principal) -> bool {
+    !matches!(principal.kind, PrincipalKind::Device { .. })
 }
 
 impl Policies {
+    /// The principal a connection authenticated as: for a registry client or virtual
+    /// broker credential, the copy its other live connections share, if equal.
+    pub fn shared_principal(&self, principal: Principal) -> Arc<Principal> {
+        if !shareable(&principal) {
+            return Arc::new(principal);
+        }
+        let mut shared = lock(&self.shared);
+        shared.prune();
+        let key =
+            shared
+                .hasher
+                .hash_one((&principal.tenant_id, principal.id(), &principal.cert_cn));
+        SharedRights::share(&mut shared.principals, key, principal)
+    }
+
+    /// `acl`, built for `principal`, or an equal one other sessions share.
+    fn shared_acl(&self, principal: &Principal, acl: Acl) -> Arc<Acl> {
+        if !shareable(principal) {
+            return Arc::new(acl);
+        }
+        let mut shared = lock(&self.shared);
+        shared.prune();
+        let key = shared.hasher.hash_one(&acl);
+        SharedRights::share(&mut shared.acls, key, acl)
+    }
+
     /// The rights of a new connection, registered to follow policy changes. `Err` when the
     /// tenant's policies cannot be read: better no connection than one with wrong rights.
     /// The principal is shared with the connection, not copied.
@@ -245,7 +313,7 @@ impl Policies {
         client_id: &str,
     ) -> Result<LiveAcl, iotcore_store::StoreError> {
         let policies = self.tenant(store, &principal.tenant_id).await?;
-        let acl = acl_for(principal, client_id, &policies);
+        let acl = self.shared_acl(principal, acl_for(principal, client_id, &policies));
         let live = LiveAcl::new(principal.clone(), client_id.to_owned(), acl);
         let mut all = lock(&self.live);
         let tenant = all.entry(principal.tenant_id.clone()).or_default();
@@ -296,7 +364,8 @@ impl Policies {
             Ok(policies) => {
                 for session in live {
                     let principal = session.principal();
-                    session.set(acl_for(&principal, &session.0.client_id, &policies));
+                    let acl = acl_for(&principal, &session.0.client_id, &policies);
+                    session.set(self.shared_acl(&principal, acl));
                 }
             }
             Err(e) => {
@@ -364,7 +433,8 @@ impl Policies {
                 *p = Arc::new(changed);
                 p.clone()
             };
-            session.set(acl_for(&principal, &session.0.client_id, &policies));
+            let acl = acl_for(&principal, &session.0.client_id, &policies);
+            session.set(self.shared_acl(&principal, acl));
         }
     }
 

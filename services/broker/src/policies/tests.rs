@@ -570,7 +570,7 @@ async fn live_acls_follow_changes_and_wake_their_connection() {
     let live = LiveAcl::new(
         Arc::new(principal.clone()),
         DEVICE.into(),
-        acl_for(&principal, DEVICE, &before),
+        Arc::new(acl_for(&principal, DEVICE, &before)),
     );
     assert!(live.delivers("site/north"));
     assert!(!live.delivers("elsewhere"));
@@ -582,11 +582,60 @@ async fn live_acls_follow_changes_and_wake_their_connection() {
             statement(Deny, &[S], &["site/${device.labels.site}"]),
         ],
     )]);
-    live.set(acl_for(&principal, DEVICE, &policies));
+    live.set(Arc::new(acl_for(&principal, DEVICE, &policies)));
     // The permit is kept for a task that was not waiting yet.
     tokio::time::timeout(std::time::Duration::from_secs(5), live.changed())
         .await
         .expect("woken");
     assert!(!live.delivers("site/north"));
     assert!(live.delivers("site/south"));
+}
+
+#[test]
+fn one_credential_shares_its_principal_and_equal_rights_and_a_device_keeps_its_own() {
+    let w = world();
+    let policies = Policies::default();
+    let first = policies.shared_principal(registry_client(&w));
+    let second = policies.shared_principal(registry_client(&w));
+    assert!(Arc::ptr_eq(&first, &second));
+    let changed = policies.shared_principal(Principal {
+        default_policy: false,
+        ..registry_client(&w)
+    });
+    assert!(!Arc::ptr_eq(&first, &changed));
+    assert!(!changed.default_policy);
+
+    // The rights of one client id and of another are equal unless a policy names it.
+    let none = TenantPolicies::default();
+    let same_a = policies.shared_acl(&first, acl_for(&first, &format!("{REGISTRY}:a"), &none));
+    let same_b = policies.shared_acl(&second, acl_for(&second, &format!("{REGISTRY}:b"), &none));
+    assert!(Arc::ptr_eq(&same_a, &same_b));
+    let by_client = TenantPolicies::build(vec![attach(
+        "registry",
+        REGISTRY,
+        vec![statement(Allow, &[P], &["own/${client.id}"])],
+    )]);
+    let a = policies.shared_acl(
+        &first,
+        acl_for(&first, &format!("{REGISTRY}:a"), &by_client),
+    );
+    let b = policies.shared_acl(
+        &second,
+        acl_for(&second, &format!("{REGISTRY}:b"), &by_client),
+    );
+    assert!(!Arc::ptr_eq(&a, &b));
+    assert!(a.allows_publish(&format!("own/{REGISTRY}:a")));
+    assert!(!b.allows_publish(&format!("own/{REGISTRY}:a")));
+
+    // Once no session holds them, they are not kept.
+    drop((first, second, same_a, same_b, a, b));
+    let device_principal = policies.shared_principal(device(&w, &[], true));
+    let again = policies.shared_principal(device(&w, &[], true));
+    assert!(!Arc::ptr_eq(&device_principal, &again));
+    let shared = lock(&policies.shared);
+    assert!(shared
+        .principals
+        .values()
+        .all(|kept| kept.strong_count() <= 1));
+    assert!(shared.acls.values().all(|kept| kept.strong_count() == 0));
 }
