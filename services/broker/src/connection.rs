@@ -25,6 +25,7 @@ use iotcore_telemetry::metrics::mqtt::{ConnectionMetrics, ACCEPTED, CONNECTS};
 use iotcore_topic::Subscription;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -70,7 +71,9 @@ impl Close {
     }
 }
 
-/// Serves one accepted connection until it ends.
+/// Serves one accepted connection until it ends. `direct` is the socket of a plain TCP
+/// connection, which publishers may write QoS 0 messages to directly
+/// ([`mailbox`](crate::mailbox)); it must stay open until the returned future ends.
 ///
 /// Not an `async fn`: its arguments would be kept in the returned future for the
 /// connection's whole life, next to the copies the connection's own future keeps.
@@ -78,6 +81,7 @@ pub fn serve<S>(
     stream: S,
     peer: SocketAddr,
     client_certificate: Option<ClientCertificate>,
+    direct: Option<RawFd>,
     shared: Arc<Shared>,
 ) -> impl std::future::Future<Output = ()>
 where
@@ -107,6 +111,8 @@ where
                 session: None,
             },
             broken: false,
+            gate: None,
+            direct,
         };
         // From the CONNECT to the CONNACK in a future of its own, boxed: the packet, the
         // spans and whatever authenticating held are gone once connected, so that the task
@@ -137,7 +143,17 @@ where
         }
         let close = match io.flush().await {
             Err(failed) => failed.into(),
-            Ok(()) => session.run(&mut io, &mut queue, &claim.signal).await,
+            Ok(()) => {
+                if io.direct.is_some() {
+                    io.gate = Some(queue.gate());
+                }
+                let close = session.run(&mut io, &mut queue, &claim.signal).await;
+                // Publishers write to this socket no more: it is closed after this
+                // returns, and a resumed session's messages go to its next connection.
+                queue.detach();
+                io.gate = None;
+                close
+            }
         };
         tracing::info!(why = close.why, "disconnected");
         crate::metrics::disconnected(session.accepted.principal.namespace.tenant_id(), &close);
@@ -479,6 +495,11 @@ pub struct Io<R, W> {
     /// A flush failed part way: what is left in the stream is unknown, nothing more is
     /// written.
     broken: bool,
+    /// While the session runs: takes the socket back from publishers' direct writes
+    /// around each flush.
+    gate: Option<mailbox::Gate>,
+    /// The socket of a plain TCP connection, for publishers' direct writes.
+    direct: Option<RawFd>,
 }
 
 /// Why a flush did not complete.
@@ -660,6 +681,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
     }
 
     /// [`Io::flush`], keeping the write buffer's memory for more to come when `keep`.
+    /// Publishers' direct writes wait while it writes, and may go on once everything is
+    /// written unless `keep` (more is queued).
     async fn flush_keeping(&mut self, keep: bool) -> Result<(), WriteFailed> {
         if self.broken {
             return Err(WriteFailed::Error);
@@ -670,6 +693,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
                 self.wbuf = BytesMut::new();
             }
             return Ok(());
+        }
+        if let Some(gate) = &self.gate {
+            gate.claim(&mut self.wbuf);
         }
         let (writer, wbuf, stop) = (&mut self.writer, &self.wbuf, &self.stop);
         let write_timeout = self.write_timeout;
@@ -703,6 +729,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<R, W> {
                     // What was written is not kept: an idle connection holds no write
                     // buffer.
                     self.wbuf = BytesMut::new();
+                }
+                if let (Some(gate), false) = (&self.gate, keep) {
+                    gate.release();
                 }
                 Ok(())
             }
@@ -867,6 +896,10 @@ impl Session {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        // What a publisher's direct write left unsent goes first.
+        if let Some(gate) = &io.gate {
+            gate.claim(&mut io.wbuf);
+        }
         let mut batch = Vec::new();
         let mut left = 1;
         while left > 0 && io.wbuf.len() < SEND_BATCH {
@@ -885,7 +918,30 @@ impl Session {
                 self.send_outgoing(outgoing, io);
             }
         }
-        io.flush_keeping(left > 0).await
+        io.flush_keeping(left > 0).await?;
+        if left == 0 {
+            // A client that receives messages: from now on publishers write QoS 0 ones to
+            // it directly while it has nothing queued.
+            if let Some(fd) = io.direct {
+                queue.attach(|| self.direct_writes(fd, io));
+            }
+        }
+        Ok(())
+    }
+
+    /// What publishers need to write to this client directly; `None` where its messages
+    /// need the connection's own state (MQTT 5 topic aliases).
+    fn direct_writes<R, W>(&self, fd: RawFd, io: &Io<R, W>) -> Option<mailbox::Direct> {
+        if self.outbound_aliases.enabled() {
+            return None;
+        }
+        Some(mailbox::Direct::new(
+            fd,
+            self.version,
+            self.client_max_packet,
+            self.metrics.message_out_counter(0)?,
+            io.bytes.as_ref().map(|(_, sent)| sent.clone()),
+        ))
     }
 
     /// Handles every whole packet in the read buffer and flushes the answers.
@@ -1051,7 +1107,7 @@ mod tests {
     use super::*;
 
     /// The size of the future `serve` returns, without making one.
-    fn future_size<A, B, C, D, F>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+    fn future_size<A, B, C, D, E, F>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 

@@ -70,6 +70,18 @@ pub struct MessageProperties {
     pub expires_at: Option<Instant>,
 }
 
+impl MessageProperties {
+    /// No property is passed on (an MQTT 5 PUBLISH carries none of them).
+    pub fn is_empty(&self) -> bool {
+        self.payload_format_indicator.is_none()
+            && self.content_type.is_none()
+            && self.response_topic.is_none()
+            && self.correlation_data.is_none()
+            && self.user_properties.is_empty()
+            && self.expires_at.is_none()
+    }
+}
+
 impl Message {
     /// Whether the message's expiry interval has passed (MQTT-3.3.2-5).
     pub fn expired(&self, now: Instant) -> bool {

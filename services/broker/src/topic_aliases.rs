@@ -43,6 +43,11 @@ impl OutboundAliases {
         OutboundAliases { max, table: None }
     }
 
+    /// Whether the client accepts aliases.
+    pub fn enabled(&self) -> bool {
+        self.max > 0
+    }
+
     /// The alias to send `topic` with.
     pub fn assign(&mut self, topic: &str) -> AliasUse {
         if self.max == 0 || topic.is_empty() {

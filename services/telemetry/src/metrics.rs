@@ -163,6 +163,12 @@ pub mod mqtt {
             }
         }
 
+        /// This connection's `iotcore_mqtt_messages_out_total` series of `qos`, for a
+        /// message written to it from elsewhere.
+        pub fn message_out_counter(&self, qos: u8) -> Option<Counter> {
+            self.messages_out.get(usize::from(qos)).cloned()
+        }
+
         /// The tenant's `iotcore_mqtt_bytes_in_total` and `iotcore_mqtt_bytes_out_total`,
         /// for the socket layer to count what it reads and writes.
         pub fn byte_counters(&self) -> (Counter, Counter) {

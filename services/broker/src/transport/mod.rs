@@ -215,14 +215,19 @@ async fn serve_over(
     // state machine keeps room for even after moving it on) for every connection, plain
     // TCP included, for as long as it lives.
     match transport {
-        Transport::Tcp => Box::pin(run(tcp, peer, None, shared)).await,
+        Transport::Tcp => {
+            // Publishers may write to a plain TCP socket directly; `run` keeps it open
+            // until the connection has ended.
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+            Box::pin(run(tcp, peer, None, Some(fd), shared)).await
+        }
         Transport::Tls(acceptor) => {
             Box::pin(async move {
                 match tokio::time::timeout(deadline, tls::accept(&acceptor, tcp)).await {
                     Ok(Ok((stream, client_certificate))) => {
                         let alpn = tls::alpn(&stream).map(String::from_utf8_lossy);
                         tracing::debug!(%peer, alpn = ?alpn, "TLS established");
-                        run(stream, peer, client_certificate, shared).await
+                        run(stream, peer, client_certificate, None, shared).await
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -233,7 +238,7 @@ async fn serve_over(
         Transport::WebSocket(config) => {
             Box::pin(async move {
                 match tokio::time::timeout(deadline, websocket::accept(tcp, config)).await {
-                    Ok(Ok(stream)) => run(stream, peer, None, shared).await,
+                    Ok(Ok(stream)) => run(stream, peer, None, None, shared).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket upgrade failed"),
                     Err(_) => tracing::debug!(%peer, "WebSocket upgrade timed out"),
                 }
@@ -253,7 +258,7 @@ async fn serve_over(
                 };
                 match tokio::time::timeout(deadline, handshake).await {
                     Ok(Ok((stream, client_certificate))) => {
-                        run(stream, peer, client_certificate, shared).await
+                        run(stream, peer, client_certificate, None, shared).await
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WSS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "WSS handshake timed out"),
@@ -269,13 +274,14 @@ async fn run<S>(
     mut stream: S,
     peer: SocketAddr,
     client_certificate: Option<ClientCertificate>,
+    direct: Option<std::os::fd::RawFd>,
     shared: Arc<Shared>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     // Certificate authentication (SPEC §4.1, item 1) resolves the principal from these
     // certificates at CONNECT.
-    connection::serve(&mut stream, peer, client_certificate, shared).await;
+    connection::serve(&mut stream, peer, client_certificate, direct, shared).await;
     // Sends TLS close_notify or the WebSocket close frame; a peer that is already gone or
     // does not read cannot hold the task past the grace period.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, stream.shutdown()).await;

@@ -7,6 +7,7 @@ mod api_publish;
 mod authentication;
 mod conformance_document;
 mod connect_and_subscribe;
+mod direct_writes;
 mod durability;
 mod isolation;
 mod lifecycle;
