@@ -219,7 +219,9 @@ stop_iotcore
 
 # --- Report ------------------------------------------------------------------------------------
 out="$(report_file side-by-side)"
-options="$( ((quick)) && echo ' --quick')${only:+ --only $only}"
+# Not `$( ((quick)) && ...)`: without --quick that substitution fails, and so would the script.
+options="${only:+ --only $only}"
+if ((quick)); then options=" --quick$options"; fi
 {
   report_header "iotcore side by side with Mosquitto" "tests/load/side-by-side.sh$options"
   printf 'mosquitto: %s; iotcore: %s\n' "$("$mosquitto_bin" -h 2>/dev/null | head -n1 || true)" "$(iotcore_version)"
