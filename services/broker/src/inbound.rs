@@ -4,6 +4,7 @@
 use crate::connection::{Close, Io, Session};
 use crate::limits::Refusal;
 use crate::publish;
+use crate::router::Writes;
 use iotcore_codec::{
     Packet, Properties, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
 };
@@ -99,11 +100,19 @@ impl Session {
             principal,
         );
         let qos = message.qos;
-        match publish::publish(
+        // A message read together with more packets is part of a burst: it goes through the
+        // subscribers' queues, whose tasks write many messages with one write.
+        let writes = if io.rbuf.is_empty() {
+            Writes::Direct
+        } else {
+            Writes::Queued
+        };
+        match publish::publish_with(
             &self.shared,
             &self.routes,
             Some(principal),
             Arc::new(message),
+            writes,
         )
         .await
         {

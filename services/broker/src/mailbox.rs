@@ -247,9 +247,14 @@ impl Mailbox {
 
     /// As [`Mailbox::push`], and whether the publisher should wait for [`Mailbox::room`]
     /// before reading more: the queue was full and its consumer is not stalled.
-    /// A QoS 0 message may be written to the client's socket directly (see the module's
-    /// documentation).
-    pub fn push_full(&self, outgoing: Outgoing) -> (Pushed, bool) {
+    /// With `direct`, a QoS 0 message may be written to the client's socket directly (see
+    /// the module's documentation).
+    pub fn push_full(&self, outgoing: Outgoing, direct: bool) -> (Pushed, bool) {
+        if !direct {
+            return self
+                .offer(outgoing, true)
+                .unwrap_or((Pushed::Dropped, false));
+        }
         match self.offer_or_write(outgoing) {
             Ok(pushed) => pushed,
             Err(_) => (Pushed::Dropped, false),
@@ -647,18 +652,21 @@ mod tests {
         let gate = queue.gate();
 
         assert_eq!(
-            mailbox.push_full(outgoing(QoS::AtMostOnce, "a")),
+            mailbox.push_full(outgoing(QoS::AtMostOnce, "a"), true),
             (Pushed::Queued, false)
         );
         assert!(queue.try_recv().is_err(), "written, not queued");
         assert_eq!(read_publishes(&mut client, version, 1), [b"a".to_vec()]);
+        // Part of a burst: queued for the client's task even though the socket is idle.
+        mailbox.push_full(outgoing(QoS::AtMostOnce, "burst"), false);
+        assert_eq!(payloads(&mut queue), ["burst"]);
 
-        mailbox.push_full(outgoing(QoS::AtLeastOnce, "b"));
-        mailbox.push_full(outgoing(QoS::AtMostOnce, "c"));
+        mailbox.push_full(outgoing(QoS::AtLeastOnce, "b"), true);
+        mailbox.push_full(outgoing(QoS::AtMostOnce, "c"), true);
         let mut batch = Vec::new();
         assert_eq!(queue.take(&mut batch, 10), 0);
         // Taken but not written yet: the client's task holds the socket.
-        mailbox.push_full(outgoing(QoS::AtMostOnce, "d"));
+        mailbox.push_full(outgoing(QoS::AtMostOnce, "d"), true);
         let taken: Vec<_> = batch
             .iter()
             .map(|o| String::from_utf8_lossy(&o.message.payload).into_owned())
@@ -677,20 +685,20 @@ mod tests {
         let mut wbuf = BytesMut::new();
         gate.claim(&mut wbuf);
         gate.release();
-        mailbox.push_full(outgoing(QoS::AtMostOnce, "e"));
+        mailbox.push_full(outgoing(QoS::AtMostOnce, "e"), true);
         assert!(
             queue.try_recv().is_err(),
             "released: written directly again"
         );
         gate.claim(&mut wbuf);
-        mailbox.push_full(outgoing(QoS::AtMostOnce, "f"));
+        mailbox.push_full(outgoing(QoS::AtMostOnce, "f"), true);
         assert_eq!(payloads(&mut queue), ["f"], "claimed: queued");
         gate.release();
         assert_eq!(read_publishes(&mut client, version, 1), [b"e".to_vec()]);
 
         // Detached (the connection ends): queued again.
         queue.detach();
-        mailbox.push_full(outgoing(QoS::AtMostOnce, "g"));
+        mailbox.push_full(outgoing(QoS::AtMostOnce, "g"), true);
         assert_eq!(payloads(&mut queue), ["g"]);
     }
 
@@ -713,7 +721,7 @@ mod tests {
         // Written directly until the socket is full, then queued.
         let mut sent = 0;
         while queue.try_recv().is_err() && sent < 5000 {
-            mailbox.push_full(sized(QoS::AtMostOnce, payload(sent)));
+            mailbox.push_full(sized(QoS::AtMostOnce, payload(sent)), true);
             sent += 1;
         }
         assert!(sent < 5000, "the socket never filled up");
@@ -791,7 +799,7 @@ mod tests {
             mailbox.push(outgoing(QoS::AtLeastOnce, "q"));
         }
         assert_eq!(
-            mailbox.push_full(outgoing(QoS::AtMostOnce, "x")),
+            mailbox.push_full(outgoing(QoS::AtMostOnce, "x"), true),
             (Pushed::Dropped, true)
         );
         let waiter = mailbox.clone();
@@ -839,13 +847,13 @@ mod tests {
         let (mailbox, mut queue) = channel(4, None);
         for i in 0..4 {
             assert_eq!(
-                mailbox.push_full(outgoing(QoS::AtMostOnce, "q")),
+                mailbox.push_full(outgoing(QoS::AtMostOnce, "q"), true),
                 (Pushed::Queued, false),
                 "{i}"
             );
         }
         assert_eq!(
-            mailbox.push_full(outgoing(QoS::AtMostOnce, "x")),
+            mailbox.push_full(outgoing(QoS::AtMostOnce, "x"), true),
             (Pushed::Dropped, true),
             "full: the publisher is asked to wait"
         );
@@ -870,21 +878,21 @@ mod tests {
         let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(1);
         mailbox.room(soon).await;
         assert_eq!(
-            mailbox.push_full(outgoing(QoS::AtLeastOnce, "3")),
+            mailbox.push_full(outgoing(QoS::AtLeastOnce, "3"), true),
             (Pushed::QueuedDroppingOldest, false),
             "stalled: nobody waits"
         );
         assert_eq!(
-            mailbox.push_full(outgoing(QoS::AtMostOnce, "4")),
+            mailbox.push_full(outgoing(QoS::AtMostOnce, "4"), true),
             (Pushed::Dropped, false)
         );
         assert!(queue.try_recv().is_ok());
         assert_eq!(
-            mailbox.push_full(outgoing(QoS::AtMostOnce, "5")),
+            mailbox.push_full(outgoing(QoS::AtMostOnce, "5"), true),
             (Pushed::Queued, false)
         );
         assert_eq!(
-            mailbox.push_full(outgoing(QoS::AtMostOnce, "6")),
+            mailbox.push_full(outgoing(QoS::AtMostOnce, "6"), true),
             (Pushed::Dropped, true),
             "drained: waited for again"
         );

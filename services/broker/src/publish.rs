@@ -4,7 +4,7 @@
 use crate::auth::Principal;
 use crate::broker::Shared;
 use crate::limits::Refusal;
-use crate::router::{Message, NamespaceRoutes, RouteOutcome};
+use crate::router::{Message, NamespaceRoutes, RouteOutcome, Writes};
 use crate::rules::{deliveries_for, EnqueueError};
 use iotcore_codec::QoS;
 use iotcore_store::auth::PrincipalKind;
@@ -19,6 +19,18 @@ pub async fn publish(
     routes: &NamespaceRoutes,
     principal: Option<&Principal>,
     message: Arc<Message>,
+) -> Result<RouteOutcome, EnqueueError> {
+    publish_with(shared, routes, principal, message, Writes::Queued).await
+}
+
+/// [`publish`], with `writes` saying whether a QoS 0 message may be written to idle plain
+/// TCP subscribers' sockets directly ([`crate::mailbox`]).
+pub async fn publish_with(
+    shared: &Shared,
+    routes: &NamespaceRoutes,
+    principal: Option<&Principal>,
+    message: Arc<Message>,
+    writes: Writes,
 ) -> Result<RouteOutcome, EnqueueError> {
     enqueue_rule_matches(shared, routes, principal, &message).await?;
     if message.retain {
@@ -41,7 +53,7 @@ pub async fn publish(
             );
         }
     }
-    let outcome = routes.route(&message);
+    let outcome = routes.route_with(&message, writes);
     if outcome.dropped > 0 {
         // Counted here, once per publish, for every kind of publisher (clients, wills, the
         // API): QoS 0 messages to full queues and the oldest messages that QoS 1/2 ones

@@ -21,6 +21,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
+/// Whether a routed QoS 0 message may be written to idle plain TCP subscribers' sockets by
+/// the publisher's task ([`crate::mailbox`]), or goes through their queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writes {
+    /// A message on its own (the last packet of its read): written directly where the
+    /// subscriber is idle, which spares waking its task.
+    Direct,
+    /// Part of a burst, or from a will or the API: queued, so that each subscriber's task
+    /// writes many messages with one write.
+    Queued,
+}
+
+/// The most subscribers a message is written to directly by its publisher's task.
+pub const MAX_DIRECT_TARGETS: usize = 4;
+
 /// An isolated topic space.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Namespace {
@@ -296,12 +311,20 @@ impl NamespaceRoutes {
         }
     }
 
+    /// [`NamespaceRoutes::route_with`] through the queues only.
+    #[cfg(test)]
+    pub fn route(&self, message: &Arc<Message>) -> RouteOutcome {
+        self.route_with(message, Writes::Queued)
+    }
+
     /// Hands `message` to every matching subscriber's queue without waiting: a full queue
-    /// drops the message for that subscriber only (SPEC §3.1, slow consumers).
+    /// drops the message for that subscriber only (SPEC §3.1, slow consumers). With
+    /// [`Writes::Direct`], a QoS 0 message for at most [`MAX_DIRECT_TARGETS`] subscribers may
+    /// be written to their sockets by the caller instead.
     ///
     /// The subscribers are used in place, under the trie's read lock (a push never waits):
     /// nothing of a subscriber is copied per message, only the message's `Arc`.
-    pub fn route(&self, message: &Arc<Message>) -> RouteOutcome {
+    pub fn route_with(&self, message: &Arc<Message>, writes: Writes) -> RouteOutcome {
         let mut outcome = RouteOutcome::default();
         {
             let trie = read(&self.subscriptions);
@@ -318,6 +341,9 @@ impl NamespaceRoutes {
             if targets.len() > 1 {
                 targets.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.qos.cmp(&a.1.qos)));
             }
+            // Writing to many sockets from the publisher's task would serialize a fan-out on
+            // one thread, one syscall per subscriber; their own tasks write in parallel.
+            let direct = writes == Writes::Direct && targets.len() <= MAX_DIRECT_TARGETS;
             let mut i = 0;
             while i < targets.len() {
                 let (connection, best) = targets[i];
@@ -334,7 +360,7 @@ impl NamespaceRoutes {
                     subscription_ids,
                     seq: 0,
                 };
-                outcome.count(&best.mailbox, best.mailbox.push_full(outgoing));
+                outcome.count(&best.mailbox, best.mailbox.push_full(outgoing, direct));
                 i = j;
             }
         }
