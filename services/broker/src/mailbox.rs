@@ -559,7 +559,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::router::{Message, MessageProperties};
 
@@ -591,7 +591,8 @@ mod tests {
 
     /// A connected pair of loopback TCP sockets: the broker's end (non-blocking, as the
     /// runtime keeps it) and the client's.
-    fn socket_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    /// A connected loopback pair: the broker's side (non-blocking) and the client's.
+    pub(crate) fn socket_pair() -> (std::net::TcpStream, std::net::TcpStream) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let client =
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
@@ -600,7 +601,7 @@ mod tests {
         (server, client)
     }
 
-    fn direct_to(server: &std::net::TcpStream, version: ProtocolVersion) -> Direct {
+    pub(crate) fn direct_to(server: &std::net::TcpStream, version: ProtocolVersion) -> Direct {
         Direct::new(
             std::os::fd::AsRawFd::as_raw_fd(server),
             version,

@@ -586,6 +586,44 @@ mod tests {
         );
     }
 
+    /// A lone QoS 0 message is written straight to the sockets of at most
+    /// `MAX_DIRECT_TARGETS` idle subscribers; for more, or when it is part of a burst, every
+    /// subscriber gets it through its queue.
+    #[test]
+    fn direct_writes_are_for_lone_messages_to_few_subscribers() {
+        use crate::mailbox::tests::{direct_to, socket_pair};
+        let queued = |count: usize, writes: Writes| -> usize {
+            let routes = NamespaceRoutes::new(Namespace::Tenant(TenantId::generate()));
+            let mut queues = Vec::new();
+            let mut sockets = Vec::new();
+            for connection in 0..count {
+                let (subscriber, queue) = subscriber(QoS::AtMostOnce, None);
+                let (server, client) = socket_pair();
+                queue.attach(|| Some(direct_to(&server, iotcore_codec::ProtocolVersion::V3_1_1)));
+                routes.subscribe(&filter("t"), connection as ConnectionId + 10, subscriber);
+                queues.push(queue);
+                sockets.push((server, client));
+            }
+            let outcome = routes.route_with(&message("t", QoS::AtMostOnce, None), writes);
+            assert_eq!(outcome.delivered, count);
+            let queued = queues
+                .iter_mut()
+                .map(|queue| queue.try_recv().is_ok())
+                .filter(|&got| got)
+                .count();
+            for queue in &queues {
+                queue.detach();
+            }
+            queued
+        };
+        assert_eq!(queued(MAX_DIRECT_TARGETS, Writes::Direct), 0, "written");
+        assert_eq!(
+            queued(MAX_DIRECT_TARGETS + 1, Writes::Direct),
+            MAX_DIRECT_TARGETS + 1
+        );
+        assert_eq!(queued(1, Writes::Queued), 1);
+    }
+
     #[test]
     fn overlapping_filters_deliver_once_with_the_highest_qos() {
         let routes = NamespaceRoutes::new(Namespace::Tenant(TenantId::generate()));
