@@ -258,9 +258,10 @@ mod tests {
                         ..RetainedProperties::default()
                     }),
                     origin_registry: origin.map(str::to_owned),
-                    // Whole seconds: PostgreSQL keeps microseconds.
+                    // A fixed instant in the future, the same for the batch and the
+                    // reference (2100-01-01).
                     expires_at: (qos == 2)
-                        .then(|| DateTime::from_timestamp(Utc::now().timestamp() + 3600, 0))
+                        .then(|| DateTime::from_timestamp(4_102_444_800, 0))
                         .flatten(),
                 },
             }
