@@ -87,13 +87,52 @@ async fn enqueue_rule_matches(
     if message.qos == QoS::AtMostOnce {
         // QoS 0 matches may be lost on a crash (SPEC §5); they never hold up the publisher.
         if !shared.rules.enqueue_best_effort(deliveries) {
-            tracing::warn!("rule writer saturated; QoS 0 rule matches dropped");
+            if let Some(dropped) = SATURATED.note(std::time::Instant::now()) {
+                // Once per interval, not once per message: a saturated writer would
+                // otherwise flood the log at the publish rate.
+                tracing::warn!(dropped, "rule writer saturated; QoS 0 rule matches dropped");
+            }
         }
         return Ok(());
     }
     // Boxed: it waits on the store, rarely; unboxed, every connection's task would keep
     // room for it for its whole life (its packet handling is part of the task's state).
     Box::pin(shared.rules.enqueue_durable(deliveries)).await
+}
+
+/// QoS 0 messages whose rule matches were dropped because the rule writer was saturated.
+static SATURATED: Throttled = Throttled::new(std::time::Duration::from_secs(10));
+
+/// Counts events and says how many there were at most once per `every`, so that an event
+/// that can happen per message is logged per interval.
+struct Throttled {
+    every: std::time::Duration,
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttled {
+    const fn new(every: std::time::Duration) -> Throttled {
+        Throttled {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// Records one event at `now`; the events counted since the last report (this one
+    /// included) when a report is due: the first event, then once per `every`.
+    fn note(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (last, count) = &mut *state;
+        *count += 1;
+        if last.is_some_and(|at| now.duration_since(at) < self.every) {
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(count))
+    }
 }
 
 /// The ACL decision for a PUBLISH (or a will) to `topic`, including the registry scope of
@@ -151,5 +190,24 @@ pub fn message_from(
             }
             PrincipalKind::Broker { .. } => None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_throttled_event_is_reported_first_then_once_per_interval_with_its_count() {
+        let throttled = Throttled::new(Duration::from_secs(10));
+        let start = Instant::now();
+        assert_eq!(throttled.note(start), Some(1));
+        for second in 1..10 {
+            assert_eq!(throttled.note(start + Duration::from_secs(second)), None);
+        }
+        assert_eq!(throttled.note(start + Duration::from_secs(10)), Some(10));
+        assert_eq!(throttled.note(start + Duration::from_secs(11)), None);
+        assert_eq!(throttled.note(start + Duration::from_secs(25)), Some(2));
     }
 }
